@@ -1,0 +1,1 @@
+"""Regenerates the Python code and descriptor set from ``protos/``; see ``generate.py``."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: real nats-servers on free ports, and connected clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from nats_transport.testing import NatsCluster, NatsServer
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """One nats-server with JetStream for the whole session (tests use their own subjects)."""
+    with NatsServer(name="session") as server:
+        yield server
+
+
+@pytest.fixture
+def private_nats_server() -> Iterator[NatsServer]:
+    """A nats-server of the test's own, for tests that stop, kill or restart it."""
+    with NatsServer(name="private") as server:
+        yield server
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """A 3-node JetStream cluster routed on loopback."""
+    with NatsCluster(size=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    """A connected NATS client, closed after the test."""
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=0)
+    yield client
+    await client.close()
