@@ -1,0 +1,143 @@
+"""The ``mesh`` command line: ``mesh up`` today; ``serve``, ``services``, ``call`` and ``bench`` later.
+
+Exit codes: 0 done, 1 something failed while running, 2 bad usage or configuration (including a
+port that is already taken), 130 interrupted before the signal handlers were in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from mesh.config import ConfigError, UpConfig, flag_of
+from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
+from mesh.up import UpError, run
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Subcommands that exist in the interface but not yet in the code, with their one-line help.
+UNBUILT = {
+    "serve": "host chosen targets against MESH_NATS_URL (what a Kubernetes pod runs)",
+    "services": "list the targets and gRPC services the mesh discovers",
+    "call": "call a method on a target, like grpcurl over NATS",
+    "bench": "run the benchmarks",
+}
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, so scripts and logs stay readable."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mesh``, one subparser per subcommand; each sets ``command`` to its runner."""
+    parser = _Parser(prog="mesh", description="A gRPC service mesh over NATS.")
+    subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    up = subcommands.add_parser(
+        "up",
+        help="run NATS (later also the services, gateway and admin server) until Ctrl-C",
+        description="Run an embedded NATS (unless --nats-url) and the mesh, print the endpoints, "
+        "and run until SIGINT or SIGTERM.",
+    )
+    _add_up_arguments(up)
+    for name, summary in UNBUILT.items():
+        unbuilt = subcommands.add_parser(name, help=f"{summary} (not built yet)", description=summary)
+        unbuilt.set_defaults(command=_unbuilt(name), parser=unbuilt, takes_any_arguments=True)
+    return parser
+
+
+def _add_up_arguments(up: argparse.ArgumentParser) -> None:
+    defaults = UpConfig()
+    ports = {
+        "nats_port": "NATS client port of the embedded server",
+        "nats_monitor_port": "NATS HTTP monitoring port of the embedded server",
+        "grpc_port": "gRPC ingress port",
+        "http_port": "HTTP edge (Envoy) port",
+        "admin_port": "admin server port (/livez /readyz /metrics)",
+    }
+    for name, help_text in ports.items():
+        default = getattr(defaults, name)
+        up.add_argument(
+            flag_of(name), type=int, default=default, metavar="PORT", help=f"{help_text} ({default})"
+        )
+    up.add_argument(
+        "--data-dir", type=Path, default=defaults.data_dir, metavar="DIR",
+        help=f"where the embedded NATS keeps JetStream data and its log (./{defaults.data_dir})",
+    )
+    up.add_argument(
+        "--nats-url", default=None, metavar="URL",
+        help="use this NATS (comma-separated URLs) instead of starting an embedded one",
+    )
+    up.set_defaults(command=_run_up, parser=up, takes_any_arguments=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mesh`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        # parse_known_args so unbuilt subcommands accept whatever they will take later.
+        args, extra = parser.parse_known_args(argv)
+        if extra and not args.takes_any_arguments:
+            args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exit_:
+        # argparse exits for --help (0) and usage errors (2); main() returns codes instead.
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    command: Command = args.command
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _unbuilt(name: str) -> Command:
+    def command(args: argparse.Namespace) -> int:
+        del args
+        print(f"mesh {name}: not built yet", file=sys.stderr)
+        return EXIT_USAGE
+
+    return command
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    try:
+        config = _up_config(args)
+    except ConfigError as error:
+        return _fail("up", str(error), EXIT_USAGE)
+    try:
+        asyncio.run(run(config))
+    except PortUnavailableError as error:
+        flag = flag_of("nats_port" if error.role == "client" else "nats_monitor_port")
+        return _fail("up", f"{flag}: cannot listen on {error.host}:{error.port}: {error.reason}", EXIT_USAGE)
+    except (EmbeddedNatsError, UpError) as error:
+        return _fail("up", str(error), EXIT_FAILED)
+    return EXIT_OK
+
+
+def _up_config(args: argparse.Namespace) -> UpConfig:
+    return UpConfig(
+        nats_port=args.nats_port,
+        nats_monitor_port=args.nats_monitor_port,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        admin_port=args.admin_port,
+        data_dir=args.data_dir,
+        nats_url=args.nats_url,
+    )
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"mesh {command}: error: {message}", file=sys.stderr)
+    return code

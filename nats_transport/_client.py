@@ -1,0 +1,508 @@
+"""The client side of the wire: one reply subscription per connection, unary calls, client streams.
+
+This module speaks bytes and :class:`~nats_transport._framing.Trailers`; the grpc.aio and grpc
+call objects in ``aio/_channel.py`` and ``_sync_channel.py`` put gRPC's faces on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from nats_transport import _envelope as env
+from nats_transport import _framing
+from nats_transport._context import current_deadline, current_trace
+from nats_transport._envelope import Kind
+from nats_transport._metadata import (
+    STREAM_HEADER,
+    TIMEOUT_HEADER,
+    WINDOW_HEADER,
+    MetadataError,
+    MetadataTuple,
+    encode_timeout,
+    from_headers,
+    to_headers,
+)
+from nats_transport._options import TransportOptions
+from nats_transport._stream import StreamEndpoint, StreamFailure, headers_size
+
+OPEN_ALLOWANCE = 65536  # request bytes an opening message may carry before the server's window is known
+_NO_RESPONDERS = "503"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a unary call ended: the response (if OK), initial metadata and trailers."""
+
+    response: bytes | None
+    initial_metadata: tuple[MetadataTuple, ...]
+    trailers: _framing.Trailers
+
+
+def failed(code: grpc.StatusCode, details: str) -> Outcome:
+    """An outcome decided on this side (no server answer)."""
+    return Outcome(None, (), _framing.Trailers(code.value[0], details))
+
+
+def effective_deadline(timeout: float | None) -> float | None:
+    """The call's deadline (monotonic): its own timeout, capped by an inherited one."""
+    inherited = current_deadline.get()
+    own = None if timeout is None else time.monotonic() + timeout
+    if inherited is None:
+        return own
+    return inherited if own is None else min(own, inherited)
+
+
+def call_headers(
+    metadata: Any, deadline: float | None, extra: dict[str, str] | None = None
+) -> dict[str, str] | None:
+    """NATS headers for a call: user metadata, ``grpc-timeout`` and the inherited trace context."""
+    headers: dict[str, str] | None = None
+    if metadata:
+        headers = to_headers(metadata)
+    if deadline is not None:
+        headers = headers if headers is not None else {}
+        headers[TIMEOUT_HEADER] = encode_timeout(deadline - time.monotonic())
+    trace = current_trace.get()
+    if trace:
+        headers = headers if headers is not None else {}
+        for key, value in trace:
+            headers.setdefault(key, value)
+    if extra:
+        headers = headers if headers is not None else {}
+        headers.update(extra)
+    return headers
+
+
+class ReplyMux:
+    """One wildcard reply subscription per NATS connection, mapping tokens to waiting calls."""
+
+    _by_connection: weakref.WeakKeyDictionary[Client, ReplyMux] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, nc: Client) -> ReplyMux:
+        """The connection's mux (created on first use)."""
+        mux = cls._by_connection.get(nc)
+        if mux is None:
+            mux = cls._by_connection[nc] = cls(nc)
+        return mux
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self._prefix = nc.new_inbox()
+        self._prefix_len = len(self._prefix) + 1
+        self._calls: dict[str, Any] = {}
+        self._ids = itertools.count(1)
+        self._sub: Subscription | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_interval: float | None = None
+        self._keepalive_timeout: float | None = None
+
+    @property
+    def pending(self) -> int:
+        """Calls waiting for replies."""
+        return len(self._calls)
+
+    async def ready(self, options: TransportOptions) -> None:
+        """Subscribe once; later calls return at once."""
+        if self._sub is not None:
+            return
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_future()
+            try:
+                self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_message)
+                self._sweep_interval = options.keepalive_interval
+                self._keepalive_timeout = options.keepalive_timeout
+                self._starting.set_result(None)
+            except BaseException as exc:
+                self._starting.set_exception(exc)
+                self._starting = None
+                raise
+        else:
+            await asyncio.shield(self._starting)
+
+    def register(self, call: Any) -> tuple[str, str]:
+        """A fresh (token, reply subject) for ``call``."""
+        token = str(next(self._ids))
+        self._calls[token] = call
+        if self._sweep is None and self._sweep_interval is not None and self._keepalive_timeout is not None:
+            self._sweep = asyncio.get_running_loop().call_later(self._sweep_interval, self._check_alive)
+        return token, f"{self._prefix}.{token}"
+
+    def unregister(self, token: str) -> None:
+        """Forget a finished call."""
+        self._calls.pop(token, None)
+
+    async def _on_message(self, msg: Msg) -> None:
+        call = self._calls.get(msg.subject[self._prefix_len :])
+        if call is not None:
+            call.on_reply(msg)
+
+    def _check_alive(self) -> None:
+        # One timer per connection, not per call: a unary call whose server went silent (no
+        # reply, no keepalive) for keepalive_timeout fails UNAVAILABLE long before its deadline.
+        self._sweep = None
+        if not self._calls or self._keepalive_timeout is None or self._sweep_interval is None:
+            return
+        horizon = time.monotonic() - self._keepalive_timeout
+        for call in list(self._calls.values()):
+            if isinstance(call, PendingUnary) and call.last_heard < horizon:
+                call.give_up(grpc.StatusCode.UNAVAILABLE, "the server stopped answering (no keepalive)")
+        self._sweep = asyncio.get_running_loop().call_later(self._sweep_interval, self._check_alive)
+
+
+def _is_no_responders(msg: Msg) -> bool:
+    headers = msg.headers
+    return not msg.data and headers is not None and headers.get("Status") == _NO_RESPONDERS
+
+
+class PendingUnary:
+    """A unary call waiting for its reply (fast path), or its numbered chunks."""
+
+    __slots__ = ("_decoder", "_frames", "_max", "_seq", "future", "headers", "last_heard")
+
+    def __init__(self, future: asyncio.Future[tuple[dict[str, str] | None, list[tuple[int, bytes]]]], max_message: int) -> None:
+        self.future = future
+        self.last_heard = time.monotonic()
+        self.headers: dict[str, str] | None = None
+        self._decoder: _framing.FrameDecoder | None = None
+        self._frames: list[tuple[int, bytes]] = []
+        self._seq = 0
+        self._max = max_message
+
+    def give_up(self, code: grpc.StatusCode, details: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(StreamFailure(code, details))
+
+    def on_reply(self, msg: Msg) -> None:
+        if self.future.done():
+            return
+        self.last_heard = time.monotonic()
+        body = msg.data
+        if _is_no_responders(msg):
+            self.give_up(grpc.StatusCode.UNAVAILABLE, "no server is serving this target")
+            return
+        if not env.is_envelope(body):
+            try:
+                frames = _framing.decode_complete(body, self._max)
+            except _framing.FramingError as exc:
+                self.give_up(grpc.StatusCode.INTERNAL, f"malformed reply: {exc}")
+                return
+            self.future.set_result((msg.headers, frames))
+            return
+        kind, seq, payload = env.unpack(body)
+        if seq != self._seq:
+            self.give_up(grpc.StatusCode.DATA_LOSS, f"reply chunk {seq} arrived where {self._seq} was expected")
+            return
+        self._seq += 1
+        if kind == Kind.PING:
+            return
+        if kind != Kind.DATA:
+            self.give_up(grpc.StatusCode.INTERNAL, f"unexpected message kind 0x{kind:02x} in a unary reply")
+            return
+        if msg.headers and self.headers is None:
+            self.headers = msg.headers
+        if self._decoder is None:
+            self._decoder = _framing.FrameDecoder(self._max)
+        try:
+            self._frames.extend(self._decoder.feed(payload))
+        except _framing.FramingError as exc:
+            self.give_up(grpc.StatusCode.RESOURCE_EXHAUSTED if "exceeds" in str(exc) else grpc.StatusCode.INTERNAL, str(exc))
+            return
+        if self._frames and self._frames[-1][0] == _framing.TRAILER_FLAG:
+            self.future.set_result((self.headers, self._frames))
+
+
+def outcome_of(headers: dict[str, str] | None, frames: list[tuple[int, bytes]]) -> Outcome:
+    """Turn reply frames into an outcome (exactly one message and/or one trailer frame)."""
+    initial = from_headers(headers) if headers else ()
+    response: bytes | None = None
+    trailers = _framing.Trailers(0)
+    for flag, payload in frames:
+        if flag == _framing.TRAILER_FLAG:
+            trailers = _framing.decode_trailer_block(payload)
+        elif flag == _framing.MESSAGE_FLAG and response is None:
+            response = payload
+        else:
+            return failed(grpc.StatusCode.INTERNAL, "malformed reply: unexpected frame")
+    if trailers.code == 0 and response is None:
+        return failed(grpc.StatusCode.INTERNAL, "the server sent OK without a response message")
+    return Outcome(response if trailers.code == 0 else None, initial, trailers)
+
+
+async def unary_call(
+    nc: Client,
+    options: TransportOptions,
+    subject: str,
+    request: bytes,
+    metadata: Any,
+    deadline: float | None,
+) -> Outcome:
+    """Send one request, await one reply. Never raises for call failures: they are outcomes."""
+    if len(request) > options.max_message_size:
+        return failed(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request of {len(request)} bytes exceeds the limit of {options.max_message_size}",
+        )
+    try:
+        headers = call_headers(metadata, deadline)
+    except MetadataError as exc:
+        return failed(grpc.StatusCode.INTERNAL, str(exc))
+    mux = ReplyMux.of(nc)
+    try:
+        await mux.ready(options)
+    except Exception as exc:
+        from nats_transport._status import status_for_exception
+
+        return failed(*status_for_exception(exc))
+    if len(request) + 5 + (headers_size(headers) if headers else 0) > nc.max_payload:
+        return await _unary_over_stream(nc, mux, options, subject, request, headers, deadline)
+    loop = asyncio.get_running_loop()
+    pending = PendingUnary(loop.create_future(), options.max_message_size)
+    token, reply = mux.register(pending)
+    timer = None
+    try:
+        await nc.publish(subject, _framing.encode_message(request), reply=reply, headers=headers)
+        if deadline is not None:
+            timer = loop.call_at(
+                loop.time() + (deadline - time.monotonic()),
+                pending.give_up,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "Deadline Exceeded",
+            )
+        reply_headers, frames = await pending.future
+        return outcome_of(reply_headers, frames)
+    except StreamFailure as failure:
+        return failed(failure.code, failure.details)
+    except _framing.FramingError as exc:
+        return failed(grpc.StatusCode.INTERNAL, f"malformed reply: {exc}")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        from nats_transport._status import status_for_exception
+
+        return failed(*status_for_exception(exc))
+    finally:
+        mux.unregister(token)
+        if timer is not None:
+            timer.cancel()
+
+
+async def _unary_over_stream(
+    nc: Client,
+    mux: ReplyMux,
+    options: TransportOptions,
+    subject: str,
+    request: bytes,
+    headers: dict[str, str] | None,
+    deadline: float | None,
+) -> Outcome:
+    """A unary call whose request does not fit one NATS message: stream mode, one message."""
+    stream = ClientStream(nc, mux, options, subject, headers, deadline)
+    await stream.open()
+    await stream.write(request)
+    stream.done_writing()
+    response = await stream.read()
+    trailers = await stream.trailers()
+    initial = await stream.initial_metadata()
+    if trailers.code == 0 and response is None:
+        return failed(grpc.StatusCode.INTERNAL, "the server sent OK without a response message")
+    return Outcome(response if trailers.code == 0 else None, initial, trailers)
+
+
+class ClientStream:
+    """The client side of a stream-mode call."""
+
+    def __init__(
+        self,
+        nc: Client,
+        mux: ReplyMux,
+        options: TransportOptions,
+        subject: str,
+        headers: dict[str, str] | None,
+        deadline: float | None,
+    ) -> None:
+        self._nc = nc
+        self._mux = mux
+        self._options = options
+        self._subject = subject
+        self._headers = dict(headers or {})
+        self.deadline = deadline
+        loop = asyncio.get_running_loop()
+        self._initial: asyncio.Future[tuple[MetadataTuple, ...]] = loop.create_future()
+        self._trailers: asyncio.Future[_framing.Trailers] = loop.create_future()
+        self._opened_with = 0
+        self._token: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.endpoint = StreamEndpoint(
+            nc,
+            window=options.stream_window,
+            max_message=options.max_message_size,
+            max_chunk=nc.max_payload - env.ENVELOPE_SIZE,
+            keepalive_interval=options.keepalive_interval,
+            keepalive_timeout=options.keepalive_timeout,
+            on_failure=self._on_failure,
+            on_trailers=self._on_trailers,
+            on_control=self._on_control,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self, first: bytes | None = None) -> None:
+        """Send the opening message (with ``first`` request if it is small) to the call subject."""
+        await self._mux.ready(self._options)
+        self._token, reply = self._mux.register(self)
+        headers = self._headers
+        headers[STREAM_HEADER] = "1"
+        headers[WINDOW_HEADER] = str(self._options.stream_window)
+        payload = b""
+        if first is not None and len(first) + 5 <= OPEN_ALLOWANCE:
+            payload = _framing.encode_message(first)
+        self._opened_with = len(payload)
+        body = env.pack(Kind.DATA, 0, payload)
+        self.endpoint.send_seq = 1
+        self.endpoint.start(None, 0)
+        loop = asyncio.get_running_loop()
+        if self.deadline is not None:
+            self._timer = loop.call_at(
+                loop.time() + (self.deadline - time.monotonic()), self._expire
+            )
+        try:
+            await self._nc.publish(self._subject, body, reply=reply, headers=headers)
+        except Exception as exc:
+            from nats_transport._status import status_for_exception
+
+            self.endpoint.fail(StreamFailure(*status_for_exception(exc)))
+            return
+        if first is not None and not payload:
+            await self.write(first)
+
+    @property
+    def sent_first(self) -> bool:
+        """Whether the opening message carried the first request."""
+        return self._opened_with > 0
+
+    def _finish(self) -> None:
+        if self._token is not None:
+            self._mux.unregister(self._token)
+            self._token = None
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self._initial.done():
+            self._initial.set_result(())
+
+    def _expire(self) -> None:
+        self._cancel_peer()
+        self.endpoint.fail(StreamFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    def cancel(self, details: str = "Locally cancelled by application!") -> bool:
+        """Cancel the call here and tell the server."""
+        if self._trailers.done():
+            return False
+        self._cancel_peer()
+        self.endpoint.fail(StreamFailure(grpc.StatusCode.CANCELLED, details))
+        return True
+
+    def _cancel_peer(self) -> None:
+        endpoint = self.endpoint
+        if endpoint.peer_subject is None or endpoint.closed or self._nc.is_closed:
+            return
+        body = env.pack(Kind.CANCEL, endpoint.send_seq)
+        asyncio.get_running_loop().create_task(_publish_quietly(self._nc, endpoint.peer_subject, body))
+
+    # -- events from the wire -------------------------------------------------------------
+
+    def on_reply(self, msg: Msg) -> None:
+        if _is_no_responders(msg):
+            self.endpoint.fail(StreamFailure(grpc.StatusCode.UNAVAILABLE, "no server is serving this target"))
+            return
+        self.endpoint.receive(msg.data, msg.headers)
+
+    def _on_control(self, kind: int, payload: memoryview, headers: dict[str, str] | None) -> None:
+        if kind == Kind.ACCEPT:
+            try:
+                window, subject = env.unpack_accept(payload)
+            except ValueError:
+                self.endpoint.fail(StreamFailure(grpc.StatusCode.INTERNAL, "malformed ACCEPT"))
+                return
+            self.endpoint.connect(subject, max(window - self._opened_with, 0))
+        elif kind == Kind.HEADERS:
+            if not self._initial.done():
+                try:
+                    self._initial.set_result(from_headers(headers))
+                except MetadataError as exc:
+                    self.endpoint.fail(StreamFailure(grpc.StatusCode.INTERNAL, str(exc)))
+        elif kind == Kind.CANCEL:
+            self.endpoint.fail(StreamFailure(grpc.StatusCode.CANCELLED, "cancelled by the server"))
+
+    def _on_trailers(self, trailers: _framing.Trailers) -> None:
+        if not self._trailers.done():
+            self._trailers.set_result(trailers)
+        self._finish()
+        self.endpoint.close()
+
+    def _on_failure(self, failure: StreamFailure) -> None:
+        if not self._trailers.done():
+            self._trailers.set_result(_framing.Trailers(failure.code.value[0], failure.details))
+        self._finish()
+
+    # -- application side -----------------------------------------------------------------
+
+    async def write(self, message: bytes) -> None:
+        """Queue one request message; waits when the backlog is over the window (backpressure)."""
+        if self._trailers.done():
+            raise asyncio.InvalidStateError("the call is already finished")
+        if len(message) > self._options.max_message_size:
+            failure = StreamFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request of {len(message)} bytes exceeds the limit of {self._options.max_message_size}",
+            )
+            self._cancel_peer()
+            self.endpoint.fail(failure)
+            raise failure
+        self.endpoint.queue_frames(_framing.message_frame_header(len(message)) + message)
+        if self.endpoint.backlog >= self._options.stream_window:
+            await self.endpoint.wait_writable(self._options.stream_window)
+
+    def done_writing(self) -> None:
+        """Half-close: no more requests."""
+        if not self._trailers.done():
+            self.endpoint.queue_final(Kind.HALF_CLOSE)
+
+    async def read(self) -> bytes | None:
+        """The next response, or None when the call has ended."""
+        return await self.endpoint.read()
+
+    async def trailers(self) -> _framing.Trailers:
+        """Status and trailing metadata, once the call ends."""
+        return await asyncio.shield(self._trailers)
+
+    async def initial_metadata(self) -> tuple[MetadataTuple, ...]:
+        """Initial metadata, once the server sends it (or the call ends)."""
+        return await asyncio.shield(self._initial)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the status is known."""
+        return self._trailers.done()
+
+    def trailers_nowait(self) -> _framing.Trailers | None:
+        """The trailers if the call has ended."""
+        return self._trailers.result() if self._trailers.done() else None
+
+
+async def _publish_quietly(nc: Client, subject: str, body: bytes) -> None:
+    try:
+        await nc.publish(subject, body)
+    except Exception:  # best effort: the call is over on our side anyway
+        return

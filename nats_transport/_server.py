@@ -1,0 +1,729 @@
+"""A grpc.aio.Server that takes its calls from NATS instead of an HTTP/2 port."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import grpc
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from nats_transport import _envelope as env
+from nats_transport import _framing, _status
+from nats_transport._context import (
+    AbortError,
+    AioServicerContext,
+    CallState,
+    SyncServicerContext,
+    current_deadline,
+    current_trace,
+    initial_headers,
+)
+from nats_transport._discovery import EndpointStats, ServiceEndpointInfo, ServicesApi
+from nats_transport._envelope import Kind
+from nats_transport._metadata import (
+    STREAM_HEADER,
+    TIMEOUT_HEADER,
+    TRACE_HEADERS,
+    WINDOW_HEADER,
+    MetadataError,
+    decode_timeout,
+    from_headers,
+)
+from nats_transport._options import ServerOptions
+from nats_transport._stream import END, StreamEndpoint, StreamFailure, headers_size
+from nats_transport._subjects import check_token, server_wildcard
+
+log = logging.getLogger("nats_transport.server")
+
+
+class _HandlerCallDetails(NamedTuple):
+    method: str
+    invocation_metadata: tuple[tuple[str, Any], ...]
+
+
+class _CallFailed(Exception):
+    """Ends a call early with a status, before any handler runs."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class Server(grpc.aio.Server):  # type: ignore[misc]
+    """Serves gRPC handlers for one target; its replicas share calls through a queue group."""
+
+    def __init__(
+        self,
+        nc: Client,
+        target: str,
+        *,
+        interceptors: Sequence[Any] | None = None,
+        options: ServerOptions,
+    ) -> None:
+        self._nc = nc
+        self._target = check_token(target, "target")
+        self._options = options
+        self._interceptors = tuple(interceptors or ())
+        self._generic_handlers: list[grpc.GenericRpcHandler] = []
+        self._registered: dict[str, grpc.RpcMethodHandler] = {}
+        self._services: dict[str, list[str]] = {}
+        self._prefix_len = len(options.subject_prefix) + len(target) + 2
+        self._call_sub: Subscription | None = None
+        self._stream_sub: Subscription | None = None
+        self._stream_prefix = ""
+        self._streams: dict[str, StreamEndpoint] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=options.thread_pool_size, thread_name_prefix=f"grpc-nats-{target}"
+        )
+        self._started = False
+        self._stopping = False
+        self._terminated = asyncio.Event()
+        self._services_api: ServicesApi | None = None
+        self.endpoint_stats: dict[str, EndpointStats] = {}
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        state = "stopping" if self._stopping else "serving" if self._started else "new"
+        return f"<nats_transport.aio.Server target={self._target!r} {state} in_flight={len(self._tasks)}>"
+
+    @property
+    def target(self) -> str:
+        """The logical server name replicas share."""
+        return self._target
+
+    @property
+    def in_flight(self) -> int:
+        """Calls being handled now."""
+        return len(self._tasks)
+
+    # -- grpc.aio.Server API --------------------------------------------------------------
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        """Add handlers that pick methods themselves (as grpc.aio.Server)."""
+        for handler in generic_rpc_handlers:
+            self._generic_handlers.append(handler)
+            name = getattr(handler, "service_name", None)
+            if callable(name):
+                self._services.setdefault(name(), [])
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        """Add a service's method handlers by name (as generated ``add_*_to_server`` does)."""
+        for method, handler in method_handlers.items():
+            self._registered[f"/{service_name}/{method}"] = handler
+        self._services.setdefault(service_name, []).extend(
+            m for m in method_handlers if m not in self._services.get(service_name, [])
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        """Not applicable: a NATS server listens on subjects, not ports."""
+        raise RuntimeError(
+            f"nats_transport servers take calls from NATS subject {self._call_wildcard()!r}; "
+            "they open no port"
+        )
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        """Not applicable: secure the NATS connection instead (TLS options of nats.connect)."""
+        raise RuntimeError("nats_transport servers open no port; configure TLS on the NATS connection")
+
+    async def start(self) -> None:
+        """Subscribe to this target's calls (queue group = target) and to the per-call inbox."""
+        if self._started:
+            return
+        self._started = True
+        self._stream_prefix = self._nc.new_inbox()
+        self._stream_sub = await self._nc.subscribe(f"{self._stream_prefix}.*", cb=self._on_stream_message)
+        self._call_sub = await self._nc.subscribe(
+            self._call_wildcard(), queue=self._target, cb=self._on_call
+        )
+        self._services_api = ServicesApi(
+            self._nc,
+            name=self._target,
+            version=self._options.version,
+            endpoints=self._endpoint_infos(),
+            stats=lambda: self.endpoint_stats,
+        )
+        await self._services_api.start()
+        await self._nc.flush()
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new calls at once (queue-group peers take them), finish in-flight ones
+        within ``grace`` seconds, then cancel what is left."""
+        if self._stopping:
+            await self._terminated.wait()
+            return
+        self._stopping = True
+        if self._call_sub is not None:
+            await _quiet_unsubscribe(self._call_sub)
+        if self._services_api is not None:
+            await self._services_api.stop()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace or 0)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        for endpoint in list(self._streams.values()):
+            endpoint.close()
+        if self._stream_sub is not None:
+            await _quiet_unsubscribe(self._stream_sub)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._terminated.set()
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Wait until stopped; return False if ``timeout`` passed first (as grpc.aio)."""
+        try:
+            await asyncio.wait_for(self._terminated.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def _call_wildcard(self) -> str:
+        return server_wildcard(self._options.subject_prefix, self._target)
+
+    def _endpoint_infos(self) -> list[ServiceEndpointInfo]:
+        infos = []
+        for service, methods in sorted(self._services.items()):
+            for method in methods:
+                infos.append(
+                    ServiceEndpointInfo(
+                        name=f"{service}.{method}",
+                        subject=f"{self._options.subject_prefix}.{self._target}.{service}.{method}",
+                        queue_group=self._target,
+                        service=service,
+                    )
+                )
+        return infos
+
+    def _record(self, state: CallState) -> None:
+        """Count a finished call for ``$SRV.STATS``."""
+        name = state.method[1:].replace("/", ".")
+        stats = self.endpoint_stats.get(name)
+        if stats is None:
+            stats = self.endpoint_stats[name] = EndpointStats()
+        stats.num_requests += 1
+        stats.processing_time_ns += time.monotonic_ns() - state.started_ns
+        if state.code not in (None, grpc.StatusCode.OK):
+            stats.num_errors += 1
+            stats.last_error = f"{state.code.name}: {state.details or ''}"
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    async def _lookup(self, method: str, metadata: tuple[tuple[str, Any], ...]) -> Any:
+        details = _HandlerCallDetails(method, metadata)
+
+        async def resolve(call_details: Any) -> Any:
+            handler = self._registered.get(call_details.method)
+            if handler is not None:
+                return handler
+            for generic in self._generic_handlers:
+                handler = generic.service(call_details)
+                if handler is not None:
+                    return handler
+            return None
+
+        continuation: Callable[[Any], Any] = resolve
+        for interceptor in reversed(self._interceptors):
+            continuation = _wrap_interceptor(interceptor, continuation)
+        return await continuation(details)
+
+    def _admit(self, msg: Msg) -> bool:
+        limit = self._options.maximum_concurrent_rpcs
+        if self._stopping:
+            self._spawn(self._reply_status(msg, *_status.SHUTTING_DOWN))
+            return False
+        if limit is not None and len(self._tasks) >= limit:
+            self.rejected += 1
+            self._spawn(self._reply_status(msg, *_status.OVERLOADED))
+            return False
+        return True
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _on_call(self, msg: Msg) -> None:
+        # nats-py runs one subscription's callbacks one at a time: each call gets its own task.
+        if not msg.reply:
+            return  # nobody to answer; a publish without reply is not a call
+        if not self._admit(msg):
+            return
+        headers = msg.headers
+        if headers and headers.get(STREAM_HEADER):
+            self._spawn(self._serve_stream(msg))
+        else:
+            self._spawn(self._serve_unary(msg))
+
+    async def _on_stream_message(self, msg: Msg) -> None:
+        endpoint = self._streams.get(msg.subject[len(self._stream_prefix) + 1 :])
+        if endpoint is not None:
+            endpoint.receive(msg.data, msg.headers)
+
+    async def _reply_status(self, msg: Msg, code: grpc.StatusCode, details: str) -> None:
+        body = _framing.encode_trailers(_framing.Trailers(code.value[0], details))
+        if msg.headers and msg.headers.get(STREAM_HEADER):
+            # A stream's client waits for stream messages: answer in that form.
+            body = env.pack(Kind.DATA, 0, body)
+        await _quiet_publish(self._nc, msg.reply, body)
+
+    def _call_state(self, msg: Msg, method: str) -> CallState:
+        headers = msg.headers
+        deadline = None
+        metadata: tuple[tuple[str, Any], ...] = ()
+        if headers:
+            timeout = headers.get(TIMEOUT_HEADER)
+            if timeout is not None:
+                try:
+                    deadline = time.monotonic() + decode_timeout(timeout)
+                except ValueError as exc:
+                    raise _CallFailed(grpc.StatusCode.INTERNAL, str(exc)) from exc
+            try:
+                metadata = from_headers(headers)
+            except MetadataError as exc:
+                raise _CallFailed(grpc.StatusCode.INTERNAL, str(exc)) from exc
+        return CallState(method, metadata, deadline, peer=f"nats:{msg.reply}")
+
+    async def _prepare(self, msg: Msg) -> tuple[CallState, Any]:
+        method = _method_of(msg.subject, self._prefix_len)
+        if method is None:
+            raise _CallFailed(*_status.UNIMPLEMENTED_METHOD)
+        state = self._call_state(msg, method)
+        handler = await self._lookup(method, state.invocation_metadata)
+        if handler is None:
+            raise _CallFailed(*_status.UNIMPLEMENTED_METHOD)
+        return state, handler
+
+    # -- unary fast path ------------------------------------------------------------------
+
+    async def _serve_unary(self, msg: Msg) -> None:
+        try:
+            state, handler = await self._prepare(msg)
+            if handler.request_streaming or handler.response_streaming:
+                raise _CallFailed(
+                    grpc.StatusCode.INTERNAL,
+                    f"{state.method} is a streaming method; open it with the {STREAM_HEADER} header",
+                )
+            try:
+                frames = _framing.decode_complete(msg.data, self._options.max_message_size)
+            except _framing.FrameTooLarge as exc:
+                raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
+            except _framing.FramingError as exc:
+                raise _CallFailed(grpc.StatusCode.INTERNAL, f"malformed request: {exc}") from exc
+            if len(frames) != 1 or frames[0][0] != _framing.MESSAGE_FLAG:
+                raise _CallFailed(grpc.StatusCode.INTERNAL, "a unary request must be exactly one message frame")
+        except _CallFailed as failed:
+            await self._reply_status(msg, failed.code, failed.details)
+            return
+        keepalive = _UnaryKeepalive(self._nc, msg.reply, self._options.keepalive_interval)
+        try:
+            response = await self._run_unary(state, handler, frames[0][1], msg.headers)
+        finally:
+            keepalive.stop()
+        await self._send_unary_reply(msg.reply, state, response, keepalive.seq)
+
+    async def _run_unary(
+        self, state: CallState, handler: Any, payload: bytes, headers: dict[str, str] | None
+    ) -> bytes | None:
+        """Run a unary-response handler; return the serialized response or None (status set)."""
+        request = _deserialize(handler.request_deserializer, payload, state)
+        if request is _FAILED:
+            return None
+        runner = handler.unary_unary
+        response = await self._invoke(state, runner, request, headers, None)
+        if response is _FAILED or state.code not in (None, grpc.StatusCode.OK):
+            return None
+        return _serialize(handler.response_serializer, response, state)
+
+    async def _send_unary_reply(self, reply: str, state: CallState, response: bytes | None, seq: int) -> None:
+        state.finish()
+        headers = initial_headers(state)
+        trailers = state.trailers(default_code=grpc.StatusCode.OK if response is not None else grpc.StatusCode.UNKNOWN)
+        parts: list[bytes] = []
+        if response is not None and trailers.code == 0:
+            if len(response) > self._options.max_message_size:
+                trailers = _framing.Trailers(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                    f"response of {len(response)} bytes exceeds the limit of {self._options.max_message_size}",
+                )
+            else:
+                parts.append(_framing.encode_message(response))
+        if trailers.code != 0 or trailers.metadata or trailers.details or not parts:
+            parts.append(_framing.encode_trailers(trailers))
+        if trailers.code != 0 and state.code in (None, grpc.StatusCode.OK):
+            state.code = _status.code_from_number(trailers.code)
+        self._record(state)
+        body = b"".join(parts)
+        room = self._nc.max_payload - (headers_size(headers) if headers else 0)
+        if len(body) <= room and seq == 0:
+            await _quiet_publish(self._nc, reply, body, headers)
+            return
+        # Too big for one NATS message (or keepalives already went out): send it as numbered
+        # DATA chunks ending with a trailer frame, so the client can reassemble in order.
+        if not body.endswith(_framing.encode_trailers(trailers)):
+            body += _framing.encode_trailers(trailers)
+        chunk = self._nc.max_payload - env.ENVELOPE_SIZE - 512
+        first = True
+        for piece in _framing.split(body, chunk - (headers_size(headers) if headers else 0)):
+            await _quiet_publish(self._nc, reply, env.pack(Kind.DATA, seq, piece), headers if first else None)
+            first = False
+            seq += 1
+
+    async def _invoke(
+        self,
+        state: CallState,
+        behaviour: Any,
+        request: Any,
+        headers: dict[str, str] | None,
+        stream: _StreamIO | None,
+    ) -> Any:
+        """Run a handler with the call's deadline, trace context and failure mapping."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        current_deadline.set(state.deadline)
+        if headers:
+            current_trace.set(tuple((k, headers[k]) for k in TRACE_HEADERS if k in headers))
+        deadline_handle = None
+        if state.deadline is not None:
+            deadline_handle = loop.call_at(
+                loop.time() + max(state.deadline - time.monotonic(), 0.0), _expire, state, task
+            )
+        writer = stream.write if stream is not None else None
+        reader = stream if stream is not None else None
+        try:
+            if _is_async(behaviour):
+                context: Any = AioServicerContext(state, writer, reader, task)
+                result = behaviour(request, context)
+                if inspect.isasyncgen(result):
+                    assert stream is not None
+                    async for item in result:
+                        await stream.write(item)
+                    return None
+                return await result
+            sync_context = SyncServicerContext(state, _sync_writer(stream, loop), _sync_reader(stream, loop), loop)
+            call_args = (request, sync_context)
+            ctx = contextvars.copy_context()
+            if stream is not None and stream.response_streaming:
+                iterator = await loop.run_in_executor(self._pool, ctx.run, behaviour, *call_args)
+                sentinel = object()
+                while True:
+                    item = await loop.run_in_executor(self._pool, ctx.run, next, iterator, sentinel)
+                    if item is sentinel:
+                        return None
+                    await stream.write(item)
+            return await loop.run_in_executor(self._pool, ctx.run, behaviour, *call_args)
+        except AbortError:
+            return _FAILED
+        except asyncio.CancelledError:
+            if state.code is None:
+                state.code = grpc.StatusCode.DEADLINE_EXCEEDED if state.expired else grpc.StatusCode.CANCELLED
+                state.details = "Deadline Exceeded" if state.code == grpc.StatusCode.DEADLINE_EXCEEDED else "Cancelled"
+            if state.code == grpc.StatusCode.DEADLINE_EXCEEDED or state.cancelled:
+                return _FAILED
+            raise
+        except StreamFailure as failure:
+            state.code, state.details = failure.code, failure.details
+            return _FAILED
+        except MetadataError as exc:
+            state.code, state.details = grpc.StatusCode.INTERNAL, str(exc)
+            return _FAILED
+        except Exception:
+            log.exception("exception calling application method %s", state.method)
+            if state.code is None or state.code == grpc.StatusCode.OK:
+                state.code, state.details = _status.HANDLER_EXCEPTION
+            return _FAILED
+        finally:
+            if deadline_handle is not None:
+                deadline_handle.cancel()
+
+    # -- stream mode ----------------------------------------------------------------------
+
+    async def _serve_stream(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        try:
+            client_window = int(headers.get(WINDOW_HEADER, "0")) or self._options.stream_window
+        except ValueError:
+            client_window = self._options.stream_window
+        call_id = str(next(self._ids))
+        state_box: list[CallState] = []
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_failure(failure: StreamFailure) -> None:
+            if state_box:
+                state_box[0].code = state_box[0].code or failure.code
+                state_box[0].details = state_box[0].details or failure.details
+                state_box[0].cancel()
+            task.cancel()
+
+        def on_control(kind: int, payload: memoryview, _headers: dict[str, str] | None) -> None:
+            if kind == Kind.HALF_CLOSE:
+                endpoint.inbound.put_nowait(END)
+            elif kind == Kind.CANCEL:
+                on_failure(StreamFailure(grpc.StatusCode.CANCELLED, "cancelled by the client"))
+
+        endpoint = StreamEndpoint(
+            self._nc,
+            window=self._options.stream_window,
+            max_message=self._options.max_message_size,
+            max_chunk=self._nc.max_payload - env.ENVELOPE_SIZE,
+            keepalive_interval=self._options.keepalive_interval,
+            keepalive_timeout=self._options.keepalive_timeout,
+            on_failure=on_failure,
+            on_control=on_control,
+        )
+        self._streams[call_id] = endpoint
+        try:
+            endpoint.start(msg.reply, client_window)
+            endpoint.send_control(
+                Kind.ACCEPT, env.CREDIT.pack(self._options.stream_window) + f"{self._stream_prefix}.{call_id}".encode()
+            )
+            endpoint.receive(msg.data, None)
+            try:
+                state, handler = await self._prepare(msg)
+            except _CallFailed as failed:
+                endpoint.queue_final(
+                    Kind.DATA, _framing.encode_trailers(_framing.Trailers(failed.code.value[0], failed.details))
+                )
+                await endpoint.flushed()
+                return
+            state.endpoint = endpoint
+            state_box.append(state)
+            await self._run_stream(state, handler, endpoint, msg.headers)
+        except asyncio.CancelledError:
+            pass  # the client cancelled or vanished; nobody is waiting for a status
+        finally:
+            endpoint.close()
+            self._streams.pop(call_id, None)
+            if state_box:
+                state_box[0].finish()
+
+    async def _run_stream(
+        self, state: CallState, handler: Any, endpoint: StreamEndpoint, headers: dict[str, str] | None
+    ) -> None:
+        stream = _StreamIO(state, endpoint, handler)
+        if handler.request_streaming:
+            request: Any = stream
+            behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
+        else:
+            first = await endpoint.read()
+            if first is None:
+                state.code = state.code or grpc.StatusCode.INTERNAL
+                state.details = state.details or "the client half-closed without sending the request"
+                request = _FAILED
+            else:
+                request = _deserialize(handler.request_deserializer, first, state)
+            behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
+        result: Any = _FAILED
+        if request is not _FAILED:
+            result = await self._invoke(state, behaviour, request, headers, stream)
+        if not handler.response_streaming and result is not _FAILED and state.code in (None, grpc.StatusCode.OK):
+            serialized = _serialize(handler.response_serializer, result, state)
+            if serialized is not None:
+                await stream.write_bytes(serialized)
+        if state.code is None and result is _FAILED:
+            state.code = grpc.StatusCode.UNKNOWN
+        self._record(state)
+        if not state.initial_metadata_sent:
+            endpoint.headers_to_send = initial_headers(state)
+        state.finish()
+        endpoint.queue_final(Kind.DATA, _framing.encode_trailers(state.trailers()))
+        await endpoint.flushed()
+
+
+class _StreamIO:
+    """Reads requests from and writes responses to a stream endpoint, with (de)serialization."""
+
+    def __init__(self, state: CallState, endpoint: StreamEndpoint, handler: Any) -> None:
+        self._state = state
+        self._endpoint = endpoint
+        self._deserialize = handler.request_deserializer
+        self._serialize = handler.response_serializer
+        self.response_streaming: bool = handler.response_streaming
+        self._high_water = endpoint.window
+
+    def __aiter__(self) -> _StreamIO:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self.read()
+        if message is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return message
+
+    async def read(self) -> Any:
+        data = await self._endpoint.read()
+        if data is None:
+            if self._endpoint.failure is not None:
+                raise self._endpoint.failure
+            return grpc.aio.EOF
+        message = _deserialize(self._deserialize, data, self._state)
+        if message is _FAILED:
+            raise AbortError()
+        return message
+
+    async def write(self, message: Any) -> None:
+        data = _serialize(self._serialize, message, self._state)
+        if data is None:
+            raise AbortError()
+        await self.write_bytes(data)
+
+    async def write_bytes(self, data: bytes) -> None:
+        if self._state.done:
+            raise asyncio.CancelledError()
+        endpoint = self._endpoint
+        if not self._state.initial_metadata_sent:
+            endpoint.headers_to_send = initial_headers(self._state)
+        endpoint.queue_frames(_framing.message_frame_header(len(data)) + data)
+        if endpoint.backlog >= self._high_water:
+            await endpoint.wait_writable(self._high_water)
+
+
+class _UnaryKeepalive:
+    """PINGs on a unary reply subject while a slow handler runs, so the client knows we live."""
+
+    def __init__(self, nc: Client, reply: str, interval: float | None) -> None:
+        self._nc = nc
+        self._reply = reply
+        self._interval = interval
+        self.seq = 0
+        self._handle: asyncio.TimerHandle | None = None
+        if interval is not None:
+            self._handle = asyncio.get_running_loop().call_later(interval, self._ping)
+
+    def _ping(self) -> None:
+        assert self._interval is not None
+        body = env.pack(Kind.PING, self.seq)
+        self.seq += 1
+        asyncio.get_running_loop().create_task(_quiet_publish(self._nc, self._reply, body))
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._ping)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
+_FAILED: Any = object()
+
+
+def _method_of(subject: str, prefix_len: int) -> str | None:
+    rest = subject[prefix_len:]
+    service, dot, name = rest.rpartition(".")
+    if not dot or not service or not name:
+        return None
+    return f"/{service}/{name}"
+
+
+def _expire(state: CallState, task: asyncio.Task[Any]) -> None:
+    state.code = grpc.StatusCode.DEADLINE_EXCEEDED
+    state.details = "Deadline Exceeded"
+    state.expired = True
+    state.cancel()
+    task.cancel()
+
+
+def _is_async(behaviour: Any) -> bool:
+    return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
+
+
+def _deserialize(deserializer: Any, data: bytes, state: CallState) -> Any:
+    if deserializer is None:
+        return data
+    try:
+        return deserializer(data)
+    except Exception:
+        state.code, state.details = _status.UNDECODABLE_REQUEST
+        return _FAILED
+
+
+def _serialize(serializer: Any, message: Any, state: CallState) -> bytes | None:
+    if serializer is None:
+        return bytes(message)
+    try:
+        return bytes(serializer(message))
+    except Exception:
+        log.exception("failed to serialize the response of %s", state.method)
+        state.code, state.details = _status.UNSERIALIZABLE_RESPONSE
+        return None
+
+
+def _sync_writer(stream: _StreamIO | None, loop: asyncio.AbstractEventLoop) -> Callable[[Any], None] | None:
+    if stream is None:
+        return None
+
+    def write(message: Any) -> None:
+        asyncio.run_coroutine_threadsafe(stream.write(message), loop).result()
+
+    return write
+
+
+class _SyncRequestIterator:
+    """A blocking iterator over a stream's requests, for plain-function handlers."""
+
+    def __init__(self, stream: _StreamIO, loop: asyncio.AbstractEventLoop) -> None:
+        self._stream = stream
+        self._loop = loop
+
+    def __iter__(self) -> _SyncRequestIterator:
+        return self
+
+    def __next__(self) -> Any:
+        message = asyncio.run_coroutine_threadsafe(self._stream.read(), self._loop).result()
+        if message is grpc.aio.EOF:
+            raise StopIteration
+        return message
+
+    def read(self) -> Any:
+        return self.__next__()
+
+
+def _sync_reader(stream: _StreamIO | None, loop: asyncio.AbstractEventLoop) -> _SyncRequestIterator | None:
+    return None if stream is None else _SyncRequestIterator(stream, loop)
+
+
+def _wrap_interceptor(interceptor: Any, continuation: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    async def call(details: Any) -> Any:
+        if inspect.iscoroutinefunction(interceptor.intercept_service):
+            return await interceptor.intercept_service(continuation, details)
+
+        # A grpc.ServerInterceptor is synchronous: give it a synchronous continuation that
+        # resolves the rest of the chain on this loop.
+        resolved: dict[str, Any] = {}
+
+        def sync_continuation(call_details: Any) -> Any:
+            return resolved["handler"] if call_details is details else resolved.get(id(call_details))
+
+        resolved["handler"] = await continuation(details)
+        return interceptor.intercept_service(sync_continuation, details)
+
+    return call
+
+
+async def _quiet_publish(nc: Client, subject: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+    try:
+        await nc.publish(subject, body, headers=headers)
+    except Exception as exc:  # the client is gone or the connection is down: nothing to tell
+        log.debug("could not publish reply to %s: %s", subject, exc)
+
+
+async def _quiet_unsubscribe(sub: Subscription) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # connection already closed
+        log.debug("unsubscribe failed: %s", exc)

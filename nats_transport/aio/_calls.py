@@ -1,0 +1,357 @@
+"""grpc.aio call objects over the NATS client core, and errors raised as real AioRpcErrors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Any
+
+import grpc
+from nats.aio.client import Client
+
+from nats_transport import _client
+from nats_transport._framing import Trailers
+from nats_transport._metadata import MetadataError, MetadataTuple
+from nats_transport._options import TransportOptions
+from nats_transport._stream import StreamFailure
+from nats_transport._status import code_from_number
+
+Serializer = Callable[[Any], bytes] | None
+Deserializer = Callable[[bytes], Any] | None
+
+
+def aio_metadata(items: tuple[MetadataTuple, ...]) -> grpc.aio.Metadata:
+    """A grpc.aio.Metadata from tuples."""
+    return grpc.aio.Metadata(*items)
+
+
+def trailing_of(trailers: Trailers) -> tuple[MetadataTuple, ...]:
+    """Trailing metadata as grpcio shows it: rich status details included as a ``-bin`` entry."""
+    if trailers.details:
+        return (*trailers.metadata, ("grpc-status-details-bin", trailers.details))
+    return trailers.metadata
+
+
+def rpc_error(trailers: Trailers, initial: tuple[MetadataTuple, ...] = ()) -> grpc.aio.AioRpcError:
+    """The AioRpcError for a non-OK status."""
+    return grpc.aio.AioRpcError(
+        code_from_number(trailers.code),
+        aio_metadata(initial),
+        aio_metadata(trailing_of(trailers)),
+        details=trailers.message,
+    )
+
+
+def _serialize(serializer: Serializer, message: Any) -> bytes:
+    return message if serializer is None else serializer(message)
+
+
+def _deserialize(deserializer: Deserializer, data: bytes) -> Any:
+    return data if deserializer is None else deserializer(data)
+
+
+class _CallBase:
+    """What every call kind shares: status, metadata, callbacks, cancellation."""
+
+    _trailers: Trailers | None
+    _initial: tuple[MetadataTuple, ...]
+
+    def __init__(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        self._trailers = None
+        self._initial = ()
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._done_event = asyncio.Event()
+
+    def _set_outcome(self, trailers: Trailers, initial: tuple[MetadataTuple, ...]) -> None:
+        if self._trailers is not None:
+            return
+        self._trailers = trailers
+        self._initial = initial
+        self._done_event.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def done(self) -> bool:
+        return self._trailers is not None
+
+    def cancelled(self) -> bool:
+        return self._trailers is not None and self._trailers.code == grpc.StatusCode.CANCELLED.value[0]
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(self._deadline - time.monotonic(), 0.0)
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        if self._trailers is not None:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    async def _wait_done(self) -> Trailers:
+        await self._done_event.wait()
+        assert self._trailers is not None
+        return self._trailers
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        return aio_metadata(await self._initial_metadata())
+
+    async def _initial_metadata(self) -> tuple[MetadataTuple, ...]:
+        await self._done_event.wait()
+        return self._initial
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return aio_metadata(trailing_of(await self._wait_done()))
+
+    async def code(self) -> grpc.StatusCode:
+        return code_from_number((await self._wait_done()).code)
+
+    async def details(self) -> str:
+        return (await self._wait_done()).message
+
+    async def wait_for_connection(self) -> None:
+        await self._initial_metadata()
+
+    def _raise_if_failed(self) -> None:
+        assert self._trailers is not None
+        if self._trailers.code != 0:
+            raise rpc_error(self._trailers, self._initial)
+
+
+class UnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+    """A unary call in flight; await it for the response."""
+
+    def __init__(
+        self,
+        nc: Client,
+        options: TransportOptions,
+        subject: str,
+        request: Any,
+        serializer: Serializer,
+        deserializer: Deserializer,
+        timeout: float | None,
+        metadata: Any,
+    ) -> None:
+        deadline = _client.effective_deadline(timeout)
+        super().__init__(deadline)
+        self._deserializer = deserializer
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(nc, options, subject, request, serializer, metadata, deadline)
+        )
+
+    async def _run(
+        self,
+        nc: Client,
+        options: TransportOptions,
+        subject: str,
+        request: Any,
+        serializer: Serializer,
+        metadata: Any,
+        deadline: float | None,
+    ) -> Any:
+        try:
+            payload = _serialize(serializer, request)
+        except Exception as exc:
+            self._set_outcome(Trailers(grpc.StatusCode.INTERNAL.value[0], f"Exception serializing request: {exc}"), ())
+            self._raise_if_failed()
+        try:
+            outcome = await _client.unary_call(nc, options, subject, payload, metadata, deadline)
+        except asyncio.CancelledError:
+            self._set_outcome(Trailers(grpc.StatusCode.CANCELLED.value[0], "Locally cancelled by application!"), ())
+            raise
+        if outcome.trailers.code == 0 and outcome.response is not None:
+            try:
+                response = _deserialize(self._deserializer, outcome.response)
+            except Exception as exc:
+                self._set_outcome(
+                    Trailers(grpc.StatusCode.INTERNAL.value[0], f"Exception deserializing response: {exc}"),
+                    outcome.initial_metadata,
+                )
+                self._raise_if_failed()
+            self._set_outcome(outcome.trailers, outcome.initial_metadata)
+            return response
+        self._set_outcome(outcome.trailers, outcome.initial_metadata)
+        self._raise_if_failed()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            return (yield from asyncio.shield(self._task).__await__())
+        except asyncio.CancelledError:
+            if self.cancelled():
+                raise rpc_error(self._trailers or Trailers(1, "Cancelled")) from None
+            raise
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        self._task.cancel()
+        self._set_outcome(Trailers(grpc.StatusCode.CANCELLED.value[0], "Locally cancelled by application!"), ())
+        return True
+
+
+class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+    """Any streaming call in flight: iterate or ``read()`` responses, ``write()`` requests.
+
+    One class serves the three streaming kinds (it is an instance of each grpc.aio call type);
+    what a kind does not allow (``write`` on unary-stream, say) raises as grpc.aio does.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        options: TransportOptions,
+        subject: str,
+        serializer: Serializer,
+        deserializer: Deserializer,
+        timeout: float | None,
+        metadata: Any,
+        *,
+        request: Any = None,
+        request_iterator: Any = None,
+        request_streaming: bool,
+        response_streaming: bool,
+    ) -> None:
+        deadline = _client.effective_deadline(timeout)
+        super().__init__(deadline)
+        self._serializer = serializer
+        self._deserializer = deserializer
+        self._request_streaming = request_streaming
+        self._response_streaming = response_streaming
+        self._stream: _client.ClientStream | None = None
+        self._opened = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._iterated = False
+        loop = asyncio.get_running_loop()
+        self._open_task = loop.create_task(
+            self._open(nc, options, subject, metadata, deadline, request, request_iterator)
+        )
+
+    async def _open(
+        self,
+        nc: Client,
+        options: TransportOptions,
+        subject: str,
+        metadata: Any,
+        deadline: float | None,
+        request: Any,
+        request_iterator: Any,
+    ) -> None:
+        try:
+            headers = _client.call_headers(metadata, deadline)
+        except MetadataError as exc:
+            self._set_outcome(Trailers(grpc.StatusCode.INTERNAL.value[0], str(exc)), ())
+            self._opened.set()
+            return
+        stream = _client.ClientStream(nc, _client.ReplyMux.of(nc), options, subject, headers, deadline)
+        self._stream = stream
+        first = None if self._request_streaming else _serialize(self._serializer, request)
+        try:
+            await stream.open(first)
+        finally:
+            self._opened.set()
+        asyncio.get_running_loop().create_task(self._watch(stream))
+        if not self._request_streaming:
+            stream.done_writing()
+        elif request_iterator is not None:
+            self._writer_task = asyncio.get_running_loop().create_task(self._consume(request_iterator))
+
+    async def _watch(self, stream: _client.ClientStream) -> None:
+        trailers = await stream.trailers()
+        initial = await stream.initial_metadata()
+        if self._writer_task is not None and not self._writer_task.done():
+            self._writer_task.cancel()
+        self._set_outcome(trailers, initial)
+
+    async def _consume(self, request_iterator: Any) -> None:
+        try:
+            if hasattr(request_iterator, "__aiter__"):
+                async for request in request_iterator:
+                    await self._write(request)
+            else:
+                for request in request_iterator:
+                    await self._write(request)
+            await self.done_writing()
+        except (asyncio.InvalidStateError, StreamFailure):
+            return  # the call ended while we were still sending
+
+    async def _ready(self) -> _client.ClientStream | None:
+        await self._opened.wait()
+        return self._stream
+
+    async def _initial_metadata(self) -> tuple[MetadataTuple, ...]:
+        stream = await self._ready()
+        if stream is None:
+            await self._done_event.wait()
+            return self._initial
+        return await stream.initial_metadata()
+
+    # -- responses ------------------------------------------------------------------------
+
+    async def read(self) -> Any:
+        stream = await self._ready()
+        data = None if stream is None else await stream.read()
+        if data is None:
+            trailers = await self._wait_done()
+            if trailers.code != 0:
+                raise rpc_error(trailers, self._initial)
+            return grpc.aio.EOF
+        return _deserialize(self._deserializer, data)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            message = await self.read()
+            if message is grpc.aio.EOF:
+                return
+            yield message
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._unary_response().__await__()
+
+    async def _unary_response(self) -> Any:
+        stream = await self._ready()
+        data = None if stream is None else await stream.read()
+        trailers = await self._wait_done()
+        if trailers.code != 0:
+            raise rpc_error(trailers, self._initial)
+        if data is None:
+            raise rpc_error(Trailers(grpc.StatusCode.INTERNAL.value[0], "the server sent OK without a response"))
+        return _deserialize(self._deserializer, data)
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def write(self, request: Any) -> None:
+        if not self._request_streaming:
+            raise grpc.aio.UsageError("write() is only for request-streaming calls")
+        if self._writer_task is not None:
+            raise grpc.aio.UsageError("write() cannot be mixed with a request iterator")
+        await self._write(request)
+
+    async def _write(self, request: Any) -> None:
+        stream = await self._ready()
+        if stream is None or stream.finished:
+            trailers = await self._wait_done()
+            raise rpc_error(trailers, self._initial)
+        await stream.write(_serialize(self._serializer, request))
+
+    async def done_writing(self) -> None:
+        stream = await self._ready()
+        if stream is not None:
+            stream.done_writing()
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        if self._stream is not None:
+            self._stream.cancel()
+        else:
+            self._open_task.cancel()
+            self._set_outcome(Trailers(grpc.StatusCode.CANCELLED.value[0], "Locally cancelled by application!"), ())
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+        return True
