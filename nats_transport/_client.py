@@ -11,7 +11,7 @@ import itertools
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from nats.aio.client import Client
@@ -33,8 +33,10 @@ from nats_transport._metadata import (
     to_headers,
 )
 from nats_transport._options import TransportOptions
+from nats_transport._status import status_for_exception, status_for_framing_error
 from nats_transport._stream import StreamEndpoint, StreamFailure, headers_size
 
+ReplyFrames = tuple[dict[str, str] | None, list[tuple[int, bytes]]]
 OPEN_ALLOWANCE = 65536  # request bytes an opening message may carry before the server's window is known
 _NO_RESPONDERS = "503"
 
@@ -86,7 +88,7 @@ def call_headers(
 class ReplyMux:
     """One wildcard reply subscription per NATS connection, mapping tokens to waiting calls."""
 
-    _by_connection: weakref.WeakKeyDictionary[Client, ReplyMux] = weakref.WeakKeyDictionary()
+    _by_connection: ClassVar[weakref.WeakKeyDictionary[Client, ReplyMux]] = weakref.WeakKeyDictionary()
 
     @classmethod
     def of(cls, nc: Client) -> ReplyMux:
@@ -171,7 +173,7 @@ class PendingUnary:
 
     __slots__ = ("_decoder", "_frames", "_max", "_seq", "future", "headers", "last_heard")
 
-    def __init__(self, future: asyncio.Future[tuple[dict[str, str] | None, list[tuple[int, bytes]]]], max_message: int) -> None:
+    def __init__(self, future: asyncio.Future[ReplyFrames], max_message: int) -> None:
         self.future = future
         self.last_heard = time.monotonic()
         self.headers: dict[str, str] | None = None
@@ -217,7 +219,7 @@ class PendingUnary:
         try:
             self._frames.extend(self._decoder.feed(payload))
         except _framing.FramingError as exc:
-            self.give_up(grpc.StatusCode.RESOURCE_EXHAUSTED if "exceeds" in str(exc) else grpc.StatusCode.INTERNAL, str(exc))
+            self.give_up(status_for_framing_error(exc), str(exc))
             return
         if self._frames and self._frames[-1][0] == _framing.TRAILER_FLAG:
             self.future.set_result((self.headers, self._frames))
@@ -262,8 +264,6 @@ async def unary_call(
     try:
         await mux.ready(options)
     except Exception as exc:
-        from nats_transport._status import status_for_exception
-
         return failed(*status_for_exception(exc))
     if len(request) + 5 + (headers_size(headers) if headers else 0) > nc.max_payload:
         return await _unary_over_stream(nc, mux, options, subject, request, headers, deadline)
@@ -289,8 +289,6 @@ async def unary_call(
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        from nats_transport._status import status_for_exception
-
         return failed(*status_for_exception(exc))
     finally:
         mux.unregister(token)
@@ -380,8 +378,6 @@ class ClientStream:
         try:
             await self._nc.publish(self._subject, body, reply=reply, headers=headers)
         except Exception as exc:
-            from nats_transport._status import status_for_exception
-
             self.endpoint.fail(StreamFailure(*status_for_exception(exc)))
             return
         if first is not None and not payload:

@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 import grpc
 
 from nats_transport import _framing
-from nats_transport._metadata import MetadataTuple, MetadataValue, check_user_key, encode_value, to_headers
 from nats_transport._envelope import Kind
+from nats_transport._metadata import MetadataTuple, MetadataValue, check_user_key, encode_value, to_headers
 from nats_transport._stream import StreamEndpoint
 
 # The deadline (time.monotonic) and trace headers of the call being handled: a call made from

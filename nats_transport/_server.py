@@ -182,7 +182,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._terminated.set()
 
-    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - grpc.aio's signature
         """Wait until stopped; return False if ``timeout`` passed first (as grpc.aio)."""
         try:
             await asyncio.wait_for(self._terminated.wait(), timeout)
@@ -423,7 +423,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
                 iterator = await loop.run_in_executor(self._pool, ctx.run, behaviour, *call_args)
                 sentinel = object()
                 while True:
-                    item = await loop.run_in_executor(self._pool, ctx.run, next, iterator, sentinel)
+                    item = await loop.run_in_executor(self._pool, ctx.run, _next_or, iterator, sentinel)
                     if item is sentinel:
                         return None
                     await stream.write(item)
@@ -630,6 +630,10 @@ def _method_of(subject: str, prefix_len: int) -> str | None:
     return f"/{service}/{name}"
 
 
+def _next_or(iterator: Any, default: Any) -> Any:
+    return next(iterator, default)
+
+
 def _expire(state: CallState, task: asyncio.Task[Any]) -> None:
     state.code = grpc.StatusCode.DEADLINE_EXCEEDED
     state.details = "Deadline Exceeded"
@@ -704,13 +708,10 @@ def _wrap_interceptor(interceptor: Any, continuation: Callable[[Any], Any]) -> C
 
         # A grpc.ServerInterceptor is synchronous: give it a synchronous continuation that
         # resolves the rest of the chain on this loop.
-        resolved: dict[str, Any] = {}
-
-        def sync_continuation(call_details: Any) -> Any:
-            return resolved["handler"] if call_details is details else resolved.get(id(call_details))
-
-        resolved["handler"] = await continuation(details)
-        return interceptor.intercept_service(sync_continuation, details)
+        # Limitation: the rest of the chain is resolved for the original details, so a sync
+        # interceptor that rewrites the details sees the handler for the original method.
+        handler = await continuation(details)
+        return interceptor.intercept_service(lambda _details: handler, details)
 
     return call
 

@@ -11,6 +11,8 @@ import asyncio
 import grpc
 from nats import errors as nats_errors
 
+from nats_transport._framing import FrameTooLarge, FramingError
+
 # grpc.StatusCode by its numeric value (grpc.StatusCode.X.value is (int, str)).
 CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -42,6 +44,11 @@ def status_for_exception(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         if isinstance(exc, kind):
             return code, message
     return grpc.StatusCode.UNKNOWN, "Unexpected error in the transport"
+
+
+def status_for_framing_error(exc: FramingError) -> grpc.StatusCode:
+    """RESOURCE_EXHAUSTED for a message over the size limit, INTERNAL for malformed bytes."""
+    return grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, FrameTooLarge) else grpc.StatusCode.INTERNAL
 
 
 # Handler-side outcomes.

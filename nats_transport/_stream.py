@@ -30,6 +30,7 @@ from nats_transport._framing import (
     Trailers,
     decode_trailer_block,
 )
+from nats_transport._status import status_for_framing_error
 
 END = object()  # queued after the last inbound message
 
@@ -177,8 +178,7 @@ class StreamEndpoint:
         try:
             frames = self._decoder.feed(payload)
         except FramingError as exc:
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED if "exceeds" in str(exc) else grpc.StatusCode.INTERNAL
-            self.fail(StreamFailure(code, str(exc)))
+            self.fail(StreamFailure(status_for_framing_error(exc), str(exc)))
             return
         # Bytes now held in an unfinished frame are granted at once (see the module docstring).
         after = self._decoder.buffered

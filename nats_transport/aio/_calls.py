@@ -14,8 +14,8 @@ from nats_transport import _client
 from nats_transport._framing import Trailers
 from nats_transport._metadata import MetadataError, MetadataTuple
 from nats_transport._options import TransportOptions
-from nats_transport._stream import StreamFailure
 from nats_transport._status import code_from_number
+from nats_transport._stream import StreamFailure
 
 Serializer = Callable[[Any], bytes] | None
 Deserializer = Callable[[bytes], Any] | None

@@ -72,7 +72,7 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         """Poll the connection state until it differs (NATS reports no transitions to await)."""
-        while self.get_state() == last_observed_state:
+        while self.get_state() == last_observed_state:  # noqa: ASYNC110 - nats-py has no state event
             await asyncio.sleep(0.05)
 
     async def channel_ready(self) -> None:
@@ -203,7 +203,7 @@ class _InterceptedCall:
 
     async def _response(self) -> Any:
         result = await self._inner()
-        if isinstance(result, grpc.aio.Call) or isinstance(result, UnaryUnaryCall | StreamCall):
+        if isinstance(result, grpc.aio.Call | UnaryUnaryCall | StreamCall):
             return await result
         return result
 

@@ -1,0 +1,27 @@
+"""gRPC over NATS: generated stubs, health, reflection and interceptors, carried by NATS.
+
+Public API::
+
+    nats_transport.aio.server(nc, target, ...)   # a grpc.aio.Server
+    nats_transport.aio.channel(nc, target, ...)  # a grpc.aio.Channel
+    nats_transport.channel(servers, target, ...) # a grpc.Channel for synchronous code
+
+Errors raised to callers are ``grpc.RpcError`` (``grpc.aio.AioRpcError`` on the asyncio side);
+the sync side's :class:`RpcError` is also a ``grpc.Call`` and a ``grpc.Future``::
+
+    grpc.RpcError
+    ├── grpc.aio.AioRpcError          (asyncio channel)
+    └── nats_transport.RpcError       (sync channel; also grpc.Call, grpc.Future)
+
+The wire format is specified in ``docs/wire-protocol.md``.
+"""
+
+from __future__ import annotations
+
+from nats_transport import aio
+from nats_transport._options import ChannelOptions, ServerOptions, TransportOptions
+from nats_transport._sync_channel import Channel, RpcError, channel
+
+__all__ = ["Channel", "ChannelOptions", "RpcError", "ServerOptions", "TransportOptions", "aio", "channel"]
+
+WIRE_PROTOCOL_VERSION = 1
