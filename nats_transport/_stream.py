@@ -225,6 +225,8 @@ class StreamEndpoint:
 
     def queue_frames(self, frames: bytes) -> None:
         """Queue encoded frames for sending, flow controlled."""
+        if self.closed:
+            return  # the call is over; whoever reads our status already has it
         self._pending.append(frames)
         self._pending_bytes += len(frames)
         self._drained.clear()
@@ -232,6 +234,8 @@ class StreamEndpoint:
 
     def queue_final(self, kind: Kind, payload: bytes = b"", headers: dict[str, str] | None = None) -> None:
         """Queue the message that ends our direction (trailers or HALF_CLOSE), sent after all data."""
+        if self.closed:
+            return
         self._final = (kind, payload, headers)
         self._drained.clear()
         self._wake.set()
