@@ -10,14 +10,14 @@ import asyncio
 import sys
 
 import nats
+from gaming.event_bus.v1 import event_bus_pb2, event_bus_pb2_grpc
 
 import nats_transport.aio
-from gaming.event_bus.v1 import event_bus_pb2, event_bus_pb2_grpc
 from nats_transport import ServerOptions
 
 
 class SlowEvents(event_bus_pb2_grpc.EventBusServiceServicer):
-    async def Subscribe(self, request, context):  # noqa: N802 - generated name
+    async def Subscribe(self, request, context):
         sequence = 0
         while True:
             sequence += 1

@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import nats
 import pytest
+from gaming.event_bus.v1 import event_bus_pb2, event_bus_pb2_grpc
+from gaming.npc_behavior.v1 import npc_behavior_pb2, npc_behavior_pb2_grpc
 
 import nats_transport
 import nats_transport.aio
-from gaming.event_bus.v1 import event_bus_pb2, event_bus_pb2_grpc
-from gaming.npc_behavior.v1 import npc_behavior_pb2, npc_behavior_pb2_grpc
 from nats_transport import ChannelOptions, ServerOptions
 from tests._waiting import wait_for
 
@@ -31,12 +31,17 @@ class Echo(npc_behavior_pb2_grpc.NpcBehaviorServiceServicer):
         self.name = name
         self.calls_seen = 0
 
-    async def DecisionStream(self, request_iterator, context):  # noqa: N802 - generated name
+    async def DecisionStream(self, request_iterator, context):
         self.calls_seen += 1
         async for request in request_iterator:
             yield npc_behavior_pb2.DecisionStreamResponse(
                 client_sequence=request.client_sequence, npc_id=self.name
             )
+
+
+async def _read_until_error(call) -> None:
+    while True:
+        await call.read()
 
 
 @pytest.fixture
@@ -47,7 +52,7 @@ def target() -> str:
 async def test_a_killed_server_process_fails_the_stream_with_unavailable_long_before_its_deadline(
     nats_server, nc, target
 ):
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: ASYNC220 - starting a child does not block the loop for long
         [sys.executable, str(HERE / "_slow_stream_server.py"), nats_server.url, target],
         stdout=subprocess.PIPE,
         cwd=HERE.parent,
@@ -62,8 +67,7 @@ async def test_a_killed_server_process_fails_the_stream_with_unavailable_long_be
         process.kill()
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            while True:
-                await call.read()
+            await _read_until_error(call)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - started < 10
     finally:
@@ -103,7 +107,8 @@ async def test_replicas_share_fifty_concurrent_streams_and_no_stream_crosses_rep
         results = await asyncio.gather(*(one_stream() for _ in range(50)))
         assert all(len(seen) == 1 for seen in results)
         assert replicas[0].calls_seen + replicas[1].calls_seen == 50
-        assert replicas[0].calls_seen > 0 and replicas[1].calls_seen > 0
+        assert replicas[0].calls_seen > 0
+        assert replicas[1].calls_seen > 0
     finally:
         await client_nc.close()
         for server, server_nc in zip(servers, connections, strict=True):
@@ -115,7 +120,7 @@ async def test_a_client_that_vanishes_mid_stream_gets_its_server_handler_cancell
     cancelled = asyncio.Event()
 
     class Forever(event_bus_pb2_grpc.EventBusServiceServicer):
-        async def Subscribe(self, request, context):  # noqa: N802 - generated name
+        async def Subscribe(self, request, context):
             try:
                 while True:
                     yield event_bus_pb2.SubscribeResponse()
@@ -143,16 +148,16 @@ async def test_a_client_that_vanishes_mid_stream_gets_its_server_handler_cancell
 
 async def test_sync_channel_streams_work_in_all_three_kinds(nats_server, target):
     class Npc(npc_behavior_pb2_grpc.NpcBehaviorServiceServicer):
-        async def DecisionStream(self, request_iterator, context):  # noqa: N802 - generated name
+        async def DecisionStream(self, request_iterator, context):
             async for request in request_iterator:
                 yield npc_behavior_pb2.DecisionStreamResponse(client_sequence=request.client_sequence)
 
     class Events(event_bus_pb2_grpc.EventBusServiceServicer):
-        async def Subscribe(self, request, context):  # noqa: N802 - generated name
+        async def Subscribe(self, request, context):
             for _ in range(3):
                 yield event_bus_pb2.SubscribeResponse()
 
-        async def PublishBatch(self, request_iterator, context):  # noqa: N802 - generated name
+        async def PublishBatch(self, request_iterator, context):
             count = 0
             async for _ in request_iterator:
                 count += 1
