@@ -28,7 +28,7 @@ TRANSPORT_HEADERS = frozenset({TIMEOUT_HEADER, CONTENT_TYPE_HEADER, "te", "user-
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 _KEY = re.compile(r"^[0-9a-z_.\-]+$")
-_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # Finest unit first: the most precise encoding that fits in 8 digits wins.
 _UNITS_BY_PRECISION = ("n", "u", "m", "S", "M", "H")
@@ -111,6 +111,8 @@ def from_headers(headers: Mapping[str, str] | None) -> tuple[MetadataTuple, ...]
 
 def encode_timeout(seconds: float) -> str:
     """``grpc-timeout`` for a remaining time, rounded up so a tiny deadline never reads as 0."""
+    if not math.isfinite(seconds):
+        return "99999999H" if seconds > 0 else "1n"
     seconds = max(seconds, 0.0)
     for unit in _UNITS_BY_PRECISION:
         amount = math.ceil(seconds / _UNIT_SECONDS[unit])

@@ -334,7 +334,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         try:
             response = await self._run_unary(state, handler, frames[0][1], msg.headers)
         finally:
-            keepalive.stop()
+            await keepalive.stop()
         await self._send_unary_reply(msg.reply, state, response, keepalive.seq)
 
     async def _run_unary(
@@ -363,7 +363,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
                 )
             else:
                 parts.append(_framing.encode_message(response))
-        if trailers.code != 0 or trailers.metadata or trailers.details or not parts:
+        if trailers.code != 0 or trailers.message or trailers.metadata or trailers.details or not parts:
             parts.append(_framing.encode_trailers(trailers))
         if trailers.code != 0 and state.code in (None, grpc.StatusCode.OK):
             state.code = _status.code_from_number(trailers.code)
@@ -417,6 +417,8 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
                     return None
                 return await result
             sync_context = SyncServicerContext(state, _sync_writer(stream, loop), _sync_reader(stream, loop), loop)
+            if request is stream and stream is not None:
+                request = _SyncRequestIterator(stream, loop)  # plain functions iterate blocking
             call_args = (request, sync_context)
             ctx = contextvars.copy_context()
             if stream is not None and stream.response_streaming:
@@ -457,8 +459,10 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
     async def _serve_stream(self, msg: Msg) -> None:
         headers = msg.headers or {}
         try:
-            client_window = int(headers.get(WINDOW_HEADER, "0")) or self._options.stream_window
+            client_window = int(headers.get(WINDOW_HEADER, "0"))
         except ValueError:
+            client_window = 0
+        if client_window <= 0:  # absent or nonsense: assume the client takes our own window size
             client_window = self._options.stream_window
         call_id = str(next(self._ids))
         state_box: list[CallState] = []
@@ -517,7 +521,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
     async def _run_stream(
         self, state: CallState, handler: Any, endpoint: StreamEndpoint, headers: dict[str, str] | None
     ) -> None:
-        stream = _StreamIO(state, endpoint, handler)
+        stream = _StreamIO(state, endpoint, handler, self._options.max_message_size)
         if handler.request_streaming:
             request: Any = stream
             behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
@@ -550,13 +554,14 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
 class _StreamIO:
     """Reads requests from and writes responses to a stream endpoint, with (de)serialization."""
 
-    def __init__(self, state: CallState, endpoint: StreamEndpoint, handler: Any) -> None:
+    def __init__(self, state: CallState, endpoint: StreamEndpoint, handler: Any, max_message: int) -> None:
         self._state = state
         self._endpoint = endpoint
         self._deserialize = handler.request_deserializer
         self._serialize = handler.response_serializer
         self.response_streaming: bool = handler.response_streaming
         self._high_water = endpoint.window
+        self._max_message = max_message
 
     def __aiter__(self) -> _StreamIO:
         return self
@@ -587,6 +592,10 @@ class _StreamIO:
     async def write_bytes(self, data: bytes) -> None:
         if self._state.done:
             raise asyncio.CancelledError()
+        if len(data) > self._max_message:
+            self._state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self._state.details = f"response of {len(data)} bytes exceeds the limit of {self._max_message}"
+            raise AbortError()
         endpoint = self._endpoint
         if not self._state.initial_metadata_sent:
             endpoint.headers_to_send = initial_headers(self._state)
@@ -603,6 +612,7 @@ class _UnaryKeepalive:
         self._reply = reply
         self._interval = interval
         self.seq = 0
+        self._last: asyncio.Task[None] | None = None
         self._handle: asyncio.TimerHandle | None = None
         if interval is not None:
             self._handle = asyncio.get_running_loop().call_later(interval, self._ping)
@@ -611,12 +621,15 @@ class _UnaryKeepalive:
         assert self._interval is not None
         body = env.pack(Kind.PING, self.seq)
         self.seq += 1
-        asyncio.get_running_loop().create_task(_quiet_publish(self._nc, self._reply, body))
+        self._last = asyncio.get_running_loop().create_task(_quiet_publish(self._nc, self._reply, body))
         self._handle = asyncio.get_running_loop().call_later(self._interval, self._ping)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """No more PINGs; wait for one in flight so the reply cannot overtake it."""
         if self._handle is not None:
             self._handle.cancel()
+        if self._last is not None:
+            await self._last
 
 
 _FAILED: Any = object()
@@ -708,10 +721,14 @@ def _wrap_interceptor(interceptor: Any, continuation: Callable[[Any], Any]) -> C
 
         # A grpc.ServerInterceptor is synchronous: give it a synchronous continuation that
         # resolves the rest of the chain on this loop.
-        # Limitation: the rest of the chain is resolved for the original details, so a sync
-        # interceptor that rewrites the details sees the handler for the original method.
-        handler = await continuation(details)
-        return interceptor.intercept_service(lambda _details: handler, details)
+        # A grpc.ServerInterceptor is synchronous and so is its continuation: run it in a thread
+        # whose continuation resolves the rest of the chain on this loop, keeping the order.
+        loop = asyncio.get_running_loop()
+
+        def sync_continuation(call_details: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(continuation(call_details), loop).result()
+
+        return await asyncio.to_thread(interceptor.intercept_service, sync_continuation, details)
 
     return call
 

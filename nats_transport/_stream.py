@@ -180,9 +180,10 @@ class StreamEndpoint:
         except FramingError as exc:
             self.fail(StreamFailure(status_for_framing_error(exc), str(exc)))
             return
-        # Bytes now held in an unfinished frame are granted at once (see the module docstring).
+        # Bytes newly held in an unfinished frame are granted at once (see the module docstring);
+        # those held before were granted when they arrived.
         after = self._decoder.buffered
-        self._to_return += after
+        self._to_return += after if frames else after - before
         for flag, message in frames:
             if flag == TRAILER_FLAG:
                 try:

@@ -5,21 +5,26 @@ from __future__ import annotations
 import re
 
 DEFAULT_PREFIX = "grpc"
+_SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_METHOD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 def check_token(name: str, what: str) -> str:
-    """Validate a prefix or target: one or more NATS tokens without wildcards or spaces."""
-    parts = name.split(".")
-    if not name or not all(_TOKEN.match(p) for p in parts):
-        raise ValueError(f"{what} {name!r} must be dot-separated tokens of [A-Za-z0-9_-]")
+    """Validate a prefix or target: one NATS token of ``[A-Za-z0-9_-]``.
+
+    One token only: a dotted target ``quest.x`` would fall under target ``quest``'s wildcard
+    ``grpc.quest.>``, and ADR-32 service names allow no dots either.
+    """
+    if not _TOKEN.match(name):
+        raise ValueError(f"{what} {name!r} must be one token of [A-Za-z0-9_-]")
     return name
 
 
 def call_subject(prefix: str, target: str, method: str) -> str:
     """Subject for a gRPC method path ``/package.Service/Method``."""
     service, _, name = method.lstrip("/").partition("/")
-    if not service or not name or "/" in name:
+    if not _SERVICE.match(service) or not _METHOD.match(name):
         raise ValueError(f"method {method!r} is not of the form /package.Service/Method")
     return f"{prefix}.{target}.{service}.{name}"
 

@@ -223,7 +223,7 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         self._stream: _client.ClientStream | None = None
         self._opened = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
-        self._iterated = False
+        self._response_task: asyncio.Task[Any] | None = None
         loop = asyncio.get_running_loop()
         self._open_task = loop.create_task(
             self._open(nc, options, subject, metadata, deadline, request, request_iterator)
@@ -314,6 +314,12 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         return self._unary_response().__await__()
 
     async def _unary_response(self) -> Any:
+        # Awaiting the call twice (an interceptor, then the caller) must give the same response.
+        if self._response_task is None:
+            self._response_task = asyncio.get_running_loop().create_task(self._read_unary_response())
+        return await asyncio.shield(self._response_task)
+
+    async def _read_unary_response(self) -> Any:
         stream = await self._ready()
         data = None if stream is None else await stream.read()
         trailers = await self._wait_done()

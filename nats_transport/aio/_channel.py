@@ -180,10 +180,55 @@ class _MultiCallable(
             return self._start(subject, request, details.timeout, details.metadata)
 
         async def continuation(next_details: Any, next_request: Any) -> Any:
-            return await self._chain(index + 1, next_details, next_request)
+            result = await self._chain(index + 1, next_details, next_request)
+            if not self._kind[1] and not isinstance(result, grpc.aio.Call | _InterceptedCall):
+                # An inner interceptor answered with the response itself: callers up the chain
+                # still get a call, as with grpc.aio.
+                return _ResponseCall(result)
+            return result
 
         interceptor = self._interceptors[index]
         return await getattr(interceptor, self._hook)(continuation, details, request)
+
+
+class _ResponseCall:
+    """A finished OK call around a response an interceptor produced itself."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._result().__await__()
+
+    async def _result(self) -> Any:
+        return self._response
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    async def details(self) -> str:
+        return ""
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def add_done_callback(self, callback: Any) -> None:
+        callback(self)
+
+    def time_remaining(self) -> float | None:
+        return None
 
 
 class _InterceptedCall:
@@ -203,7 +248,7 @@ class _InterceptedCall:
 
     async def _response(self) -> Any:
         result = await self._inner()
-        if isinstance(result, grpc.aio.Call | UnaryUnaryCall | StreamCall):
+        if isinstance(result, grpc.aio.Call | UnaryUnaryCall | StreamCall | _ResponseCall):
             return await result
         return result
 
