@@ -1,0 +1,120 @@
+"""Client load loops: N asyncio tasks calling back to back, timed over a fixed window."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+import nats
+from gaming.quest.v1 import quest_pb2_grpc
+
+import nats_transport
+from benchmarks import workload
+from nats_transport._metadata import TIMEOUT_HEADER, encode_timeout
+
+Call = Callable[[], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What one timed window measured."""
+
+    calls: int
+    errors: int
+    seconds: float
+    latencies: list[float]  # seconds, sorted
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        """Nearest-rank percentile (0 < q <= 1) of the call latencies, in milliseconds."""
+        if not self.latencies:
+            return math.nan
+        rank = max(math.ceil(q * len(self.latencies)), 1)
+        return self.latencies[rank - 1] * 1000
+
+
+async def measure(call: Call, concurrency: int, warmup: float, duration: float) -> Sample:
+    """Run ``concurrency`` tasks calling back to back; count calls that end inside the window.
+
+    The window opens ``warmup`` seconds after the tasks start and lasts ``duration``; a call
+    counts (and its latency is kept) if it completes inside it. No task starts a call after
+    the window closes.
+    """
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    opens, closes = start + warmup, start + warmup + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        clock = time.perf_counter
+        while (began := clock()) < closes:
+            try:
+                await call()
+            except Exception:
+                ended = clock()
+                if opens <= ended <= closes:
+                    errors += 1
+                continue
+            ended = clock()
+            if opens <= ended <= closes:
+                latencies.append(ended - began)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies.sort()
+    return Sample(len(latencies), errors, duration, latencies)
+
+
+@asynccontextmanager
+async def grpc_aio(port: int) -> AsyncIterator[Call]:
+    """GetQuest through a grpc.aio channel over HTTP/2."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        stub = quest_pb2_grpc.QuestServiceStub(channel)
+
+        async def call() -> object:
+            return await stub.GetQuest(workload.REQUEST, timeout=workload.CALL_TIMEOUT)
+
+        yield call
+
+
+@asynccontextmanager
+async def raw_nats(url: str) -> AsyncIterator[Call]:
+    """nc.request with the serialized request and the ``grpc-timeout`` header our transport sends."""
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    try:
+
+        async def call() -> object:
+            headers = {TIMEOUT_HEADER: encode_timeout(workload.CALL_TIMEOUT)}
+            return await nc.request(
+                workload.RAW_SUBJECT, workload.REQUEST_BYTES, timeout=workload.CALL_TIMEOUT, headers=headers
+            )
+
+        yield call
+    finally:
+        await nc.close()
+
+
+@asynccontextmanager
+async def ours(url: str) -> AsyncIterator[Call]:
+    """GetQuest through nats_transport.aio.channel."""
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    channel = nats_transport.aio.channel(nc, workload.OURS_TARGET)
+    try:
+        stub = quest_pb2_grpc.QuestServiceStub(channel)
+
+        async def call() -> object:
+            return await stub.GetQuest(workload.REQUEST, timeout=workload.CALL_TIMEOUT)
+
+        yield call
+    finally:
+        await channel.close()
+        await nc.close()
