@@ -33,7 +33,7 @@ from nats_transport._metadata import (
     to_headers,
 )
 from nats_transport._options import TransportOptions
-from nats_transport._status import status_for_exception, status_for_framing_error
+from nats_transport._status import code_from_number, status_for_exception, status_for_framing_error
 from nats_transport._stream import StreamEndpoint, StreamFailure, headers_size
 
 ReplyFrames = tuple[dict[str, str] | None, list[tuple[int, bytes]]]
@@ -85,6 +85,18 @@ def call_headers(
     return headers
 
 
+def _metadata_too_large(nc: Client, headers: dict[str, str] | None) -> Outcome | None:
+    # nats-py checks only the body against max_payload, but the server counts headers too and
+    # drops the whole connection when they overflow it: refuse here, before anything is sent.
+    if headers and headers_size(headers) + env.ENVELOPE_SIZE + 5 > nc.max_payload:
+        size = headers_size(headers)
+        return failed(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"metadata of {size} bytes exceeds the connection's max_payload of {nc.max_payload}",
+        )
+    return None
+
+
 class ReplyMux:
     """One wildcard reply subscription per NATS connection, mapping tokens to waiting calls."""
 
@@ -108,7 +120,6 @@ class ReplyMux:
         self._starting: asyncio.Future[None] | None = None
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_interval: float | None = None
-        self._keepalive_timeout: float | None = None
 
     @property
     def pending(self) -> int:
@@ -117,14 +128,16 @@ class ReplyMux:
 
     async def ready(self, options: TransportOptions) -> None:
         """Subscribe once; later calls return at once."""
+        # Channels sharing a connection may set different keepalives: sweep at the shortest.
+        interval = options.keepalive_interval
+        if interval is not None and (self._sweep_interval is None or interval < self._sweep_interval):
+            self._sweep_interval = interval
         if self._sub is not None:
             return
         if self._starting is None:
             self._starting = asyncio.get_running_loop().create_future()
             try:
                 self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_message)
-                self._sweep_interval = options.keepalive_interval
-                self._keepalive_timeout = options.keepalive_timeout
                 self._starting.set_result(None)
             except BaseException as exc:
                 self._starting.set_exception(exc)
@@ -137,7 +150,7 @@ class ReplyMux:
         """A fresh (token, reply subject) for ``call``."""
         token = str(next(self._ids))
         self._calls[token] = call
-        if self._sweep is None and self._sweep_interval is not None and self._keepalive_timeout is not None:
+        if self._sweep is None and self._sweep_interval is not None:
             self._sweep = asyncio.get_running_loop().call_later(self._sweep_interval, self._check_alive)
         return token, f"{self._prefix}.{token}"
 
@@ -154,11 +167,11 @@ class ReplyMux:
         # One timer per connection, not per call: a unary call whose server went silent (no
         # reply, no keepalive) for keepalive_timeout fails UNAVAILABLE long before its deadline.
         self._sweep = None
-        if not self._calls or self._keepalive_timeout is None or self._sweep_interval is None:
+        if not self._calls or self._sweep_interval is None:
             return
-        horizon = time.monotonic() - self._keepalive_timeout
+        now = time.monotonic()
         for call in list(self._calls.values()):
-            if isinstance(call, PendingUnary) and call.last_heard < horizon:
+            if isinstance(call, PendingUnary) and call.timeout is not None and now - call.last_heard > call.timeout:
                 call.give_up(grpc.StatusCode.UNAVAILABLE, "the server stopped answering (no keepalive)")
         self._sweep = asyncio.get_running_loop().call_later(self._sweep_interval, self._check_alive)
 
@@ -171,10 +184,11 @@ def _is_no_responders(msg: Msg) -> bool:
 class PendingUnary:
     """A unary call waiting for its reply (fast path), or its numbered chunks."""
 
-    __slots__ = ("_decoder", "_frames", "_max", "_seq", "future", "headers", "last_heard")
+    __slots__ = ("_decoder", "_frames", "_max", "_seq", "future", "headers", "last_heard", "timeout")
 
-    def __init__(self, future: asyncio.Future[ReplyFrames], max_message: int) -> None:
+    def __init__(self, future: asyncio.Future[ReplyFrames], max_message: int, timeout: float | None) -> None:
         self.future = future
+        self.timeout = timeout  # silence (no reply, no keepalive) tolerated before UNAVAILABLE
         self.last_heard = time.monotonic()
         self.headers: dict[str, str] | None = None
         self._decoder: _framing.FrameDecoder | None = None
@@ -265,10 +279,13 @@ async def unary_call(
         await mux.ready(options)
     except Exception as exc:
         return failed(*status_for_exception(exc))
+    too_big = _metadata_too_large(nc, headers)
+    if too_big is not None:
+        return too_big
     if len(request) + 5 + (headers_size(headers) if headers else 0) > nc.max_payload:
         return await _unary_over_stream(nc, mux, options, subject, request, headers, deadline)
     loop = asyncio.get_running_loop()
-    pending = PendingUnary(loop.create_future(), options.max_message_size)
+    pending = PendingUnary(loop.create_future(), options.max_message_size, options.keepalive_timeout)
     token, reply = mux.register(pending)
     timer = None
     try:
@@ -307,8 +324,11 @@ async def _unary_over_stream(
 ) -> Outcome:
     """A unary call whose request does not fit one NATS message: stream mode, one message."""
     stream = ClientStream(nc, mux, options, subject, headers, deadline)
-    await stream.open()
-    await stream.write(request)
+    try:
+        await stream.open()
+        await stream.write(request)
+    except (asyncio.InvalidStateError, StreamFailure):
+        pass  # the call already ended (connection down, say): its trailers say why
     stream.done_writing()
     response = await stream.read()
     trailers = await stream.trailers()
@@ -359,6 +379,11 @@ class ClientStream:
     async def open(self, first: bytes | None = None) -> None:
         """Send the opening message (with ``first`` request if it is small) to the call subject."""
         await self._mux.ready(self._options)
+        too_big = _metadata_too_large(self._nc, self._headers)
+        if too_big is not None:
+            failure = StreamFailure(code_from_number(too_big.trailers.code), too_big.trailers.message)
+            self.endpoint.fail(failure)
+            return
         self._token, reply = self._mux.register(self)
         headers = self._headers
         headers[STREAM_HEADER] = "1"

@@ -353,6 +353,11 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
     async def _send_unary_reply(self, reply: str, state: CallState, response: bytes | None, seq: int) -> None:
         state.finish()
         headers = initial_headers(state)
+        if headers and headers_size(headers) + 1024 > self._nc.max_payload:
+            # Too big to travel: publishing it would make nats-server drop our connection.
+            headers, response = None, None
+            state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            state.details = "initial metadata exceeds the connection's max_payload"
         trailers = state.trailers(default_code=grpc.StatusCode.OK if response is not None else grpc.StatusCode.UNKNOWN)
         parts: list[bytes] = []
         if response is not None and trailers.code == 0:
@@ -545,7 +550,12 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             state.code = grpc.StatusCode.UNKNOWN
         self._record(state)
         if not state.initial_metadata_sent:
-            endpoint.headers_to_send = initial_headers(state)
+            headers = initial_headers(state)
+            if headers and headers_size(headers) + 1024 > endpoint.max_payload:
+                headers = None
+                state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                state.details = "initial metadata exceeds the connection's max_payload"
+            endpoint.headers_to_send = headers
         state.finish()
         endpoint.queue_final(Kind.DATA, _framing.encode_trailers(state.trailers()))
         await endpoint.flushed()
@@ -598,7 +608,12 @@ class _StreamIO:
             raise AbortError()
         endpoint = self._endpoint
         if not self._state.initial_metadata_sent:
-            endpoint.headers_to_send = initial_headers(self._state)
+            headers = initial_headers(self._state)
+            if headers and headers_size(headers) + 1024 > endpoint.max_payload:
+                self._state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                self._state.details = "initial metadata exceeds the connection's max_payload"
+                raise AbortError()
+            endpoint.headers_to_send = headers
         endpoint.queue_frames(_framing.message_frame_header(len(data)) + data)
         if endpoint.backlog >= self._high_water:
             await endpoint.wait_writable(self._high_water)

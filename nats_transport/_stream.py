@@ -242,6 +242,11 @@ class StreamEndpoint:
         self._wake.set()
 
     @property
+    def max_payload(self) -> int:
+        """The connection's max_payload (headers and body together must fit in it)."""
+        return int(self._nc.max_payload)
+
+    @property
     def backlog(self) -> int:
         """Bytes queued but not yet sent."""
         return self._pending_bytes
