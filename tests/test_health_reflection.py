@@ -175,7 +175,7 @@ async def test_reflection_answers_every_question_on_one_stream(mesh):
     assert quest_file.package == "gaming.quest.v1"
     assert "QuestService" in [s.name for s in quest_file.service]
     assert "gaming/common/v1/common.proto" in quest_file.dependency
-    assert [f.name for f in _files(imported)][0] == "gaming/common/v1/common.proto"
+    assert next(f.name for f in _files(imported)) == "gaming/common/v1/common.proto"
     assert unknown.WhichOneof("message_response") == "error_response"
     assert unknown.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
     assert unknown.original_request.file_containing_symbol == "no.such.Symbol"
