@@ -502,7 +502,11 @@ class ClientStream:
 
     async def read(self) -> bytes | None:
         """The next response, or None when the call has ended."""
-        return await self.endpoint.read()
+        message = await self.endpoint.read()
+        if message is not None and not self._initial.done():
+            # A message came before any HEADERS: the server sent no initial metadata.
+            self._initial.set_result(())
+        return message
 
     async def trailers(self) -> _framing.Trailers:
         """Status and trailing metadata, once the call ends."""

@@ -118,6 +118,12 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             name = getattr(handler, "service_name", None)
             if callable(name):
                 self._services.setdefault(name(), [])
+            # grpc.method_handlers_generic_handler keeps "/svc/method" keys: list them for $SRV.
+            for path in getattr(handler, "_method_handlers", None) or {}:
+                service, _, method = path.lstrip("/").partition("/")
+                methods = self._services.setdefault(service, [])
+                if method and method not in methods:
+                    methods.append(method)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         """Add a service's method handlers by name (as generated ``add_*_to_server`` does)."""

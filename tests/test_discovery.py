@@ -124,6 +124,25 @@ async def test_info_metadata_names_the_grpc_services(nc, target):
     assert f"grpc.{target}.grpc.health.v1.Health.Watch" in subjects
 
 
+async def test_info_lists_the_methods_of_a_generic_handler_too(nc, target):
+    srv = nats_transport.aio.server(nc, target)
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    srv.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("raw.v1.EchoService", {"Echo": echo, "Shout": echo}),)
+    )
+    await srv.start()
+    try:
+        info = await _ask(nc, f"$SRV.INFO.{target}")
+    finally:
+        await srv.stop(grace=None)
+
+    assert "raw.v1.EchoService" in json.dumps(info["metadata"])
+    assert sorted(e["subject"] for e in info["endpoints"]) == [
+        f"grpc.{target}.raw.v1.EchoService.Echo",
+        f"grpc.{target}.raw.v1.EchoService.Shout",
+    ]
+
+
 async def test_a_call_made_through_the_endpoint_subject_is_served(nc, server, target):
     info = await _ask(nc, f"$SRV.INFO.{target}")
     (endpoint,) = [e for e in info["endpoints"] if e["subject"].endswith(".GetQuest")]

@@ -336,6 +336,58 @@ async def test_bidi_request_iterator_and_response_iteration_together(harness):
     assert answered == list(range(200))
 
 
+async def test_server_ending_ok_while_the_client_still_sends_ends_the_call_ok(harness):
+    class FirstOnly(npc_grpc.NpcBehaviorServiceServicer):
+        async def DecisionStream(self, request_iterator, context):
+            async for request in request_iterator:
+                yield npc.DecisionStreamResponse(client_sequence=request.client_sequence)
+                return
+
+    await harness.serve(npcs=FirstOnly())
+
+    async def endless():
+        i = 0
+        while True:
+            yield _decision(i)
+            i += 1
+
+    call = harness.npcs().DecisionStream(endless(), timeout=5)
+    answered = [response.client_sequence async for response in call]
+
+    assert answered == [0]
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_request_over_the_size_limit_fails_the_stream_with_resource_exhausted(harness):
+    await harness.serve(npcs=EchoNpcs())
+    call = harness.npcs().DecisionStream(timeout=5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.write(_decision(0, "x" * (5 * MiB)))
+        await call.read()
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await wait_for(lambda: harness.server.in_flight == 0)
+
+
+async def test_a_response_over_the_size_limit_fails_the_stream_with_resource_exhausted(harness):
+    class Huge(npc_grpc.NpcBehaviorServiceServicer):
+        async def DecisionStream(self, request_iterator, context):
+            async for _ in request_iterator:
+                yield npc.DecisionStreamResponse(npc_id="y" * (5 * MiB))
+
+    await harness.serve(npcs=Huge())
+    call = harness.npcs().DecisionStream(timeout=5)
+    await call.write(_decision(0))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await wait_for(lambda: harness.server.in_flight == 0)
+
+
 # -- cancellation and deadlines ----------------------------------------------------------------
 
 
@@ -378,6 +430,36 @@ async def test_client_cancel_reaches_the_server_handler(harness):
     await wait_for(lambda: harness.server.in_flight == 0)
     assert await call.code() == grpc.StatusCode.CANCELLED
     assert call.cancelled()
+
+
+async def test_reading_a_cancelled_call_raises_cancelled_error_as_grpc_aio_does(harness):
+    await harness.serve(events=Watched())
+
+    call = harness.events().Subscribe(_subscribe(0), timeout=5)
+    await call.read()
+    call.cancel()
+
+    # grpc.aio raises asyncio.CancelledError (not AioRpcError) once the caller cancelled.
+    with pytest.raises(asyncio.CancelledError):
+        await call.read()
+    assert await call.code() == grpc.StatusCode.CANCELLED
+
+
+async def test_cancel_right_after_starting_a_stream_call_ends_it(harness):
+    await harness.serve(events=GeneratorEvents())
+
+    call = harness.events().PublishBatch(timeout=5)
+    assert call.cancel()
+
+    assert call.cancelled()
+    assert await call.code() == grpc.StatusCode.CANCELLED
+    # Awaiting the response must end (grpc.aio raises CancelledError), never hang.
+    with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
+        await asyncio.wait_for(asyncio.ensure_future(_response_of(call)), 2)
+
+
+async def _response_of(call):
+    return await call
 
 
 async def test_cancelling_a_client_stream_before_it_ends_reaches_the_server(harness):
@@ -476,6 +558,19 @@ async def test_initial_metadata_set_by_a_generator_goes_with_the_first_message(h
 
     assert sequences == [1, 2]
     assert (await call.initial_metadata())["x-greeting"] == "hi"
+
+
+async def test_initial_metadata_is_known_once_the_first_message_arrived_even_if_empty(harness):
+    await harness.serve(events=Watched())  # sends no initial metadata, one event, then stalls
+
+    call = harness.events().Subscribe(_subscribe(0), timeout=5)
+    await call.read()
+
+    # As with grpc.aio, the (empty) initial metadata came before the first message.
+    initial = await asyncio.wait_for(call.initial_metadata(), 1)
+    call.cancel()
+
+    assert list(initial) == []
 
 
 async def test_invocation_metadata_reaches_a_stream_handler(harness):

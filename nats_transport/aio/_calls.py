@@ -224,6 +224,7 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         self._opened = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._response_task: asyncio.Task[Any] | None = None
+        self._locally_cancelled = False
         loop = asyncio.get_running_loop()
         self._open_task = loop.create_task(
             self._open(nc, options, subject, metadata, deadline, request, request_iterator)
@@ -295,6 +296,8 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         data = None if stream is None else await stream.read()
         if data is None:
             trailers = await self._wait_done()
+            if self._locally_cancelled:
+                raise asyncio.CancelledError()  # as grpc.aio does after the caller's cancel()
             if trailers.code != 0:
                 raise rpc_error(trailers, self._initial)
             return grpc.aio.EOF
@@ -323,6 +326,8 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         stream = await self._ready()
         data = None if stream is None else await stream.read()
         trailers = await self._wait_done()
+        if self._locally_cancelled:
+            raise asyncio.CancelledError()
         if trailers.code != 0:
             raise rpc_error(trailers, self._initial)
         if data is None:
@@ -343,7 +348,10 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         if stream is None or stream.finished:
             trailers = await self._wait_done()
             raise rpc_error(trailers, self._initial)
-        await stream.write(_serialize(self._serializer, request))
+        try:
+            await stream.write(_serialize(self._serializer, request))
+        except StreamFailure:
+            raise rpc_error(await self._wait_done(), self._initial) from None
 
     async def done_writing(self) -> None:
         stream = await self._ready()
@@ -353,10 +361,12 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
     def cancel(self) -> bool:
         if self.done():
             return False
+        self._locally_cancelled = True
         if self._stream is not None:
             self._stream.cancel()
         else:
             self._open_task.cancel()
+            self._opened.set()  # _open may never run now: let waiters see the outcome
             self._set_outcome(Trailers(grpc.StatusCode.CANCELLED.value[0], "Locally cancelled by application!"), ())
         if self._writer_task is not None:
             self._writer_task.cancel()
