@@ -41,7 +41,7 @@ from nats_transport._metadata import (
 )
 from nats_transport._options import ServerOptions
 from nats_transport._stream import END, StreamEndpoint, StreamFailure, headers_size
-from nats_transport._subjects import check_token, server_wildcard
+from nats_transport._subjects import check_token, method_of, server_wildcard
 
 log = logging.getLogger("nats_transport.server")
 
@@ -306,7 +306,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         return CallState(method, metadata, deadline, peer=f"nats:{msg.reply}")
 
     async def _prepare(self, msg: Msg) -> tuple[CallState, Any]:
-        method = _method_of(msg.subject, self._prefix_len)
+        method = method_of(msg.subject, self._prefix_len)
         if method is None:
             raise _CallFailed(*_status.UNIMPLEMENTED_METHOD)
         state = self._call_state(msg, method)
@@ -654,14 +654,6 @@ class _UnaryKeepalive:
 
 
 _FAILED: Any = object()
-
-
-def _method_of(subject: str, prefix_len: int) -> str | None:
-    rest = subject[prefix_len:]
-    service, dot, name = rest.rpartition(".")
-    if not dot or not service or not name:
-        return None
-    return f"/{service}/{name}"
 
 
 def _next_or(iterator: Any, default: Any) -> Any:
