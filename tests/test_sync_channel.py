@@ -22,17 +22,13 @@ from nats.aio.client import Client
 
 import nats_transport
 from nats_transport.testing import NatsServer
+from tests._quests import reply, serving
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-class Quests(quest_pb2_grpc.QuestServiceServicer):
-    def __init__(self, get_quest: Callable[[Any, Any], Any]) -> None:
-        self.GetQuest = get_quest
 
 
-def reply(title: str, **quest: Any) -> quest_pb2.GetQuestResponse:
-    return quest_pb2.GetQuestResponse(quest=quest_pb2.Quest(title=title, **quest))
 
 
 async def get_quest(request: quest_pb2.GetQuestRequest, context: Any) -> quest_pb2.GetQuestResponse:
@@ -56,15 +52,6 @@ def target() -> str:
     return f"sync-{uuid.uuid4().hex[:12]}"
 
 
-@contextlib.asynccontextmanager
-async def serving(nc: Client, target: str, handler: Callable[[Any, Any], Any] = get_quest) -> AsyncIterator[Any]:
-    server = nats_transport.aio.server(nc, target)
-    quest_pb2_grpc.add_QuestServiceServicer_to_server(Quests(handler), server)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0)
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +122,7 @@ class CatchErrors(grpc.UnaryUnaryClientInterceptor):
 async def test_the_sync_channel_is_a_grpc_channel_and_a_stub_call_returns_the_response(
     nc: Client, nats_server: NatsServer, target: str
 ) -> None:
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         assert isinstance(channel, grpc.Channel)
         stub = quest_pb2_grpc.QuestServiceStub(channel)
         response = await asyncio.to_thread(stub.GetQuest, quest_pb2.GetQuestRequest(quest_id="q1"), timeout=5)
@@ -145,7 +132,7 @@ async def test_the_sync_channel_is_a_grpc_channel_and_a_stub_call_returns_the_re
 async def test_with_call_returns_the_response_and_an_ok_call_with_its_metadata(
     nc: Client, nats_server: NatsServer, target: str
 ) -> None:
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         stub = quest_pb2_grpc.QuestServiceStub(channel)
 
         def call() -> tuple[Any, Any, Any, Any, Any]:
@@ -168,7 +155,7 @@ async def test_future_resolves_and_runs_its_done_callbacks(nc: Client, nats_serv
         seen.append(future)
         done.set()
 
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         stub = quest_pb2_grpc.QuestServiceStub(channel)
         future = stub.GetQuest.future(quest_pb2.GetQuestRequest(quest_id="q3"), timeout=5)
         assert isinstance(future, grpc.Future)
@@ -189,7 +176,7 @@ async def test_future_resolves_and_runs_its_done_callbacks(nc: Client, nats_serv
 async def test_a_failed_call_raises_an_error_that_is_rpc_error_call_and_future(
     nc: Client, nats_server: NatsServer, target: str
 ) -> None:
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         stub = quest_pb2_grpc.QuestServiceStub(channel)
         err = await asyncio.to_thread(
             capture_error, lambda: stub.GetQuest(quest_pb2.GetQuestRequest(quest_id="missing"), timeout=5)
@@ -209,7 +196,7 @@ async def test_a_failed_call_raises_an_error_that_is_rpc_error_call_and_future(
 async def test_a_failed_future_reports_its_error_and_raises_from_result(
     nc: Client, nats_server: NatsServer, target: str
 ) -> None:
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         stub = quest_pb2_grpc.QuestServiceStub(channel)
         future = stub.GetQuest.future(quest_pb2.GetQuestRequest(quest_id="missing"), timeout=5)
         error = await asyncio.to_thread(future.exception, 5)
@@ -222,7 +209,7 @@ async def test_a_failed_future_reports_its_error_and_raises_from_result(
 
 
 async def test_a_rich_status_is_readable_from_a_sync_error(nc: Client, nats_server: NatsServer, target: str) -> None:
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         stub = quest_pb2_grpc.QuestServiceStub(channel)
         err = await asyncio.to_thread(
             capture_error, lambda: stub.GetQuest(quest_pb2.GetQuestRequest(quest_id="rich"), timeout=5)
@@ -235,7 +222,7 @@ async def test_a_rich_status_is_readable_from_a_sync_error(nc: Client, nats_serv
 async def test_a_sync_call_past_its_deadline_is_deadline_exceeded(
     nc: Client, nats_server: NatsServer, target: str
 ) -> None:
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         stub = quest_pb2_grpc.QuestServiceStub(channel)
         err = await asyncio.to_thread(
             capture_error, lambda: stub.GetQuest(quest_pb2.GetQuestRequest(quest_id="slow"), timeout=0.2)
@@ -257,7 +244,7 @@ async def test_an_intercepting_channel_runs_the_interceptor_and_the_server_sees_
     nc: Client, nats_server: NatsServer, target: str
 ) -> None:
     interceptor = AddMetadata()
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         stub = quest_pb2_grpc.QuestServiceStub(grpc.intercept_channel(channel, interceptor))
         response = await asyncio.to_thread(stub.GetQuest, quest_pb2.GetQuestRequest(quest_id="i1"), timeout=5)
         with_call_response, call = await asyncio.to_thread(
@@ -276,7 +263,7 @@ async def test_an_interceptor_that_catches_the_error_still_lets_it_reach_the_cal
     nc: Client, nats_server: NatsServer, target: str
 ) -> None:
     catcher = CatchErrors()
-    async with serving(nc, target), sync_channel(nats_server.url, target) as channel:
+    async with serving(nc, target, get_quest), sync_channel(nats_server.url, target) as channel:
         stub = quest_pb2_grpc.QuestServiceStub(grpc.intercept_channel(channel, AddMetadata(), catcher))
         request = quest_pb2.GetQuestRequest(quest_id="missing")
         err = await asyncio.to_thread(capture_error, lambda: stub.GetQuest(request, timeout=5))
@@ -299,7 +286,7 @@ def _channel_threads(target: str) -> list[threading.Thread]:
 async def test_close_ends_the_channel_thread_and_refuses_later_calls(
     nc: Client, nats_server: NatsServer, target: str
 ) -> None:
-    async with serving(nc, target):
+    async with serving(nc, target, get_quest):
         channel = await asyncio.to_thread(nats_transport.channel, nats_server.url, target)
         try:
             stub = quest_pb2_grpc.QuestServiceStub(channel)
@@ -324,7 +311,7 @@ async def test_a_channel_used_as_a_context_manager_closes_on_exit(
             stub = quest_pb2_grpc.QuestServiceStub(channel)
             return str(stub.GetQuest(quest_pb2.GetQuestRequest(quest_id="cm"), timeout=5).quest.title)
 
-    async with serving(nc, target):
+    async with serving(nc, target, get_quest):
         assert await asyncio.to_thread(use) == "quest cm"
     assert _channel_threads(target) == []
 

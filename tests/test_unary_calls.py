@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
@@ -23,25 +23,18 @@ from nats.aio.client import Client
 import nats_transport
 from nats_transport import _framing
 from nats_transport.testing import NatsServer
+from tests._quests import Handler, reply, serving
 from tests._waiting import wait_for
 
 MiB = 1024 * 1024
 GET_QUEST = "/gaming.quest.v1.QuestService/GetQuest"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
-Handler = Callable[[quest_pb2.GetQuestRequest, Any], Any]
 
 
-class Quests(quest_pb2_grpc.QuestServiceServicer):
-    """A QuestService whose GetQuest is the handler a test gives; the other methods are left
-    unimplemented (the generated base class answers UNIMPLEMENTED)."""
-
-    def __init__(self, get_quest: Handler) -> None:
-        self.GetQuest = get_quest
 
 
-def reply(title: str = "", **quest: Any) -> quest_pb2.GetQuestResponse:
-    return quest_pb2.GetQuestResponse(quest=quest_pb2.Quest(title=title, **quest))
+
 
 
 async def echo(request: quest_pb2.GetQuestRequest, context: Any) -> quest_pb2.GetQuestResponse:
@@ -53,15 +46,6 @@ def target() -> str:
     return f"unary-{uuid.uuid4().hex[:12]}"
 
 
-@contextlib.asynccontextmanager
-async def serving(nc: Client, target: str, get_quest: Handler, **server_args: Any) -> AsyncIterator[Any]:
-    server = nats_transport.aio.server(nc, target, **server_args)
-    quest_pb2_grpc.add_QuestServiceServicer_to_server(Quests(get_quest), server)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0)
 
 
 @contextlib.asynccontextmanager
