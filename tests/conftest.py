@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import nats
 import pytest
 from nats.aio.client import Client
 
+from mesh.jetstream_storage import JetStreamStorage
 from nats_transport.testing import NatsCluster, NatsServer
 
 
@@ -38,3 +40,9 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
     client = await nats.connect(nats_server.url, max_reconnect_attempts=0)
     yield client
     await client.close()
+
+
+@pytest.fixture
+def storage(nc: Client) -> JetStreamStorage:
+    """JetStream storage whose buckets are private to the test (a unique name prefix)."""
+    return JetStreamStorage(nc, prefix=f"t{uuid.uuid4().hex[:8]}_")

@@ -1,0 +1,112 @@
+"""``servicers.storage.Storage`` on NATS JetStream key/value buckets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue as NatsKeyValue
+
+from servicers.storage import Change, Entry, RevisionConflict
+
+# JetStream's "wrong last sequence" API errors: a compare-and-set that lost.
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+_DELETED = ("DEL", "PURGE")
+
+
+class JetStreamKeyValue:
+    """One JetStream KV bucket behind the ``KeyValue`` protocol."""
+
+    def __init__(self, kv: NatsKeyValue) -> None:
+        self._kv = kv
+
+    def __repr__(self) -> str:
+        return f"<JetStreamKeyValue bucket={self._kv._name!r}>"
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            entry = await self._kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return Entry(key, entry.value or b"", entry.revision or 0)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return int(await self._kv.put(key, value))
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        try:
+            if revision == 0:
+                return int(await self._kv.create(key, value))
+            return int(await self._kv.update(key, value, last=revision))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise await self._conflict(key, revision) from None
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        try:
+            await self._kv.delete(key, last=revision)
+        except nats.js.errors.APIError as err:
+            if err.err_code in _WRONG_LAST_SEQUENCE:
+                raise await self._conflict(key, revision or 0) from None
+            raise
+
+    async def _conflict(self, key: str, expected: int) -> RevisionConflict:
+        current = await self.get(key)
+        return RevisionConflict(key, expected, current.revision if current else 0)
+
+    async def keys(self, pattern: str = ">") -> list[str]:
+        # nats-py's keys(filters=) matches substrings; a watch on the pattern matches subjects.
+        watcher = await self._kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        found = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                found.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return sorted(found)
+
+    async def watch(self, pattern: str, *, include_current: bool = True) -> AsyncIterator[Change]:
+        watcher = await self._kv.watch(pattern)
+        initial = True  # until the watcher's None marker: the current values
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    initial = False
+                    continue
+                deleted = entry.operation in _DELETED
+                if initial and (deleted or not include_current):
+                    continue
+                yield Change(entry.key, None if deleted else (entry.value or b""), entry.revision or 0)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+class JetStreamStorage:
+    """Opens (and creates) KV buckets with a fixed replica count: 1 locally, 3 on a cluster.
+
+    ``prefix`` is prepended to bucket names, so tests or tenants can share one NATS.
+    """
+
+    def __init__(self, nc: Client, *, replicas: int = 1, prefix: str = "") -> None:
+        if replicas not in (1, 3, 5):
+            raise ValueError("replicas must be 1, 3 or 5")
+        self._js = nc.jetstream()
+        self._replicas = replicas
+        self._prefix = prefix
+
+    async def key_value(
+        self, name: str, *, history: int = 1, ttl: float | None = None, max_bytes: int = -1
+    ) -> JetStreamKeyValue:
+        bucket = f"{self._prefix}{name}"
+        try:
+            kv = await self._js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await self._js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket, history=history, ttl=ttl, max_bytes=max_bytes, replicas=self._replicas
+                )
+            )
+        return JetStreamKeyValue(kv)
