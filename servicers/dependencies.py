@@ -1,0 +1,29 @@
+"""What the mesh injects into servicers: storage, channels to other targets, settings, a clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from servicers.storage import Storage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dependencies:
+    """Everything a servicer may use from outside its own module.
+
+    Attributes:
+        storage: KV buckets (JetStream in the mesh).
+        channel: a grpc.aio.Channel to another target over the mesh, by target name.
+        settings: per-service configuration (``MESH_<SERVICE>_<NAME>`` in the host), strings.
+        clock: wall-clock seconds (``time.time``); tests may pass a fake.
+        replicas: the JetStream replica count buckets and streams are created with.
+    """
+
+    storage: Storage
+    channel: Callable[[str], Any]
+    settings: Mapping[str, str] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+    replicas: int = 1
