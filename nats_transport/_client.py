@@ -34,7 +34,14 @@ from nats_transport._metadata import (
 )
 from nats_transport._options import TransportOptions
 from nats_transport._status import code_from_number, status_for_exception, status_for_framing_error
-from nats_transport._stream import StreamEndpoint, StreamFailure, headers_size
+from nats_transport._stream import (
+    StreamEndpoint,
+    StreamFailure,
+    cancel_payload,
+    failure_of_cancel,
+    headers_size,
+    publish_quietly,
+)
 
 ReplyFrames = tuple[dict[str, str] | None, list[tuple[int, bytes]]]
 OPEN_ALLOWANCE = 65536  # request bytes an opening message may carry before the server's window is known
@@ -361,6 +368,7 @@ class ClientStream:
         self._trailers: asyncio.Future[_framing.Trailers] = loop.create_future()
         self._opened_with = 0
         self._token: str | None = None
+        self._awaiting_accept = False
         self._timer: asyncio.TimerHandle | None = None
         self.endpoint = StreamEndpoint(
             nc,
@@ -414,7 +422,14 @@ class ClientStream:
         return self._opened_with > 0
 
     def _finish(self) -> None:
-        if self._token is not None:
+        if self._token is not None and self.endpoint.peer_subject is None and self.endpoint.failure:
+            # Ended here before the server's ACCEPT named the per-call subject: stay registered
+            # a while, so the ACCEPT still reaches us and the server hears of the cancel.
+            self._awaiting_accept = True
+            token = self._token
+            loop = asyncio.get_running_loop()
+            loop.call_later(self._options.keepalive_timeout or 5.0, self._mux.unregister, token)
+        elif self._token is not None:
             self._mux.unregister(self._token)
             self._token = None
         if self._timer is not None:
@@ -423,31 +438,41 @@ class ClientStream:
             self._initial.set_result(())
 
     def _expire(self) -> None:
-        self._cancel_peer()
         self.endpoint.fail(StreamFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
     def cancel(self, details: str = "Locally cancelled by application!") -> bool:
         """Cancel the call here and tell the server."""
         if self._trailers.done():
             return False
-        self._cancel_peer()
         self.endpoint.fail(StreamFailure(grpc.StatusCode.CANCELLED, details))
         return True
-
-    def _cancel_peer(self) -> None:
-        endpoint = self.endpoint
-        if endpoint.peer_subject is None or endpoint.closed or self._nc.is_closed:
-            return
-        body = env.pack(Kind.CANCEL, endpoint.send_seq)
-        asyncio.get_running_loop().create_task(_publish_quietly(self._nc, endpoint.peer_subject, body))
 
     # -- events from the wire -------------------------------------------------------------
 
     def on_reply(self, msg: Msg) -> None:
+        if self._awaiting_accept:
+            self._cancel_after_accept(msg.data)
+            return
         if _is_no_responders(msg):
             self.endpoint.fail(StreamFailure(grpc.StatusCode.UNAVAILABLE, "no server is serving this target"))
             return
         self.endpoint.receive(msg.data, msg.headers)
+
+    def _cancel_after_accept(self, body: bytes) -> None:
+        try:
+            kind, _, payload = env.unpack(body)
+            if kind != Kind.ACCEPT:
+                return
+            _, subject = env.unpack_accept(payload)
+        except ValueError:
+            return
+        failure = self.endpoint.failure or StreamFailure(grpc.StatusCode.CANCELLED, "cancelled")
+        cancel = env.pack(Kind.CANCEL, 1, cancel_payload(failure))
+        asyncio.get_running_loop().create_task(publish_quietly(self._nc, subject, cancel))
+        self._awaiting_accept = False
+        if self._token is not None:
+            self._mux.unregister(self._token)
+            self._token = None
 
     def _on_control(self, kind: int, payload: memoryview, headers: dict[str, str] | None) -> None:
         if kind == Kind.ACCEPT:
@@ -464,7 +489,8 @@ class ClientStream:
                 except MetadataError as exc:
                     self.endpoint.fail(StreamFailure(grpc.StatusCode.INTERNAL, str(exc)))
         elif kind == Kind.CANCEL:
-            self.endpoint.fail(StreamFailure(grpc.StatusCode.CANCELLED, "cancelled by the server"))
+            default = StreamFailure(grpc.StatusCode.CANCELLED, "cancelled by the server")
+            self.endpoint.fail(failure_of_cancel(payload, default), tell_peer=False)
 
     def _on_trailers(self, trailers: _framing.Trailers) -> None:
         if not self._trailers.done():
@@ -488,7 +514,6 @@ class ClientStream:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"request of {len(message)} bytes exceeds the limit of {self._options.max_message_size}",
             )
-            self._cancel_peer()
             self.endpoint.fail(failure)
             raise failure
         self.endpoint.queue_frames(_framing.message_frame_header(len(message)) + message)
@@ -524,10 +549,3 @@ class ClientStream:
     def trailers_nowait(self) -> _framing.Trailers | None:
         """The trailers if the call has ended."""
         return self._trailers.result() if self._trailers.done() else None
-
-
-async def _publish_quietly(nc: Client, subject: str, body: bytes) -> None:
-    try:
-        await nc.publish(subject, body)
-    except Exception:  # best effort: the call is over on our side anyway
-        return

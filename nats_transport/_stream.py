@@ -28,11 +28,40 @@ from nats_transport._framing import (
     FrameDecoder,
     FramingError,
     Trailers,
+    decode_complete,
     decode_trailer_block,
+    encode_trailers,
 )
-from nats_transport._status import status_for_framing_error
+from nats_transport._status import code_from_number, status_for_framing_error
 
 END = object()  # queued after the last inbound message
+
+
+def cancel_payload(failure: StreamFailure) -> bytes:
+    """A CANCEL's payload: the trailer frame of the status the call ended with."""
+    return encode_trailers(Trailers(failure.code.value[0], failure.details))
+
+
+def failure_of_cancel(payload: memoryview | bytes, default: StreamFailure) -> StreamFailure:
+    """The status a peer's CANCEL carries, or ``default`` when it carries none (or garbage)."""
+    try:
+        frames = decode_complete(bytes(payload), 64 * 1024)
+    except FramingError:
+        return default
+    if len(frames) == 1 and frames[0][0] == TRAILER_FLAG:
+        try:
+            trailers = decode_trailer_block(frames[0][1])
+        except FramingError:
+            return default
+        return StreamFailure(code_from_number(trailers.code), trailers.message)
+    return default
+
+
+async def publish_quietly(nc: Client, subject: str, body: bytes) -> None:
+    try:
+        await nc.publish(subject, body)
+    except Exception:  # best effort: the call is over on our side anyway
+        return
 
 
 def headers_size(headers: dict[str, str]) -> int:
@@ -125,13 +154,26 @@ class StreamEndpoint:
         self._drained.set()
         self._progress.set()
 
-    def fail(self, failure: StreamFailure) -> None:
-        """End the call locally with ``failure``; queued readers see END."""
+    def fail(self, failure: StreamFailure, *, tell_peer: bool = True) -> None:
+        """End the call locally with ``failure``; queued readers see END.
+
+        With ``tell_peer`` the peer gets a CANCEL carrying the status, so it ends the call with
+        the real reason now instead of at its keepalive timeout.
+        """
         if self.failure is None and not self.closed:
             self.failure = failure
             self.inbound.put_nowait(END)
+            if tell_peer:
+                self._tell_peer(failure)
             self._on_failure(failure)
         self.close()
+
+    def _tell_peer(self, failure: StreamFailure) -> None:
+        if self.peer_subject is None or self._nc.is_closed:
+            return
+        # CANCEL is honoured whatever its sequence number, so it may bypass the sender task.
+        body = env.pack(Kind.CANCEL, self.send_seq, cancel_payload(failure))
+        asyncio.get_running_loop().create_task(publish_quietly(self._nc, self.peer_subject, body))
 
     # -- receiving -------------------------------------------------------------------------
 
