@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks import clients, procstat, report
+from benchmarks import clients, procstat, report, workload
 from benchmarks.clients import Call
 from benchmarks.report import Measurement, Results
 from benchmarks.servers import ServerProcess
@@ -36,10 +36,11 @@ class Settings:
     warmup: float
     duration: float
     runs: int
+    stream_messages: int
 
 
-QUICK = Settings(warmup=0.5, duration=2.0, runs=1)
-FULL = Settings(warmup=1.0, duration=5.0, runs=3)
+QUICK = Settings(warmup=0.5, duration=2.0, runs=1, stream_messages=20_000)
+FULL = Settings(warmup=1.0, duration=5.0, runs=3, stream_messages=100_000)
 
 
 async def _case(call: Call, concurrency: int, settings: Settings, server_pid: int, broker_pid: int) -> Measurement:
@@ -81,6 +82,42 @@ async def run_all(
     return results
 
 
+StreamResults = dict[str, list[float]]
+
+
+async def run_streams(
+    openers: dict[str, Callable[[], AbstractAsyncContextManager[clients.StreamOpener]]], settings: Settings
+) -> StreamResults:
+    """Server-streaming messages/s per transport: one warm-up stream, then one per run."""
+    results: StreamResults = {kind: [] for kind in openers}
+    count = settings.stream_messages
+    for run in range(1, settings.runs + 1):
+        for kind, open_client in openers.items():
+            async with open_client() as open_stream:
+                await clients.stream_rate(open_stream, count // 10)
+                rate = await clients.stream_rate(open_stream, count)
+            results[kind].append(rate)
+            print(f"run {run}/{settings.runs} {report.TRANSPORTS[kind]:>18} stream {rate:12,.0f} msg/s",
+                  file=sys.stderr, flush=True)
+    return results
+
+
+def _stream_section(results: StreamResults, settings: Settings) -> list[str]:
+    grpc_rates, our_rates = results["grpc"], results["ours"]
+    ratio = report.Spread.of([o / g for o, g in zip(our_rates, grpc_rates, strict=True)])
+    verdict = "met" if ratio.median >= 3 else "not met"
+    return [
+        f"One stream of {settings.stream_messages:,} messages (a {len(workload.RESPONSE_BYTES)}-byte Quest "
+        "each) per run, read as fast as they come, after a warm-up stream of a tenth of that.",
+        "",
+        "| transport | messages/s |",
+        "| --- | ---: |",
+        *(f"| {report.TRANSPORTS[k]} | {report.Spread.of(v).show(0)} |" for k, v in results.items()),
+        "",
+        f"nats_transport / grpc.aio: {ratio.show(2)}x (target >= 3x: {verdict})",
+    ]
+
+
 def _machine() -> list[str]:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
     model = next(
@@ -115,7 +152,12 @@ def _method(settings: Settings) -> list[str]:
 
 
 def write_results(
-    path: Path, settings: Settings, results: Results, processes: list[tuple[str, float, float]], wall: float
+    path: Path,
+    settings: Settings,
+    results: Results,
+    streams: StreamResults,
+    processes: list[tuple[str, float, float]],
+    wall: float,
 ) -> str:
     plot_line = report.plot(results, HERE / "unary.png")
     command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
@@ -144,6 +186,10 @@ def write_results(
         "## DESIGN.md figures",
         "",
         *report.ratio_table(report.ratios(results, high=max(CONCURRENCY), low=min(CONCURRENCY))),
+        "",
+        "## Server streaming",
+        "",
+        *_stream_section(streams, settings),
         "",
         "## Processes (whole session)",
         "",
@@ -183,6 +229,11 @@ def main(argv: list[str] | None = None) -> None:
             for server in servers.values():
                 server.start()
             results = asyncio.run(run_all(openers, servers, broker_pid, settings))
+            stream_openers: dict[str, Callable[[], AbstractAsyncContextManager[clients.StreamOpener]]] = {
+                "grpc": lambda: clients.grpc_aio_stream(port),
+                "ours": lambda: clients.ours_stream(broker.url),
+            }
+            streams = asyncio.run(run_streams(stream_openers, settings))
             processes = [
                 (f"{report.TRANSPORTS[kind]} server", s.cpu_seconds(), s.peak_rss_mib()) for kind, s in servers.items()
             ]
@@ -192,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    text = write_results(HERE / "RESULTS.md", settings, results, processes, time.monotonic() - began)
+    text = write_results(HERE / "RESULTS.md", settings, results, streams, processes, time.monotonic() - began)
     print(text)
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import nats
@@ -71,6 +72,40 @@ async def measure(call: Call, concurrency: int, warmup: float, duration: float) 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     latencies.sort()
     return Sample(len(latencies), errors, duration, latencies)
+
+
+StreamOpener = Callable[[int], Any]
+
+
+async def stream_rate(open_stream: StreamOpener, count: int) -> float:
+    """Messages per second of one server stream of ``count`` messages, read as they come."""
+    began = time.perf_counter()
+    received = 0
+    async for _ in open_stream(count):
+        received += 1
+    if received != count:
+        raise RuntimeError(f"stream delivered {received} of {count} messages")
+    return count / (time.perf_counter() - began)
+
+
+@asynccontextmanager
+async def grpc_aio_stream(port: int) -> AsyncIterator[StreamOpener]:
+    """The streaming method through a grpc.aio channel over HTTP/2."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        method = channel.unary_stream(workload.STREAM_METHOD)
+        yield lambda count: method(str(count).encode(), timeout=120)
+
+
+@asynccontextmanager
+async def ours_stream(url: str) -> AsyncIterator[StreamOpener]:
+    """The streaming method through nats_transport.aio.channel."""
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    try:
+        method = nats_transport.aio.channel(nc, workload.OURS_TARGET).unary_stream(workload.STREAM_METHOD)
+        yield lambda count: method(str(count).encode(), timeout=120)
+    finally:
+        await nc.close()
 
 
 @asynccontextmanager

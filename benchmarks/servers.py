@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -44,6 +45,16 @@ class Quests(quest_pb2_grpc.QuestServiceServicer):
     GenerateQuest = Accept = UpdateProgress = List = _unimplemented
 
 
+async def _stream(request: bytes, context: object) -> AsyncIterator[bytes]:
+    for _ in range(int(request)):
+        yield workload.RESPONSE_BYTES
+
+
+STREAM_HANDLER = grpc.method_handlers_generic_handler(
+    workload.STREAM_SERVICE, {"Stream": grpc.unary_stream_rpc_method_handler(_stream)}
+)
+
+
 def _ready() -> None:
     print(READY, flush=True)
 
@@ -58,6 +69,7 @@ async def serve_grpc(port: int) -> None:
     """grpc.aio over HTTP/2 on 127.0.0.1:port."""
     server = grpc.aio.server()
     quest_pb2_grpc.add_QuestServiceServicer_to_server(Quests(), server)
+    server.add_generic_rpc_handlers((STREAM_HANDLER,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     _ready()
@@ -84,6 +96,7 @@ async def serve_ours(url: str) -> None:
     nc = await nats.connect(url, max_reconnect_attempts=0)
     server = nats_transport.aio.server(nc, workload.OURS_TARGET)
     quest_pb2_grpc.add_QuestServiceServicer_to_server(Quests(), server)
+    server.add_generic_rpc_handlers((STREAM_HANDLER,))
     await server.start()
     await nc.flush()
     _ready()

@@ -31,4 +31,9 @@ QUEST = quest_pb2.Quest(
 RESPONSE = quest_pb2.GetQuestResponse(quest=QUEST)
 
 REQUEST_BYTES = REQUEST.SerializeToString()
+
+# Server streaming: a raw-bytes method answering the count it is asked for with RESPONSE_BYTES
+# messages, registered the same way (a generic handler) on grpc.aio and on nats_transport.
+STREAM_SERVICE = "bench.v1.StreamService"
+STREAM_METHOD = f"/{STREAM_SERVICE}/Stream"
 RESPONSE_BYTES = RESPONSE.SerializeToString()
