@@ -92,6 +92,9 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._stopping = False
         self._terminated = asyncio.Event()
         self._services_api: ServicesApi | None = None
+        self._keepalives = _UnaryKeepalives(nc, options.keepalive_interval)
+        self._resolve: Callable[[Any], Any] | None = None  # the interceptor chain, built at start
+        self._async_behaviour: dict[Any, bool] = {}
         self.endpoint_stats: dict[str, EndpointStats] = {}
         self.rejected = 0
 
@@ -149,6 +152,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         if self._started:
             return
         self._started = True
+        self._resolve = self._build_chain()
         self._stream_prefix = self._nc.new_inbox()
         self._stream_sub = await self._nc.subscribe(f"{self._stream_prefix}.*", cb=self._on_stream_message)
         self._call_sub = await self._nc.subscribe(
@@ -185,6 +189,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             endpoint.close()
         if self._stream_sub is not None:
             await _quiet_unsubscribe(self._stream_sub)
+        self._keepalives.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._terminated.set()
 
@@ -229,23 +234,40 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
 
     # -- dispatch -------------------------------------------------------------------------
 
-    async def _lookup(self, method: str, metadata: tuple[tuple[str, Any], ...]) -> Any:
-        details = _HandlerCallDetails(method, metadata)
-
-        async def resolve(call_details: Any) -> Any:
-            handler = self._registered.get(call_details.method)
+    def _find_handler(self, call_details: Any) -> Any:
+        handler = self._registered.get(call_details.method)
+        if handler is not None:
+            return handler
+        for generic in self._generic_handlers:
+            handler = generic.service(call_details)
             if handler is not None:
                 return handler
-            for generic in self._generic_handlers:
-                handler = generic.service(call_details)
-                if handler is not None:
-                    return handler
+        return None
+
+    def _build_chain(self) -> Callable[[Any], Any] | None:
+        """The interceptors wrapped around handler lookup, once; None when there are none."""
+        if not self._interceptors:
             return None
+
+        async def resolve(call_details: Any) -> Any:
+            return self._find_handler(call_details)
 
         continuation: Callable[[Any], Any] = resolve
         for interceptor in reversed(self._interceptors):
             continuation = _wrap_interceptor(interceptor, continuation)
-        return await continuation(details)
+        return continuation
+
+    async def _lookup(self, method: str, metadata: tuple[tuple[str, Any], ...]) -> Any:
+        details = _HandlerCallDetails(method, metadata)
+        if self._resolve is None:
+            return self._find_handler(details)
+        return await self._resolve(details)
+
+    def _is_async(self, behaviour: Any) -> bool:
+        known = self._async_behaviour.get(behaviour)
+        if known is None:
+            known = self._async_behaviour[behaviour] = _is_async(behaviour)
+        return known
 
     def _admit(self, msg: Msg) -> bool:
         limit = self._options.maximum_concurrent_rpcs
@@ -336,12 +358,13 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         except _CallFailed as failed:
             await self._reply_status(msg, failed.code, failed.details)
             return
-        keepalive = _UnaryKeepalive(self._nc, msg.reply, self._options.keepalive_interval)
+        key, ping = self._keepalives.begin(msg.reply)
         try:
             response = await self._run_unary(state, handler, frames[0][1], msg.headers)
         finally:
-            await keepalive.stop()
-        await self._send_unary_reply(msg.reply, state, response, keepalive.seq)
+            self._keepalives.end(key)
+            await ping.settle()
+        await self._send_unary_reply(msg.reply, state, response, ping.seq)
 
     async def _run_unary(
         self, state: CallState, handler: Any, payload: bytes, headers: dict[str, str] | None
@@ -418,7 +441,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         writer = stream.write if stream is not None else None
         reader = stream if stream is not None else None
         try:
-            if _is_async(behaviour):
+            if self._is_async(behaviour):
                 context: Any = AioServicerContext(state, writer, reader, task)
                 result = behaviour(request, context)
                 if inspect.isasyncgen(result):
@@ -625,32 +648,68 @@ class _StreamIO:
             await endpoint.wait_writable(self._high_water)
 
 
-class _UnaryKeepalive:
-    """PINGs on a unary reply subject while a slow handler runs, so the client knows we live."""
+class _UnaryPing:
+    """Keepalive state of one unary call: PINGs sent so far and the last still in flight."""
 
-    def __init__(self, nc: Client, reply: str, interval: float | None) -> None:
-        self._nc = nc
-        self._reply = reply
-        self._interval = interval
+    __slots__ = ("due", "last", "reply", "seq")
+
+    def __init__(self, reply: str, due: float) -> None:
+        self.reply = reply
+        self.due = due
         self.seq = 0
-        self._last: asyncio.Task[None] | None = None
+        self.last: asyncio.Task[None] | None = None
+
+    async def settle(self) -> None:
+        """Wait for a PING in flight, so the reply cannot overtake it."""
+        if self.last is not None:
+            await self.last
+
+
+class _UnaryKeepalives:
+    """PINGs on the reply subjects of slow unary calls, so their clients know we live.
+
+    One timer per server sweeps the calls in progress; fast calls cost a dict insert and
+    delete, not a timer each.
+    """
+
+    def __init__(self, nc: Client, interval: float | None) -> None:
+        self._nc = nc
+        self._interval = interval
+        self._calls: dict[int, _UnaryPing] = {}
+        self._ids = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
-        if interval is not None:
-            self._handle = asyncio.get_running_loop().call_later(interval, self._ping)
 
-    def _ping(self) -> None:
+    def begin(self, reply: str) -> tuple[int, _UnaryPing]:
+        ping = _UnaryPing(reply, time.monotonic() + (self._interval or 0.0))
+        key = next(self._ids)
+        if self._interval is not None:
+            self._calls[key] = ping
+            if self._handle is None:
+                self._handle = asyncio.get_running_loop().call_later(self._interval / 2, self._sweep)
+        return key, ping
+
+    def end(self, key: int) -> None:
+        self._calls.pop(key, None)
+
+    def _sweep(self) -> None:
         assert self._interval is not None
-        body = env.pack(Kind.PING, self.seq)
-        self.seq += 1
-        self._last = asyncio.get_running_loop().create_task(_quiet_publish(self._nc, self._reply, body))
-        self._handle = asyncio.get_running_loop().call_later(self._interval, self._ping)
+        self._handle = None
+        if not self._calls:
+            return
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        for ping in self._calls.values():
+            if ping.due <= now:
+                body = env.pack(Kind.PING, ping.seq)
+                ping.seq += 1
+                ping.due = now + self._interval
+                ping.last = loop.create_task(_quiet_publish(self._nc, ping.reply, body))
+        self._handle = loop.call_later(self._interval / 2, self._sweep)
 
-    async def stop(self) -> None:
-        """No more PINGs; wait for one in flight so the reply cannot overtake it."""
+    def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        if self._last is not None:
-            await self._last
+            self._handle = None
 
 
 _FAILED: Any = object()
