@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from mesh import serve
 from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
 from mesh.up import UpError, run
@@ -26,7 +27,6 @@ EXIT_INTERRUPTED = 130
 
 # Subcommands that exist in the interface but not yet in the code, with their one-line help.
 UNBUILT = {
-    "serve": "host chosen targets against MESH_NATS_URL (what a Kubernetes pod runs)",
     "services": "list the targets and gRPC services the mesh discovers",
     "call": "call a method on a target, like grpcurl over NATS",
     "bench": "run the benchmarks",
@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and run until SIGINT or SIGTERM.",
     )
     _add_up_arguments(up)
+    serve_parser = subcommands.add_parser(
+        "serve", help="host chosen targets against MESH_NATS_URL (what a Kubernetes pod runs)",
+        description=serve.__doc__,
+    )
+    serve.add_arguments(serve_parser)
+    serve_parser.set_defaults(command=serve.run, parser=serve_parser, takes_any_arguments=False)
     for name, summary in UNBUILT.items():
         unbuilt = subcommands.add_parser(name, help=f"{summary} (not built yet)", description=summary)
         unbuilt.set_defaults(command=_unbuilt(name), parser=unbuilt, takes_any_arguments=True)

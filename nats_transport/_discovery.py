@@ -52,7 +52,7 @@ class ServicesApi:
         *,
         name: str,
         version: str,
-        endpoints: list[ServiceEndpointInfo],
+        endpoints: Callable[[], list[ServiceEndpointInfo]],
         stats: Callable[[], dict[str, EndpointStats]],
         description: str = "gRPC over NATS",
     ) -> None:
@@ -65,8 +65,7 @@ class ServicesApi:
         self._description = description
         self._started = datetime.datetime.now(datetime.UTC)
         self._subs: list[Subscription] = []
-        services = sorted({e.service for e in endpoints})
-        self._metadata = {SERVICES_METADATA_KEY: ",".join(services), TARGET_METADATA_KEY: name}
+
 
     async def start(self) -> None:
         """Subscribe to the nine ``$SRV`` subjects that can address this instance."""
@@ -83,13 +82,19 @@ class ServicesApi:
                 log.debug("unsubscribe failed: %s", exc)
         self._subs.clear()
 
+    def _metadata(self) -> dict[str, str]:
+        # Computed per request: services may be added after start (the host adds a servicer
+        # once its storage is ready).
+        services = sorted({e.service for e in self._endpoints()})
+        return {SERVICES_METADATA_KEY: ",".join(services), TARGET_METADATA_KEY: self.name}
+
     def _base(self, kind: str) -> dict[str, object]:
         return {
             "type": f"io.nats.micro.v1.{kind}",
             "name": self.name,
             "id": self.id,
             "version": self._version,
-            "metadata": self._metadata,
+            "metadata": self._metadata(),
         }
 
     async def _respond(self, msg: Msg, payload: dict[str, object]) -> None:
@@ -109,7 +114,7 @@ class ServicesApi:
                 "queue_group": e.queue_group,
                 "metadata": {"grpc.service": e.service},
             }
-            for e in self._endpoints
+            for e in self._endpoints()
         ]
         await self._respond(msg, info)
 
@@ -118,7 +123,7 @@ class ServicesApi:
         reply = self._base("stats_response")
         reply["started"] = self._started.isoformat().replace("+00:00", "Z")
         endpoints = []
-        for e in self._endpoints:
+        for e in self._endpoints():
             s = stats.get(e.name, EndpointStats())
             endpoints.append(
                 {

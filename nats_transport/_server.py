@@ -10,6 +10,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import grpc
@@ -44,6 +45,23 @@ from nats_transport._stream import END, StreamEndpoint, StreamFailure, headers_s
 from nats_transport._subjects import check_token, method_of, server_wildcard
 
 log = logging.getLogger("nats_transport.server")
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters of one server since it started (read them; the server updates them).
+
+    Attributes:
+        rejected: calls refused at the concurrency limit.
+        bytes_received: NATS payload bytes of calls and stream messages received.
+        bytes_sent: payload bytes of unary replies and of finished streams sent.
+        credit_stalls: times a finished stream's sender waited for flow-control credit.
+    """
+
+    rejected: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    credit_stalls: int = 0
 
 
 class _HandlerCallDetails(NamedTuple):
@@ -96,7 +114,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._resolve: Callable[[Any], Any] | None = None  # the interceptor chain, built at start
         self._async_behaviour: dict[Any, bool] = {}
         self.endpoint_stats: dict[str, EndpointStats] = {}
-        self.rejected = 0
+        self.stats = TransportStats()
 
     def __repr__(self) -> str:
         state = "stopping" if self._stopping else "serving" if self._started else "new"
@@ -162,7 +180,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             self._nc,
             name=self._target,
             version=self._options.version,
-            endpoints=self._endpoint_infos(),
+            endpoints=self._endpoint_infos,
             stats=lambda: self.endpoint_stats,
         )
         await self._services_api.start()
@@ -275,7 +293,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             self._spawn(self._reply_status(msg, *_status.SHUTTING_DOWN))
             return False
         if limit is not None and len(self._tasks) >= limit:
-            self.rejected += 1
+            self.stats.rejected += 1
             self._spawn(self._reply_status(msg, *_status.OVERLOADED))
             return False
         return True
@@ -290,6 +308,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         # nats-py runs one subscription's callbacks one at a time: each call gets its own task.
         if not msg.reply:
             return  # nobody to answer; a publish without reply is not a call
+        self.stats.bytes_received += len(msg.data)
         if not self._admit(msg):
             return
         headers = msg.headers
@@ -300,6 +319,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
 
     async def _on_stream_message(self, msg: Msg) -> None:
         endpoint = self._streams.get(msg.subject[len(self._stream_prefix) + 1 :])
+        self.stats.bytes_received += len(msg.data)
         if endpoint is not None:
             endpoint.receive(msg.data, msg.headers)
 
@@ -405,6 +425,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         body = b"".join(parts)
         room = self._nc.max_payload - (headers_size(headers) if headers else 0)
         if len(body) <= room and seq == 0:
+            self.stats.bytes_sent += len(body)
             await _quiet_publish(self._nc, reply, body, headers)
             return
         # Too big for one NATS message (or keepalives already went out): send it as numbered
@@ -548,6 +569,8 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             pass  # the client cancelled or vanished; nobody is waiting for a status
         finally:
             endpoint.close()
+            self.stats.bytes_sent += endpoint.bytes_sent
+            self.stats.credit_stalls += endpoint.credit_stalls
             self._streams.pop(call_id, None)
             if state_box:
                 state_box[0].finish()

@@ -107,6 +107,7 @@ class StreamEndpoint:
         self.recv_seq = 0
         self.credit = 0
         self.credit_stalls = 0
+        self.bytes_sent = 0
         self._to_return = 0
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
@@ -324,6 +325,7 @@ class StreamEndpoint:
         body = env.pack(kind, self.send_seq, payload)
         self.send_seq += 1
         self.last_sent = time.monotonic()
+        self.bytes_sent += len(body)
         await self._nc.publish(self.peer_subject, body, headers=headers)
 
     def _chunk_limit(self) -> int:

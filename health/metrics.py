@@ -1,0 +1,184 @@
+"""Prometheus metrics for gRPC calls, with the grpc-ecosystem names (CONVENTIONS.md).
+
+``ServerMetrics`` is a ``grpc.aio.ServerInterceptor``; ``client_interceptors()`` returns the four
+``grpc.aio`` client interceptor kinds. Both report through one :class:`Reporter` (the "call
+details + outcome" core, as go-grpc-middleware's reporter), so server and client stay twins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.registry import REGISTRY
+
+from health.observe import grpc_type, observe_handler, split_method
+
+# Services not worth counting by default: probes and tooling (a selector, STYLE.md item 5).
+SKIPPED_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                              "grpc.reflection.v1.ServerReflection"})
+_PENDING: set[asyncio.Future[None]] = set()  # outcome readers in flight (kept from the GC)
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Reporter:
+    """The counters and histogram of one side (``server`` or ``client``)."""
+
+    def __init__(self, side: str, registry: CollectorRegistry = REGISTRY) -> None:
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        prefix = f"grpc_{side}"
+        self.started = Counter(f"{prefix}_started_total", f"RPCs started on the {side}.", labels,
+                               registry=registry)
+        self.handled = Counter(f"{prefix}_handled_total", f"RPCs completed on the {side}, by code.",
+                               (*labels, "grpc_code"), registry=registry)
+        self.received = Counter(f"{prefix}_msg_received_total", f"Stream messages received by the {side}.",
+                                labels, registry=registry)
+        self.sent = Counter(f"{prefix}_msg_sent_total", f"Stream messages sent by the {side}.", labels,
+                            registry=registry)
+        self.seconds = Histogram(f"{prefix}_handling_seconds",
+                                 f"Time from start to completion of RPCs on the {side}.", labels,
+                                 buckets=_BUCKETS, registry=registry)
+
+    def begin(self, kind: str, method: str) -> Call:
+        """Count a call as started; the returned object counts its messages and outcome."""
+        service, name = split_method(method)
+        labels = (kind, service, name)
+        self.started.labels(*labels).inc()
+        return Call(self, labels)
+
+
+class Call:
+    """One call being measured."""
+
+    __slots__ = ("_done", "_labels", "_reporter", "_started")
+
+    def __init__(self, reporter: Reporter, labels: tuple[str, str, str]) -> None:
+        self._reporter = reporter
+        self._labels = labels
+        self._started = time.perf_counter()
+        self._done = False
+
+    def received(self) -> None:
+        self._reporter.received.labels(*self._labels).inc()
+
+    def sent(self) -> None:
+        self._reporter.sent.labels(*self._labels).inc()
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        """Record the outcome once."""
+        if self._done:
+            return
+        self._done = True
+        self._reporter.handled.labels(*self._labels, code.name).inc()
+        self._reporter.seconds.labels(*self._labels).observe(time.perf_counter() - self._started)
+
+
+class ServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts every call of the server it is installed on (health and reflection skipped)."""
+
+    def __init__(self, reporter: Reporter | None = None, skip: Iterable[str] = SKIPPED_SERVICES) -> None:
+        self._reporter = reporter or server_reporter()
+        self._skip = frozenset(skip)
+
+    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or split_method(details.method)[0] in self._skip:
+            return handler
+        kind = grpc_type(handler.request_streaming, handler.response_streaming)
+        reporter, method = self._reporter, details.method
+        return observe_handler(handler, lambda: reporter.begin(kind, method))
+
+
+class _ClientMetrics:
+    """Shared by the four client interceptor kinds."""
+
+    def __init__(self, reporter: Reporter, kind: str) -> None:
+        self._reporter = reporter
+        self._kind = kind
+
+    def _begin(self, details: Any) -> Call:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        return self._reporter.begin(self._kind, method)
+
+    @staticmethod
+    def _on_done(call: Call, rpc: Any) -> None:
+        def done(finished: Any) -> None:
+            # The status is known once the call is done, but code() is a coroutine on grpc.aio
+            # calls: read it in a task (it returns at once).
+            async def record() -> None:
+                call.finish(await finished.code())
+
+            task = asyncio.ensure_future(record())
+            _PENDING.add(task)
+            task.add_done_callback(_PENDING.discard)
+
+        rpc.add_done_callback(done)
+
+
+class ClientUnaryUnaryMetrics(_ClientMetrics, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = self._begin(details)
+        call.sent()
+        rpc = await continuation(details, request)
+        self._on_done(call, rpc)
+        return rpc
+
+
+class ClientUnaryStreamMetrics(_ClientMetrics, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = self._begin(details)
+        call.sent()
+        rpc = await continuation(details, request)
+        self._on_done(call, rpc)
+        return rpc
+
+
+class ClientStreamUnaryMetrics(_ClientMetrics, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        call = self._begin(details)
+        rpc = await continuation(details, request_iterator)
+        self._on_done(call, rpc)
+        return rpc
+
+
+class ClientStreamStreamMetrics(_ClientMetrics, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        call = self._begin(details)
+        rpc = await continuation(details, request_iterator)
+        self._on_done(call, rpc)
+        return rpc
+
+
+_REPORTERS: dict[tuple[str, int], Reporter] = {}
+
+
+def server_reporter(registry: CollectorRegistry = REGISTRY) -> Reporter:
+    """The server-side metrics of ``registry`` (created once per registry)."""
+    return _reporter("server", registry)
+
+
+def client_reporter(registry: CollectorRegistry = REGISTRY) -> Reporter:
+    """The client-side metrics of ``registry`` (created once per registry)."""
+    return _reporter("client", registry)
+
+
+def _reporter(side: str, registry: CollectorRegistry) -> Reporter:
+    key = (side, id(registry))
+    if key not in _REPORTERS:
+        _REPORTERS[key] = Reporter(side, registry)
+    return _REPORTERS[key]
+
+
+def client_interceptors(registry: CollectorRegistry = REGISTRY) -> list[Any]:
+    """The four grpc.aio client interceptors reporting to ``registry``."""
+    reporter = client_reporter(registry)
+    return [
+        ClientUnaryUnaryMetrics(reporter, "unary"),
+        ClientUnaryStreamMetrics(reporter, "server_stream"),
+        ClientStreamUnaryMetrics(reporter, "client_stream"),
+        ClientStreamStreamMetrics(reporter, "bidi_stream"),
+    ]

@@ -1,0 +1,51 @@
+"""``nats_transport_*`` metrics: the transport's own counters, copied into Prometheus.
+
+The transport stays free of Prometheus (it is publishable on its own); a refresher reads its
+counters every few seconds, and on every scrape, and moves the Prometheus metrics along.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.registry import REGISTRY
+
+
+class TransportMetrics:
+    """Mirrors the counters of a host's servers and its NATS connection."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.in_flight = Gauge("nats_transport_in_flight", "Calls being handled.", ("target",),
+                               registry=registry, multiprocess_mode="livesum")
+        self.rejected = Counter("nats_transport_rejected_total", "Calls refused at the concurrency limit.",
+                                ("target",), registry=registry)
+        self.received = Counter("nats_transport_received_bytes_total", "Payload bytes received.", ("target",),
+                                registry=registry)
+        self.sent = Counter("nats_transport_sent_bytes_total", "Payload bytes sent.", ("target",),
+                            registry=registry)
+        self.stalls = Counter("nats_transport_stream_credit_stalls_total",
+                              "Times a stream sender waited for flow-control credit.", ("target",),
+                              registry=registry)
+        self.reconnects = Counter("nats_transport_reconnects_total", "Reconnections of the NATS connection.",
+                                  registry=registry)
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def _advance(self, counter: Counter, key: tuple[str, str], value: int, *labels: str) -> None:
+        # Counters only go up: add what changed since the last refresh.
+        delta = value - self._seen.get(key, 0)
+        if delta > 0:
+            (counter.labels(*labels) if labels else counter).inc(delta)
+            self._seen[key] = value
+
+    def refresh(self, servers: Iterable[Any], nc: Any) -> None:
+        """Read ``server.stats`` / ``server.in_flight`` of each server and ``nc.stats``."""
+        for server in servers:
+            target, stats = server.target, server.stats
+            self.in_flight.labels(target).set(server.in_flight)
+            self._advance(self.rejected, (target, "rejected"), stats.rejected, target)
+            self._advance(self.received, (target, "received"), stats.bytes_received, target)
+            self._advance(self.sent, (target, "sent"), stats.bytes_sent, target)
+            self._advance(self.stalls, (target, "stalls"), stats.credit_stalls, target)
+        self._advance(self.reconnects, ("", "reconnects"), int(nc.stats.get("reconnects", 0)))

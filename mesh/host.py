@@ -1,0 +1,290 @@
+"""A host process: serves chosen targets over one NATS connection, with health, metrics, logs,
+the admin HTTP server and a graceful drain. ``mesh serve`` runs one; ``mesh up`` runs several."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+import nats_transport.aio
+from health.admin import AdminServer
+from health.call_log import CallLog
+from health.metrics import ServerMetrics, client_interceptors
+from health.transport_metrics import TransportMetrics
+from mesh import catalogue
+from mesh.jetstream_storage import JetStreamStorage
+from nats_transport import ServerOptions
+from servicers.dependencies import Dependencies
+
+log = logging.getLogger("mesh.host")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    """What a host serves and how it reaches NATS.
+
+    Attributes:
+        targets: catalogue targets to host.
+        nats_urls: NATS servers to connect to (several for a cluster).
+        admin_host, admin_port: where /livez /readyz /metrics listen; port None disables,
+            0 picks a free port.
+        grace: seconds in-flight calls get to finish on SIGTERM.
+        drain_pause: seconds between NOT_SERVING and refusing calls, so probes notice first.
+        replicas: JetStream replica count for buckets and streams (1 locally, 3 on a cluster).
+        tls_ca, tls_cert, tls_key: TLS to NATS (cert and key for mTLS).
+        creds: a NATS ``.creds`` file; user/password/token: other NATS credentials.
+        inbox_prefix: the connection's inbox prefix (per-target permissions, CONVENTIONS.md).
+        max_concurrent_rpcs: per target; more calls get RESOURCE_EXHAUSTED.
+        settings: per-target settings handed to servicers (``MESH_<TARGET>_<NAME>``).
+    """
+
+    targets: tuple[str, ...]
+    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    admin_host: str = "0.0.0.0"
+    admin_port: int | None = 8080
+    grace: float = 10.0
+    drain_pause: float = 1.0
+    replicas: int = 1
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    creds: Path | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    inbox_prefix: str | None = None
+    max_concurrent_rpcs: int | None = None
+    settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``."""
+        options: dict[str, Any] = {"servers": list(self.nats_urls)}
+        if self.tls_ca or self.tls_cert:
+            context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
+            if self.tls_cert and self.tls_key:
+                context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+            options["tls"] = context
+        if self.creds:
+            options["user_credentials"] = str(self.creds)
+        if self.user:
+            options["user"], options["password"] = self.user, self.password or ""
+        if self.token:
+            options["token"] = self.token
+        if self.inbox_prefix:
+            options["inbox_prefix"] = self.inbox_prefix
+        return options
+
+
+@dataclass(slots=True)
+class _Hosted:
+    target: str
+    server: Any
+    health: Any
+    services: tuple[str, ...]
+    serving: bool = False
+    error: str = "starting"
+
+
+class Host:
+    """Runs targets until :meth:`drain`."""
+
+    def __init__(self, config: HostConfig, registry: CollectorRegistry = REGISTRY) -> None:
+        self.config = config
+        self.nc: Client | None = None
+        self._hosted: list[_Hosted] = []
+        self._registry = registry
+        self._transport_metrics = TransportMetrics(registry)
+        self._admin: AdminServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channels: dict[str, Any] = {}
+        self.draining = False
+        self._started = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<mesh.Host targets={list(self.config.targets)} draining={self.draining}>"
+
+    @property
+    def admin_port(self) -> int | None:
+        """Where the admin server listens (after start), if it runs."""
+        return self._admin.port if self._admin else None
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, start every target's server with health NOT_SERVING, then make each one
+        SERVING once its servicer (and so its storage) is ready."""
+        modules = {}
+        for target in self.config.targets:
+            module = catalogue.load(target)
+            if module is None:
+                raise catalogue.UnknownTarget(f"target {target!r} has no servicer yet")
+            modules[target] = module
+        self.nc = await nats.connect(
+            **self.config.connect_options(),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        if self.config.admin_port is not None:
+            self._admin = AdminServer(self.readiness, self.metrics_text, host=self.config.admin_host,
+                                      port=self.config.admin_port, liveness=self.liveness)
+            await self._admin.start()
+        for target, module in modules.items():
+            self._hosted.append(await self._start_target(target, module))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_metrics()))
+
+    async def _start_target(self, target: str, module: Any) -> _Hosted:
+        assert self.nc is not None
+        server = nats_transport.aio.server(
+            self.nc, target,
+            interceptors=[ServerMetrics(), CallLog(target)],
+            options=ServerOptions(maximum_concurrent_rpcs=self.config.max_concurrent_rpcs),
+        )
+        health = health_aio.HealthServicer()
+        services = tuple(module.SERVICE_NAMES)
+        for name in ("", *services):
+            await health.set(name, NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
+        await server.start()
+        hosted = _Hosted(target, server, health, services)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._bring_up(hosted, module)))
+        return hosted
+
+    async def _bring_up(self, hosted: _Hosted, module: Any) -> None:
+        # Servicers open their buckets in create(); until that works (JetStream may still be
+        # electing a leader, or NATS may be away) the target stays NOT_SERVING and we retry.
+        delay = 0.1
+        while not self.draining:
+            try:
+                servicer = await module.create(self._dependencies(hosted.target))
+                break
+            except Exception as exc:
+                hosted.error = f"{hosted.target}: {exc}"
+                log.warning("target not ready, retrying", extra={"target": hosted.target, "error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            return
+        module.add_to_server(servicer, hosted.server)
+        for name in ("", *hosted.services):
+            await hosted.health.set(name, SERVING)
+        hosted.serving, hosted.error = True, ""
+        log.info("target serving", extra={"target": hosted.target})
+
+    def _dependencies(self, target: str) -> Dependencies:
+        assert self.nc is not None
+        return Dependencies(
+            storage=JetStreamStorage(self.nc, replicas=self.config.replicas),
+            channel=self.channel,
+            settings=dict(self.config.settings.get(target, {})),
+            replicas=self.config.replicas,
+        )
+
+    def channel(self, target: str) -> Any:
+        """A channel to another target over this host's connection (client metrics on)."""
+        channel = self._channels.get(target)
+        if channel is None:
+            assert self.nc is not None
+            channel = self._channels[target] = nats_transport.aio.channel(
+                self.nc, target, interceptors=client_interceptors(self._registry))
+        return channel
+
+    # -- probes and metrics ---------------------------------------------------------------
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive while the process runs its loop (NATS trouble is readiness, not liveness)."""
+        return True, f"alive for {time.monotonic() - self._started:.0f}s"
+
+    async def readiness(self) -> tuple[bool, str]:
+        """Ready when NATS is connected and every hosted target is SERVING."""
+        if self.draining:
+            return False, "draining"
+        if self.nc is None or not self.nc.is_connected:
+            return False, "NATS not connected"
+        waiting = [h.error or h.target for h in self._hosted if not h.serving]
+        if waiting or len(self._hosted) < len(self.config.targets):
+            return False, "not serving: " + "; ".join(waiting or ["starting"])
+        return True, "ready: " + ", ".join(h.target for h in self._hosted)
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """Prometheus exposition of this process."""
+        self._refresh_now()
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+    def _refresh_now(self) -> None:
+        if self.nc is not None:
+            self._transport_metrics.refresh((h.server for h in self._hosted), self.nc)
+
+    async def _refresh_metrics(self) -> None:
+        # Also on a timer, so multiprocess scrapes (mesh up) see fresh transport counters.
+        while True:
+            self._refresh_now()
+            await asyncio.sleep(2.0)
+
+    # -- NATS events ----------------------------------------------------------------------
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS error", extra={"error": str(exc)})
+
+    async def _on_disconnected(self) -> None:
+        if not self.draining:
+            log.warning("NATS disconnected; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        url = self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?"
+        log.info("NATS reconnected", extra={"server": url})
+
+    # -- drain ----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """SIGTERM: NOT_SERVING and readiness 503 first, then refuse new calls (queue-group peers
+        take them), let in-flight calls finish within the grace period, then drain NATS."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining", extra={"grace_s": self.config.grace})
+        for hosted in self._hosted:
+            await hosted.health.enter_graceful_shutdown()
+        if self.config.drain_pause > 0:
+            await asyncio.sleep(self.config.drain_pause)  # a pause by design: probes must see 503
+        await asyncio.gather(*(h.server.stop(self.config.grace) for h in self._hosted))
+        for task in self._tasks:
+            task.cancel()
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self._admin is not None:
+            await self._admin.stop()
+        log.info("drained")
+
+
+async def check_health(nc: Client, target: str, service: str = "", deadline: float = 1.0) -> int:
+    """The grpc.health.v1 status of ``service`` on ``target`` over NATS (UNKNOWN if unreachable)."""
+    stub = health_pb2_grpc.HealthStub(nats_transport.aio.channel(nc, target))
+    try:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=deadline)
+    except grpc.aio.AioRpcError:
+        return int(health_pb2.HealthCheckResponse.UNKNOWN)
+    return int(reply.status)
