@@ -32,6 +32,9 @@ CATALOGUE: dict[str, str] = {
 }
 
 
+CONTRACT = ("TARGET", "SERVICE_NAMES", "create", "add_to_server")
+
+
 class UnknownTarget(ValueError):
     """A target that is not in the catalogue."""
 
@@ -46,11 +49,13 @@ def load(target: str) -> ModuleType | None:
         raise UnknownTarget(f"unknown target {target!r}; known: {', '.join(sorted(CATALOGUE))}")
     name = f"servicers.{CATALOGUE[target]}"
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name == name:
             return None
         raise
+    # A package still being written may exist without the servicer contract yet.
+    return module if all(hasattr(module, attr) for attr in CONTRACT) else None
 
 
 def built_targets() -> list[str]:

@@ -27,6 +27,7 @@ from health.call_log import CallLog
 from health.metrics import ServerMetrics, client_interceptors
 from health.transport_metrics import TransportMetrics
 from mesh import catalogue
+from mesh.jetstream_event_log import JetStreamEventLog
 from mesh.jetstream_storage import JetStreamStorage
 from nats_transport import ServerOptions
 from servicers.dependencies import Dependencies
@@ -115,6 +116,7 @@ class Host:
         self._admin: AdminServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[str, Any] = {}
+        self._event_log: JetStreamEventLog | None = None
         self.draining = False
         self._started = time.monotonic()
 
@@ -195,11 +197,14 @@ class Host:
 
     def _dependencies(self, target: str) -> Dependencies:
         assert self.nc is not None
+        if self._event_log is None:
+            self._event_log = JetStreamEventLog(self.nc, replicas=self.config.replicas)
         return Dependencies(
             storage=JetStreamStorage(self.nc, replicas=self.config.replicas),
             channel=self.channel,
             settings=dict(self.config.settings.get(target, {})),
             replicas=self.config.replicas,
+            event_log=self._event_log,
         )
 
     def channel(self, target: str) -> Any:

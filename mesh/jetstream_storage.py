@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue as NatsKeyValue
 
-from servicers.storage import Change, Entry, RevisionConflict
+from servicers.storage import Change, Entry, RevisionConflict, ValueTooLarge
 
 # JetStream's "wrong last sequence" API errors: a compare-and-set that lost.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _DELETED = ("DEL", "PURGE")
 
 
+# Room kept for the headers JetStream and KV add to a write (they count against max_payload).
+_HEADER_ROOM = 1024
+
+
 class JetStreamKeyValue:
     """One JetStream KV bucket behind the ``KeyValue`` protocol."""
 
-    def __init__(self, kv: NatsKeyValue) -> None:
+    def __init__(self, kv: NatsKeyValue, max_payload: int) -> None:
         self._kv = kv
+        self.max_value = max_payload - _HEADER_ROOM
+
+    def _check_size(self, key: str, value: bytes) -> None:
+        # A write over max_payload would make nats-server drop the whole connection, cutting off
+        # every service that shares it: refuse it here instead.
+        if len(value) > self.max_value:
+            raise ValueTooLarge(key, len(value), self.max_value)
 
     def __repr__(self) -> str:
         return f"<JetStreamKeyValue bucket={self._kv._name!r}>"
@@ -33,9 +44,11 @@ class JetStreamKeyValue:
         return Entry(key, entry.value or b"", entry.revision or 0)
 
     async def put(self, key: str, value: bytes) -> int:
+        self._check_size(key, value)
         return int(await self._kv.put(key, value))
 
     async def update(self, key: str, value: bytes, revision: int) -> int:
+        self._check_size(key, value)
         try:
             if revision == 0:
                 return int(await self._kv.create(key, value))
@@ -68,7 +81,7 @@ class JetStreamKeyValue:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return sorted(found)
 
-    async def watch(self, pattern: str, *, include_current: bool = True) -> AsyncIterator[Change]:
+    async def watch(self, pattern: str, *, include_current: bool = True) -> AsyncGenerator[Change, None]:
         watcher = await self._kv.watch(pattern)
         initial = True  # until the watcher's None marker: the current values
         try:
@@ -94,6 +107,7 @@ class JetStreamStorage:
         if replicas not in (1, 3, 5):
             raise ValueError("replicas must be 1, 3 or 5")
         self._js = nc.jetstream()
+        self._nc = nc
         self._replicas = replicas
         self._prefix = prefix
 
@@ -109,4 +123,4 @@ class JetStreamStorage:
                     bucket=bucket, history=history, ttl=ttl, max_bytes=max_bytes, replicas=self._replicas
                 )
             )
-        return JetStreamKeyValue(kv)
+        return JetStreamKeyValue(kv, self._nc.max_payload)

@@ -1,25 +1,29 @@
-"""``mesh up``: run NATS (embedded unless told otherwise), print what runs where, wait for a signal.
+"""``mesh up``: NATS (embedded unless told otherwise), every built target in host processes (one
+per core), and one admin server answering for the whole mesh; then wait for a signal and drain.
 
-Services, the gRPC ingress, the HTTP edge and the admin server are not built yet; the table says
-so rather than pretending.
+The gRPC ingress and the HTTP edge are not built yet; the table says so rather than pretending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
 from contextlib import AsyncExitStack
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
 from nats.aio.client import Client
 
+from health.admin import AdminServer
+from mesh.catalogue import built_targets
 from mesh.config import LOOPBACK, UpConfig
 from mesh.embedded_nats import EmbeddedNats
+from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
 
 __all__ = ["UpError", "run"]
 
@@ -46,9 +50,58 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
     async with AsyncExitStack() as stack:
         server = await _start_embedded(config, stack) if config.embedded else None
         await _check_nats(config.client_url)
-        _print_endpoints(config, server, time.monotonic() - began, out)
-        await _wait_for_stop(stop, server)
+        hosts = _start_hosts(config, stack)
+        admin = AdminServer(
+            lambda: _mesh_ready(hosts),
+            lambda: multiprocess_metrics(config.data_dir / "metrics"),
+            host=LOOPBACK, port=config.admin_port, liveness=lambda: _hosts_alive(hosts),
+        )
+        await admin.start()
+        stack.push_async_callback(admin.stop)
+        await _wait_until_ready(hosts, stop)
+        _print_endpoints(config, server, hosts, time.monotonic() - began, out)
+        await _wait_for_stop(stop, server, hosts)
     print("mesh up: stopped", file=out, flush=True)
+
+
+def _start_hosts(config: UpConfig, stack: AsyncExitStack) -> list[HostProcess]:
+    # One host process per core: the servicers are Python, so a second process is what lets a
+    # busy mesh use the second core.
+    metrics_dir = prepare_metrics_dir(config.data_dir / "metrics")
+    log_dir = config.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    groups = split_targets(built_targets(), os.cpu_count() or 1)
+    hosts = [HostProcess(i, group, config.client_url, log_dir, metrics_dir) for i, group in enumerate(groups)]
+    for host in hosts:
+        host.start()
+        stack.push_async_callback(asyncio.to_thread, host.stop)
+    return hosts
+
+
+async def _mesh_ready(hosts: list[HostProcess]) -> tuple[bool, str]:
+    answers = await asyncio.gather(*(h.ready() for h in hosts))
+    waiting = [reason for ok, reason in answers if not ok]
+    if waiting:
+        return False, "; ".join(waiting)
+    return True, f"ready: {sum(len(h.targets) for h in hosts)} targets in {len(hosts)} host processes"
+
+
+def _hosts_alive(hosts: list[HostProcess]) -> tuple[bool, str]:
+    dead = [f"host {h.index} exited with {h.returncode}" for h in hosts if not h.running]
+    return (not dead), ("; ".join(dead) or "alive")
+
+
+async def _wait_until_ready(hosts: list[HostProcess], stop: asyncio.Event, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not stop.is_set():
+        ready, reason = await _mesh_ready(hosts)
+        if ready:
+            return
+        if any(not h.running for h in hosts):
+            raise UpError(reason)
+        if time.monotonic() > deadline:
+            raise UpError(f"not ready after {limit:.0f}s: {reason}")
+        await asyncio.sleep(0.05)  # polling the hosts' /readyz: there is no event to wait on
 
 
 def _event_on_signals(*signals: signal.Signals) -> asyncio.Event:
@@ -101,13 +154,17 @@ async def _ignore_error(error: Exception) -> None:
     del error
 
 
-def _print_endpoints(config: UpConfig, server: EmbeddedNats | None, elapsed: float, out: TextIO) -> None:
+def _print_endpoints(
+    config: UpConfig, server: EmbeddedNats | None, hosts: list[HostProcess], elapsed: float, out: TextIO
+) -> None:
+    targets = sum(len(h.targets) for h in hosts)
     rows = [
         *_nats_rows(config, server),
-        ("services", "not built yet"),
+        ("services", f"{targets} targets in {len(hosts)} host processes (logs: {config.data_dir / 'logs'})"),
+        *((f"  host {h.index}", ", ".join(h.targets)) for h in hosts),
         ("gRPC ingress", f"not built yet (will listen on :{config.grpc_port})"),
         ("HTTP edge", f"not built yet (will listen on :{config.http_port})"),
-        ("admin server", f"not built yet (will listen on :{config.admin_port})"),
+        ("admin server", f"http://{LOOPBACK}:{config.admin_port}  (/livez /readyz /metrics)"),
     ]
     width = max(len(name) for name, _ in rows)
     print(f"mesh up: ready in {elapsed:.2f} s; Ctrl-C or SIGTERM stops it", file=out)
@@ -129,18 +186,28 @@ def _nats_rows(config: UpConfig, server: EmbeddedNats | None) -> list[tuple[str,
     ]
 
 
-async def _wait_for_stop(stop: asyncio.Event, server: EmbeddedNats | None) -> None:
-    if server is None:
-        await stop.wait()
-        return
-    stopped = asyncio.create_task(stop.wait())
-    # A thread blocked in waitpid notices the child dying; it returns once stop() reaps the child.
-    exited = asyncio.ensure_future(asyncio.to_thread(server.wait))
-    done, _ = await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
-    if exited in done:
-        stopped.cancel()
-        raise UpError(f"nats-server exited unexpectedly with code {exited.result()} (log: {server.log_path})")
-    exited.cancel()
+async def _wait_for_stop(stop: asyncio.Event, server: EmbeddedNats | None, hosts: list[HostProcess]) -> None:
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    watched: set[asyncio.Future[Any]] = {stopped}
+    exited: asyncio.Future[Any] | None = None
+    if server is not None:
+        # A thread blocked in waitpid notices the child dying; it returns once stop() reaps it.
+        exited = asyncio.ensure_future(asyncio.to_thread(server.wait))
+        watched.add(exited)
+    while True:
+        done, _ = await asyncio.wait(watched, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        if stopped in done:
+            break
+        if exited is not None and exited in done:
+            stopped.cancel()
+            assert server is not None
+            raise UpError(f"nats-server exited unexpectedly with code {exited.result()} (log: {server.log_path})")
+        alive, reason = _hosts_alive(hosts)
+        if not alive:
+            stopped.cancel()
+            raise UpError(f"{reason} (logs: {hosts[0].log_path.parent})")
+    if exited is not None:
+        exited.cancel()
 
 
 def describe(error: BaseException) -> str:

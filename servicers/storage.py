@@ -7,7 +7,7 @@ implementation lives in ``mesh.jetstream_storage``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +43,16 @@ class RevisionConflict(Exception):
         self.current = current
 
 
+class ValueTooLarge(ValueError):
+    """A value too big for the store to take in one write (``limit`` bytes at most)."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key}: value of {size} bytes exceeds the store's limit of {limit} bytes")
+        self.key = key
+        self.size = size
+        self.limit = limit
+
+
 class KeyValue(Protocol):
     """One bucket. Keys are dot-separated tokens of ``[A-Za-z0-9_=-]`` (NATS KV rules)."""
 
@@ -51,7 +61,7 @@ class KeyValue(Protocol):
         ...
 
     async def put(self, key: str, value: bytes) -> int:
-        """Write unconditionally; return the new revision."""
+        """Write unconditionally; return the new revision (ValueTooLarge if it cannot fit)."""
         ...
 
     async def update(self, key: str, value: bytes, revision: int) -> int:
@@ -70,7 +80,7 @@ class KeyValue(Protocol):
         """Existing keys matching a NATS wildcard pattern, sorted."""
         ...
 
-    def watch(self, pattern: str, *, include_current: bool = True) -> AsyncIterator[Change]:
+    def watch(self, pattern: str, *, include_current: bool = True) -> AsyncGenerator[Change, None]:
         """Changes to keys matching ``pattern``; first the current values if asked. Close the
         iterator (``aclose``) to stop watching."""
         ...

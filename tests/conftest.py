@@ -10,6 +10,7 @@ import pytest
 from nats.aio.client import Client
 
 from mesh.jetstream_storage import JetStreamStorage
+from tests._buckets import delete_buckets
 from nats_transport.testing import NatsCluster, NatsServer
 
 
@@ -43,6 +44,10 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 
 @pytest.fixture
-def storage(nc: Client) -> JetStreamStorage:
-    """JetStream storage whose buckets are private to the test (a unique name prefix)."""
-    return JetStreamStorage(nc, prefix=f"t{uuid.uuid4().hex[:8]}_")
+async def storage(nc: Client) -> AsyncIterator[JetStreamStorage]:
+    """JetStream storage whose buckets are private to the test (a unique name prefix), deleted
+    afterwards: JetStream reserves each bucket's max_bytes on the shared server."""
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    yield JetStreamStorage(nc, prefix=prefix)
+    if nc.is_connected:
+        await delete_buckets(nc, prefix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -13,12 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
+from gaming.settings.v1 import settings_pb2, settings_pb2_grpc
 
+import nats_transport.aio
+from mesh.catalogue import built_targets
 from mesh.cli import UNBUILT, main
+from mesh.host import SERVING, check_health
+from mesh.supervisor import http_get
 from nats_transport.testing import free_port
+from tests._waiting import wait_for
 
-READY_TIMEOUT = 15.0
+READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
@@ -29,9 +37,10 @@ class MeshUp:
     process: asyncio.subprocess.Process
     nats_url: str
     stdout: list[str]
+    admin_port: int
 
 
-def _up_arguments(data_dir: Path) -> tuple[list[str], int]:
+def _up_arguments(data_dir: Path) -> tuple[list[str], dict[str, int]]:
     ports = {
         "--nats-port": free_port(),
         "--nats-monitor-port": free_port(),
@@ -40,7 +49,7 @@ def _up_arguments(data_dir: Path) -> tuple[list[str], int]:
         "--admin-port": free_port(),
     }
     flags = [part for flag, port in ports.items() for part in (flag, str(port))]
-    return ["up", *flags, "--data-dir", str(data_dir)], ports["--nats-port"]
+    return ["up", *flags, "--data-dir", str(data_dir)], ports
 
 
 async def _read_until_ready(process: asyncio.subprocess.Process, lines: list[str]) -> None:
@@ -69,7 +78,7 @@ async def _finish(process: asyncio.subprocess.Process) -> None:
 @pytest.fixture
 async def mesh_up(tmp_path: Path) -> AsyncIterator[MeshUp]:
     """``python -m mesh up`` on free ports with its data in ``tmp_path``, once it says it is ready."""
-    arguments, nats_port = _up_arguments(tmp_path / "data")
+    arguments, ports = _up_arguments(tmp_path / "data")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh", *arguments,
         cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -77,7 +86,7 @@ async def mesh_up(tmp_path: Path) -> AsyncIterator[MeshUp]:
     lines: list[str] = []
     try:
         await asyncio.wait_for(_read_until_ready(process, lines), READY_TIMEOUT)
-        yield MeshUp(process, f"nats://127.0.0.1:{nats_port}", lines)
+        yield MeshUp(process, f"nats://127.0.0.1:{ports['--nats-port']}", lines, ports["--admin-port"])
     finally:
         await _finish(process)
 
@@ -97,12 +106,49 @@ async def test_mesh_up_serves_nats_with_jetstream_and_exits_0_on_sigterm(mesh_up
     assert "mesh up: stopped" in stdout.decode()
 
 
-async def test_mesh_up_prints_where_nats_runs_and_what_is_not_built(mesh_up: MeshUp) -> None:
+async def test_mesh_up_prints_where_everything_runs_and_what_is_not_built(mesh_up: MeshUp) -> None:
     table = "".join(mesh_up.stdout)
     assert mesh_up.nats_url in table
-    for part in ("services", "gRPC ingress", "HTTP edge", "admin server"):
+    assert f"{len(built_targets())} targets" in next(line for line in mesh_up.stdout if "services" in line)
+    assert f"127.0.0.1:{mesh_up.admin_port}" in next(line for line in mesh_up.stdout if "admin server" in line)
+    for part in ("gRPC ingress", "HTTP edge"):
         row = next(line for line in mesh_up.stdout if part in line)
         assert "not built yet" in row
+
+
+async def test_mesh_up_is_ready_with_every_target_serving_and_discoverable(mesh_up: MeshUp) -> None:
+    status, body = await http_get("127.0.0.1", mesh_up.admin_port, "/readyz")
+    assert status == 200, body
+    nc = await nats.connect(mesh_up.nats_url, max_reconnect_attempts=0, connect_timeout=2)
+    try:
+        for target in built_targets():
+            assert await check_health(nc, target, deadline=5) == SERVING, target
+        inbox = nc.new_inbox()
+        replies = await nc.subscribe(inbox)
+        await nc.publish("$SRV.PING", b"", reply=inbox)
+        names: set[str] = set()
+
+        async def all_answered() -> bool:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                names.add(json.loads((await replies.next_msg(timeout=0.2)).data)["name"])
+            return names >= set(built_targets())
+
+        await wait_for(all_answered, timeout=10)
+        stub = settings_pb2_grpc.SettingsServiceStub(nats_transport.aio.channel(nc, "settings"))
+        scope = settings_pb2.Scope(kind=settings_pb2.SCOPE_KIND_PLAYER, id="p1")
+        await stub.Get(settings_pb2.GetRequest(scope=scope), timeout=5)
+    finally:
+        await nc.close()
+
+    async def call_counted() -> bool:
+        _, metrics = await http_get("127.0.0.1", mesh_up.admin_port, "/metrics")
+        return any(
+            line.startswith("grpc_server_handled_total{") and 'grpc_method="Get"' in line
+            and "gaming.settings.v1.SettingsService" in line
+            for line in metrics.splitlines()
+        )
+
+    await wait_for(call_counted, timeout=10)
 
 
 async def test_mesh_up_stops_its_nats_server_on_sigterm(mesh_up: MeshUp) -> None:
