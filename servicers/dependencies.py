@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from servicers.event_log import EventLog
 from servicers.storage import Storage
 
 
@@ -20,6 +21,7 @@ class Dependencies:
         settings: per-service configuration (``MESH_<SERVICE>_<NAME>`` in the host), strings.
         clock: wall-clock seconds (``time.time``); tests may pass a fake.
         replicas: the JetStream replica count buckets and streams are created with.
+        event_log: the durable event log (a JetStream stream in the mesh), for the event bus.
     """
 
     storage: Storage
@@ -27,3 +29,4 @@ class Dependencies:
     settings: Mapping[str, str] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     replicas: int = 1
+    event_log: EventLog | None = None

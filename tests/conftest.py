@@ -10,8 +10,8 @@ import pytest
 from nats.aio.client import Client
 
 from mesh.jetstream_storage import JetStreamStorage
-from tests._buckets import delete_buckets
 from nats_transport.testing import NatsCluster, NatsServer
+from tests._buckets import delete_buckets
 
 
 @pytest.fixture(scope="session")

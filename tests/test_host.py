@@ -35,7 +35,7 @@ class Serve:
     def __init__(self, nats_url: str, *targets: str, env: dict[str, str] | None = None) -> None:
         self.admin_port = free_port()
         # Logs go to a file: a pipe nobody reads would fill up and stall the host.
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close(), outlives this call
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mesh", "serve", *targets, "--nats-url", nats_url,
              "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port), "--drain-pause", "0.2",

@@ -1,0 +1,393 @@
+"""The AuthService servicer: accounts, logins, and sessions carried by signed tokens.
+
+State, all in KV buckets so every replica sees the same thing at once:
+
+- ``auth_accounts``: one ``Account`` per lower-case username (a create-only write makes
+  usernames unique).
+- ``auth_sessions``: one ``Session`` per session id. Validate reads it on every call, so a
+  revocation by any replica is seen by all of them at the next call; Refresh rotates the
+  session's refresh generation with compare-and-set, so of two uses of one refresh token
+  exactly one wins and the other is treated as theft.
+- ``auth_login_failures``: failed logins per username (known or not), for lockout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from gaming.auth.v1 import auth_pb2, auth_pb2_grpc
+from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from servicers.auth.buckets import GuardedBucket, StoreUnavailable
+from servicers.auth.passwords import ScryptParams, hash_password, verify_password
+from servicers.auth.records import ACCOUNTS, FAILURES, SESSIONS, Account, Failures, Session
+from servicers.auth.tokens import Claims, InvalidToken, TokenKind, TokenSigner
+from servicers.errors import DOMAIN, abort, abort_conflict, abort_invalid
+from servicers.storage import Entry, KeyValue, RevisionConflict
+
+log = logging.getLogger(__name__)
+
+TARGET = "auth"
+SERVICE_NAMES = ("gaming.auth.v1.AuthService",)
+
+ACCESS_TOKEN_TTL = 15 * 60.0
+REFRESH_TOKEN_TTL = 30 * 24 * 3600.0
+# Lockout: the MAX_FAILURES-th failed login within FAILURE_WINDOW of the previous one locks the
+# username for LOCKOUT_BASE seconds, doubling with each further failure up to LOCKOUT_MAX.
+MAX_FAILURES = 5
+FAILURE_WINDOW = 15 * 60.0
+LOCKOUT_BASE = 30.0
+LOCKOUT_MAX = 15 * 60.0
+# Read-modify-write retries on one key before giving up with ABORTED: losing this often means
+# something is hammering one session or username.
+CAS_ATTEMPTS = 8
+
+INVALID_CREDENTIALS = "invalid username or password"
+_USERNAME = re.compile(r"[A-Za-z0-9_]{3,32}")
+_SCOPE = re.compile(r"[a-z][a-z0-9_]*(?::[a-z][a-z0-9_]*)*")
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+_TOKEN_PROBLEMS = {
+    "malformed": ("malformed token", "TOKEN_MALFORMED"),
+    "invalid": ("invalid token", "TOKEN_INVALID"),
+    "expired": ("token expired", "TOKEN_EXPIRED"),
+}
+
+T = TypeVar("T")
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(round(seconds * 1e9))
+    return stamp
+
+
+def _throttle_key(username: str) -> str:
+    # Any string may be typed as a username at login: hash it into a valid, bounded key.
+    return hashlib.sha256(username.lower().encode()).hexdigest()[:40]
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    """Registers accounts, opens sessions, and validates, refreshes and revokes them."""
+
+    def __init__(
+        self,
+        *,
+        accounts: KeyValue,
+        sessions: KeyValue,
+        failures: KeyValue,
+        signer: TokenSigner,
+        scrypt: ScryptParams,
+        dummy_hash: str,
+        account_scopes: Sequence[str],
+        clock: Callable[[], float],
+        scrypt_concurrency: int = 2,
+    ) -> None:
+        self._accounts = GuardedBucket(accounts, "accounts")
+        self._sessions = GuardedBucket(sessions, "sessions")
+        self._failures = GuardedBucket(failures, "login failures")
+        self._signer = signer
+        self._scrypt = scrypt
+        # Unknown usernames are checked against this hash, so they cost the same time as a
+        # wrong password and the reply's timing does not tell which it was.
+        self._dummy_hash = dummy_hash
+        self._account_scopes = tuple(account_scopes)
+        self._clock = clock
+        # Each scrypt call takes ~32 MiB and a core for ~70 ms: bound how many run at once.
+        self._scrypt_slots = asyncio.Semaphore(scrypt_concurrency)
+
+    def __repr__(self) -> str:
+        return f"<AuthServicer scrypt_log2_n={self._scrypt.log2_n}>"
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    async def Register(self, request: auth_pb2.RegisterRequest, context: Any) -> auth_pb2.RegisterResponse:
+        """Create an account (see auth.proto)."""
+        return await self._guarded(context, self._register(request, context))
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
+        """Check credentials and open a session (see auth.proto)."""
+        return await self._guarded(context, self._login(request, context))
+
+    async def Validate(self, request: auth_pb2.ValidateRequest, context: Any) -> auth_pb2.ValidateResponse:
+        """Check an access token and its session (see auth.proto)."""
+        return await self._guarded(context, self._validate(request, context))
+
+    async def Refresh(self, request: auth_pb2.RefreshRequest, context: Any) -> auth_pb2.RefreshResponse:
+        """Rotate a session's tokens (see auth.proto)."""
+        return await self._guarded(context, self._refresh(request, context))
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> auth_pb2.LogoutResponse:
+        """Revoke a session (see auth.proto)."""
+        return await self._guarded(context, self._logout(request, context))
+
+    # -- behaviour -----------------------------------------------------------------------
+
+    async def _register(self, request: auth_pb2.RegisterRequest, context: Any) -> auth_pb2.RegisterResponse:
+        if not _USERNAME.fullmatch(request.username):
+            await abort_invalid(context, "username", "must be 3 to 32 characters of a-z, 0-9 and _")
+        if not 8 <= len(request.password) <= 128:
+            await abort_invalid(context, "password", "must be 8 to 128 characters")
+        name = request.display_name
+        if not 1 <= len(name) <= 64 or not name.strip() or not name.isprintable():
+            await abort_invalid(context, "display_name", "must be 1 to 64 printable characters, not only spaces")
+        username = request.username.lower()
+        # Cheap check first, so a taken name does not cost a scrypt; the create-only write
+        # below is what actually guarantees uniqueness.
+        if await self._accounts.get(username) is not None:
+            await self._abort_taken(context, username)
+        now = self._clock()
+        account = Account(
+            account_id=uuid.uuid4().hex,
+            username=username,
+            display_name=name,
+            password_hash=await self._run_scrypt(hash_password, request.password, self._scrypt),
+            scopes=self._account_scopes,
+            create_time=now,
+        )
+        try:
+            await self._accounts.update(username, ACCOUNTS.encode(account), 0)
+        except RevisionConflict:
+            await self._abort_taken(context, username)
+        return auth_pb2.RegisterResponse(account_id=account.account_id, create_time=_timestamp(now))
+
+    async def _login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
+        if not request.username:
+            await abort_invalid(context, "username", "is required")
+        if not request.password:
+            await abort_invalid(context, "password", "is required")
+        for index, scope in enumerate(request.scopes):
+            if len(scope) > 64 or not _SCOPE.fullmatch(scope):
+                await abort_invalid(context, f"scopes[{index}]", f"{scope[:64]!r} is not a scope")
+        if len(request.client_description) > 128:
+            await abort_invalid(context, "client_description", "must be at most 128 characters")
+
+        now = self._clock()
+        throttle_key = _throttle_key(request.username)
+        failures = await self._failures.get(throttle_key)
+        if failures is not None:
+            locked_until = FAILURES.decode(failures.value).locked_until
+            if now < locked_until:
+                await _abort_locked(context, locked_until - now)
+
+        # A malformed username cannot name an account: treat it as unknown (same work, same reply).
+        stored = await self._accounts.get(request.username.lower()) if _USERNAME.fullmatch(request.username) else None
+        account = ACCOUNTS.decode(stored.value) if stored is not None else None
+        password_hash = account.password_hash if account is not None else self._dummy_hash
+        matched = await self._run_scrypt(verify_password, request.password, password_hash)
+        if account is None or not matched:
+            await self._record_failure(throttle_key, now)
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
+        if failures is not None:
+            await self._failures.delete(throttle_key)
+        # Only now, with the password proven, may the reply say anything about the account.
+        if account.disabled:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, "account is disabled", "ACCOUNT_DISABLED")
+        for index, scope in enumerate(request.scopes):
+            if scope not in account.scopes:
+                await abort_invalid(context, f"scopes[{index}]", f"scope {scope!r} is not available to this account")
+        scopes = tuple(dict.fromkeys(request.scopes)) or account.scopes
+
+        session = Session(
+            session_id=uuid.uuid4().hex,
+            account_id=account.account_id,
+            scopes=scopes,
+            client_description=request.client_description,
+            create_time=now,
+            refresh_expire_time=now + REFRESH_TOKEN_TTL,
+            refresh_generation=1,
+        )
+        await self._sessions.update(session.session_id, SESSIONS.encode(session), 0)
+        return auth_pb2.LoginResponse(
+            account_id=account.account_id,
+            session_id=session.session_id,
+            tokens=self._tokens(session, now),
+            scopes=scopes,
+        )
+
+    async def _validate(self, request: auth_pb2.ValidateRequest, context: Any) -> auth_pb2.ValidateResponse:
+        if not request.access_token:
+            await abort_invalid(context, "access_token", "is required")
+        claims = await self._verified(context, request.access_token, TokenKind.ACCESS)
+        session = await self._open_session(context, claims)
+        return auth_pb2.ValidateResponse(
+            account_id=claims.account_id,
+            session_id=claims.session_id,
+            expire_time=_timestamp(claims.expire_time),
+            scopes=session.scopes,
+        )
+
+    async def _refresh(self, request: auth_pb2.RefreshRequest, context: Any) -> auth_pb2.RefreshResponse:
+        if not request.refresh_token:
+            await abort_invalid(context, "refresh_token", "is required")
+        claims = await self._verified(context, request.refresh_token, TokenKind.REFRESH)
+        conflict: RevisionConflict | None = None
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self._sessions.get(claims.session_id)
+            session = await _live_session(context, claims, entry)
+            assert entry is not None  # _live_session aborts otherwise
+            if claims.generation != session.refresh_generation:
+                # This refresh token was already exchanged: someone else holds a copy of it.
+                await self._revoke(claims.session_id, "refresh token reuse")
+                await abort(
+                    context,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "refresh token already used; the session is revoked",
+                    "REFRESH_TOKEN_REUSED",
+                )
+            rotated = replace(session, refresh_generation=session.refresh_generation + 1)
+            try:
+                await self._sessions.update(claims.session_id, SESSIONS.encode(rotated), entry.revision)
+            except RevisionConflict as lost:
+                # Re-read: if a concurrent Refresh with this same token won, the next pass sees
+                # the generation moved on and treats this one as a reuse.
+                conflict = lost
+                continue
+            return auth_pb2.RefreshResponse(
+                account_id=claims.account_id,
+                session_id=claims.session_id,
+                tokens=self._tokens(rotated, self._clock()),
+            )
+        assert conflict is not None
+        raise conflict
+
+    async def _logout(self, request: auth_pb2.LogoutRequest, context: Any) -> auth_pb2.LogoutResponse:
+        if not request.access_token:
+            await abort_invalid(context, "access_token", "is required")
+        claims = await self._verified(context, request.access_token, TokenKind.ACCESS)
+        target = request.session_id or claims.session_id
+        if target != claims.session_id:
+            # Revoking another session takes a live one; repeating one's own logout does not.
+            await self._open_session(context, claims)
+        entry = await self._sessions.get(target) if _SESSION_ID.fullmatch(target) else None
+        if entry is None or SESSIONS.decode(entry.value).account_id != claims.account_id:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no session {target[:64]!r} on this account", "NO_SESSION")
+        revoked = await self._revoke(target, "logout")
+        if revoked is None:  # deleted between the read and the revocation
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no session {target[:64]!r} on this account", "NO_SESSION")
+        return auth_pb2.LogoutResponse(session_id=target, revoke_time=_timestamp(revoked.revoke_time))
+
+    # -- pieces --------------------------------------------------------------------------
+
+    async def _guarded(self, context: Any, operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except StoreUnavailable as exc:
+            log.warning("auth store unreachable (%s): %r", exc, exc.__cause__)
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"the {exc} store cannot be reached", "STORE_UNAVAILABLE")
+        except RevisionConflict as conflict:
+            await abort_conflict(context, conflict, "session")
+
+    async def _run_scrypt(self, function: Callable[[str, Any], T], password: str, argument: Any) -> T:
+        async with self._scrypt_slots:
+            return await asyncio.to_thread(function, password, argument)
+
+    async def _abort_taken(self, context: Any, username: str) -> NoReturn:
+        await abort(context, grpc.StatusCode.ALREADY_EXISTS, f"username {username!r} is taken", "USERNAME_TAKEN")
+
+    async def _verified(self, context: Any, token: str, kind: TokenKind) -> Claims:
+        try:
+            return self._signer.verify(token, kind, self._clock())
+        except InvalidToken as problem:
+            message, reason = _TOKEN_PROBLEMS[problem.reason]
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, message, reason)
+
+    async def _open_session(self, context: Any, claims: Claims) -> Session:
+        """The session of ``claims``, read now; UNAUTHENTICATED unless it is open (see below)."""
+        return await _live_session(context, claims, await self._sessions.get(claims.session_id))
+
+    async def _revoke(self, session_id: str, reason: str) -> Session | None:
+        """Mark a session revoked (keeping the first revocation); None if it does not exist."""
+        conflict: RevisionConflict | None = None
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self._sessions.get(session_id)
+            if entry is None:
+                return None
+            session = SESSIONS.decode(entry.value)
+            if session.revoke_time:
+                return session
+            revoked = replace(session, revoke_time=self._clock(), revoke_reason=reason)
+            try:
+                await self._sessions.update(session_id, SESSIONS.encode(revoked), entry.revision)
+            except RevisionConflict as lost:
+                conflict = lost
+                continue
+            return revoked
+        assert conflict is not None
+        raise conflict
+
+    async def _record_failure(self, key: str, now: float) -> None:
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self._failures.get(key)
+            previous = FAILURES.decode(entry.value) if entry is not None else None
+            recent = previous is not None and now - previous.last_failure_time <= FAILURE_WINDOW
+            count = previous.count + 1 if previous is not None and recent else 1
+            locked_until = 0.0
+            if count >= MAX_FAILURES:
+                delay = min(LOCKOUT_BASE * 2 ** min(count - MAX_FAILURES, 16), LOCKOUT_MAX)
+                locked_until = now + delay
+            record = Failures(count=count, last_failure_time=now, locked_until=locked_until)
+            try:
+                await self._failures.update(key, FAILURES.encode(record), entry.revision if entry else 0)
+            except RevisionConflict:
+                continue  # another failed login for this name at the same time: count both
+            return
+        log.warning("could not record a failed login after %d attempts", CAS_ATTEMPTS)
+
+    def _tokens(self, session: Session, now: float) -> auth_pb2.SessionTokens:
+        access = Claims(
+            kind=TokenKind.ACCESS,
+            account_id=session.account_id,
+            session_id=session.session_id,
+            expire_time=now + ACCESS_TOKEN_TTL,
+        )
+        refresh = Claims(
+            kind=TokenKind.REFRESH,
+            account_id=session.account_id,
+            session_id=session.session_id,
+            expire_time=session.refresh_expire_time,  # rotation never extends the session
+            generation=session.refresh_generation,
+        )
+        return auth_pb2.SessionTokens(
+            access_token=self._signer.issue(access),
+            access_token_expire_time=_timestamp(access.expire_time),
+            refresh_token=self._signer.issue(refresh),
+            refresh_token_expire_time=_timestamp(refresh.expire_time),
+        )
+
+
+async def _live_session(context: Any, claims: Claims, entry: Entry | None) -> Session:
+    """The session stored as ``entry``; UNAUTHENTICATED unless it exists, belongs to the token's
+    account and is not revoked."""
+    session = SESSIONS.decode(entry.value) if entry is not None else None
+    if session is None or session.account_id != claims.account_id:
+        await abort(context, grpc.StatusCode.UNAUTHENTICATED, "session not found", "SESSION_NOT_FOUND")
+    if session.revoke_time:
+        await abort(context, grpc.StatusCode.UNAUTHENTICATED, "session revoked", "SESSION_REVOKED")
+    return session
+
+
+async def _abort_locked(context: Any, delay: float) -> NoReturn:
+    """RESOURCE_EXHAUSTED with a RetryInfo: ``servicers.errors.abort`` carries only ErrorInfo."""
+    details = []
+    for detail in (
+        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=math.ceil(delay))),
+        error_details_pb2.ErrorInfo(reason="TOO_MANY_FAILED_LOGINS", domain=DOMAIN),
+    ):
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        details.append(holder)
+    message = f"too many failed logins; retry in {math.ceil(delay)} s"
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=details)
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover - abort always raises
