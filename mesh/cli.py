@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from mesh import serve
+from mesh import serve, tools
 from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
 from mesh.up import UpError, run
@@ -27,8 +27,6 @@ EXIT_INTERRUPTED = 130
 
 # Subcommands that exist in the interface but not yet in the code, with their one-line help.
 UNBUILT = {
-    "services": "list the targets and gRPC services the mesh discovers",
-    "call": "call a method on a target, like grpcurl over NATS",
     "bench": "run the benchmarks",
 }
 
@@ -59,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_arguments(serve_parser)
     serve_parser.set_defaults(command=serve.run, parser=serve_parser, takes_any_arguments=False)
+    services = subcommands.add_parser("services", help="list the targets and gRPC services running ($SRV)")
+    tools.add_services_arguments(services)
+    services.set_defaults(command=tools.run_services, parser=services, takes_any_arguments=False)
+    call = subcommands.add_parser(
+        "call", help="call a method over NATS with a JSON body, using the target's reflection",
+        description="mesh call <target> <package.Service/Method> '<json>'",
+    )
+    tools.add_call_arguments(call)
+    call.set_defaults(command=tools.run_call, parser=call, takes_any_arguments=False)
     for name, summary in UNBUILT.items():
         unbuilt = subcommands.add_parser(name, help=f"{summary} (not built yet)", description=summary)
         unbuilt.set_defaults(command=_unbuilt(name), parser=unbuilt, takes_any_arguments=True)

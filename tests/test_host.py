@@ -190,3 +190,27 @@ def test_an_unknown_target_exits_2():
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "no-such-target" in result.stderr
+
+
+async def test_mesh_services_lists_and_mesh_call_calls_a_running_target(private_nats_server, serve_processes):
+    serve = Serve(private_nats_server.url, TARGET)
+    serve_processes.append(serve)
+    await wait_for(serve.ready, timeout=20)
+
+    def mesh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mesh", *args, "--nats-url", private_nats_server.url],
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+
+    listed = await asyncio.to_thread(mesh, "services")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith(TARGET)
+    assert SERVICE in listed.stdout
+
+    body = json.dumps({"scope": {"kind": "SCOPE_KIND_PLAYER", "id": "p-cli"}})
+    called = await asyncio.to_thread(mesh, "call", TARGET, f"{SERVICE}/Get", body)
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout)["settings"]["scope"]["id"] == "p-cli"
+
+    refused = await asyncio.to_thread(mesh, "call", TARGET, f"{SERVICE}/Get", '{"scope": {}}')
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("mesh call: INVALID_ARGUMENT")

@@ -1,0 +1,197 @@
+"""Debugging commands: ``mesh services`` (what runs, from ``$SRV``) and ``mesh call`` (any method
+over NATS, JSON in and out, using the target's own server reflection)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import grpc
+import nats
+import nats.errors
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from nats.aio.client import Client
+
+import nats_transport.aio
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """The NATS URL flag every tool takes."""
+    parser.add_argument("--nats-url", default=None, help=f"NATS URL ($MESH_NATS_URL, else {DEFAULT_URL})")
+
+
+def _url(args: argparse.Namespace) -> list[str]:
+    text = args.nats_url or os.environ.get("MESH_NATS_URL") or DEFAULT_URL
+    return [u.strip() for u in text.split(",") if u.strip()]
+
+
+async def _connect(args: argparse.Namespace) -> Client:
+    return await nats.connect(_url(args), connect_timeout=3, max_reconnect_attempts=0)
+
+
+# -- mesh services ---------------------------------------------------------------------------
+
+
+async def discover(nc: Client, wait: float = 0.5) -> list[dict[str, Any]]:
+    """Every instance's ``$SRV.INFO`` answer, gathered for ``wait`` seconds."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish("$SRV.INFO", b"", reply=inbox)
+    answers: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while (left := deadline - loop.time()) > 0:
+        try:
+            msg = await sub.next_msg(timeout=left)
+        except nats.errors.TimeoutError:
+            break
+        answers.append(json.loads(msg.data))
+    await sub.unsubscribe()
+    return sorted(answers, key=lambda a: (a.get("name", ""), a.get("id", "")))
+
+
+async def _services(args: argparse.Namespace) -> int:
+    nc = await _connect(args)
+    try:
+        answers = await discover(nc, args.wait)
+    finally:
+        await nc.close()
+    if args.json:
+        print(json.dumps(answers, indent=2))
+        return 0
+    if not answers:
+        print("no services answered $SRV.INFO", file=sys.stderr)
+        return 1
+    targets: dict[str, list[dict[str, Any]]] = {}
+    for answer in answers:
+        targets.setdefault(answer["name"], []).append(answer)
+    width = max(len(t) for t in targets)
+    for target, instances in targets.items():
+        services = instances[0].get("metadata", {}).get("grpc.services", "")
+        endpoints = len(instances[0].get("endpoints") or [])
+        print(f"{target.ljust(width)}  {len(instances)} instance(s)  {endpoints} methods  {services}")
+    return 0
+
+
+# -- mesh call -------------------------------------------------------------------------------
+
+
+async def load_pool(channel: Any, symbol: str) -> descriptor_pool.DescriptorPool:
+    """A descriptor pool with the file defining ``symbol`` and its imports, from reflection."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    pool = descriptor_pool.DescriptorPool()
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    call = stub.ServerReflectionInfo()
+    try:
+        await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+        wanted: list[str] = []
+        while True:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                break
+            if reply.HasField("error_response"):
+                raise LookupError(f"{symbol}: {reply.error_response.error_message}")
+            for raw in reply.file_descriptor_response.file_descriptor_proto:
+                proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                files.setdefault(proto.name, proto)
+                wanted.extend(d for d in proto.dependency if d not in files and d not in wanted)
+            missing = [name for name in wanted if name not in files]
+            if not missing:
+                break
+            wanted = missing[1:]
+            await call.write(reflection_pb2.ServerReflectionRequest(file_by_filename=missing[0]))
+    finally:
+        await call.done_writing()
+        call.cancel()
+    added: set[str] = set()
+
+    def add(name: str) -> None:
+        if name in added:
+            return
+        proto = files[name]
+        for dependency in proto.dependency:
+            if dependency in files:
+                add(dependency)
+        pool.Add(proto)
+        added.add(name)
+
+    for name in files:
+        add(name)
+    return pool
+
+
+async def call_json(nc: Client, target: str, method: str, body: str, deadline: float | None) -> list[str]:
+    """Call ``pkg.Service/Method`` on ``target`` with a JSON request; the JSON response(s)."""
+    service, _, name = method.lstrip("/").partition("/")
+    channel = nats_transport.aio.channel(nc, target)
+    pool = await load_pool(channel, service)
+    descriptor = pool.FindServiceByName(service).FindMethodByName(name)
+    if descriptor is None:
+        raise LookupError(f"{service} has no method {name!r}")
+    request_class = message_factory.GetMessageClass(descriptor.input_type)
+    response_class = message_factory.GetMessageClass(descriptor.output_type)
+    request = json_format.Parse(body or "{}", request_class())
+    path = f"/{service}/{name}"
+    serialize, deserialize = request_class.SerializeToString, response_class.FromString
+    if descriptor.client_streaming:
+        raise ValueError("client-streaming methods are not supported by mesh call")
+    if descriptor.server_streaming:
+        stream = channel.unary_stream(path, serialize, deserialize)(request, timeout=deadline)
+        return [json_format.MessageToJson(reply) async for reply in stream]
+    reply = await channel.unary_unary(path, serialize, deserialize)(request, timeout=deadline)
+    return [json_format.MessageToJson(reply)]
+
+
+async def _call(args: argparse.Namespace) -> int:
+    nc = await _connect(args)
+    try:
+        for reply in await call_json(nc, args.target, args.method, args.body, args.timeout):
+            print(reply)
+    except grpc.aio.AioRpcError as err:
+        print(f"mesh call: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    except (LookupError, ValueError, json_format.ParseError) as err:
+        print(f"mesh call: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        await nc.close()
+    return 0
+
+
+def add_services_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common(parser)
+    parser.add_argument("--wait", type=float, default=0.5, help="seconds to gather answers (0.5)")
+    parser.add_argument("--json", action="store_true", help="print the raw $SRV.INFO answers")
+
+
+def add_call_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common(parser)
+    parser.add_argument("target", help="the target, e.g. settings")
+    parser.add_argument("method", help="package.Service/Method, e.g. gaming.settings.v1.SettingsService/Get")
+    parser.add_argument("body", nargs="?", default="{}", help="the request as JSON ({})")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (10)")
+
+
+def run_services(args: argparse.Namespace) -> int:
+    """``mesh services``."""
+    return _run(_services(args))
+
+
+def run_call(args: argparse.Namespace) -> int:
+    """``mesh call``."""
+    return _run(_call(args))
+
+
+def _run(coro: Any) -> int:
+    try:
+        return int(asyncio.run(coro))
+    except (OSError, nats.errors.Error) as exc:
+        print(f"mesh: cannot reach NATS: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
