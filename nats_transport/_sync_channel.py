@@ -175,7 +175,9 @@ class _StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
     def __next__(self) -> Any:
         try:
             message = self._channel._run(self._call.read())
-        except grpc.aio.AioRpcError as err:
+        except (grpc.aio.AioRpcError, asyncio.CancelledError, concurrent.futures.CancelledError) as err:
+            # grpcio's sync iterators raise an RpcError (CANCELLED) after cancel(), never
+            # asyncio's CancelledError.
             raise self._error() from err
         if message is grpc.aio.EOF:
             raise StopIteration
@@ -191,7 +193,7 @@ class _StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
     def result(self, timeout: float | None = None) -> Any:
         try:
             return self._channel._run(self._call._unary_response(), timeout)
-        except grpc.aio.AioRpcError as err:
+        except (grpc.aio.AioRpcError, asyncio.CancelledError, concurrent.futures.CancelledError) as err:
             raise self._error() from err
 
     def exception(self, timeout: float | None = None) -> RpcError | None:

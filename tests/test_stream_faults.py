@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -189,6 +190,47 @@ async def test_sync_channel_streams_work_in_all_three_kinds(nats_server, target)
         assert accepted == 1000
         assert sequences == [0, 1, 2, 3, 4]
         assert code == grpc.StatusCode.OK
+    finally:
+        await server.stop(0)
+        await server_nc.close()
+
+
+async def test_a_sync_stream_iterator_can_be_cancelled_and_reports_its_callbacks(nats_server, target):
+    cancelled = asyncio.Event()
+
+    class Forever(event_bus_pb2_grpc.EventBusServiceServicer):
+        async def Subscribe(self, request, context):
+            try:
+                while True:
+                    yield event_bus_pb2.SubscribeResponse()
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    server_nc = await nats.connect(nats_server.url)
+    server = nats_transport.aio.server(server_nc, target)
+    event_bus_pb2_grpc.add_EventBusServiceServicer_to_server(Forever(), server)
+    await server.start()
+
+    def read_two_then_cancel() -> tuple[grpc.StatusCode, bool, bool]:
+        with nats_transport.channel(nats_server.url, target) as channel:
+            calls = event_bus_pb2_grpc.EventBusServiceStub(channel).Subscribe(event_bus_pb2.SubscribeRequest())
+            ended = threading.Event()
+            calls.add_callback(ended.set)
+            next(calls)
+            next(calls)
+            calls.cancel()
+            with pytest.raises(grpc.RpcError) as caught:
+                next(calls)
+            return caught.value.code(), ended.wait(5), calls.is_active()
+
+    try:
+        code, callback_ran, active = await asyncio.to_thread(read_two_then_cancel)
+        assert code == grpc.StatusCode.CANCELLED
+        assert callback_ran
+        assert not active
+        await wait_for(cancelled.is_set, timeout=5)
     finally:
         await server.stop(0)
         await server_nc.close()
