@@ -102,6 +102,7 @@ class _Hosted:
     services: tuple[str, ...]
     serving: bool = False
     error: str = "starting"
+    servicer: Any = None
 
 
 class Host:
@@ -189,6 +190,7 @@ class Host:
                 delay = min(delay * 2, 5.0)
         else:
             return
+        hosted.servicer = servicer
         module.add_to_server(servicer, hosted.server)
         for name in ("", *hosted.services):
             await hosted.health.set(name, SERVING)
@@ -277,12 +279,28 @@ class Host:
         await asyncio.gather(*(h.server.stop(self.config.grace) for h in self._hosted))
         for task in self._tasks:
             task.cancel()
+        for hosted in self._hosted:
+            await _close_servicer(hosted.servicer)
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
         if self._admin is not None:
             await self._admin.stop()
         log.info("drained")
+
+
+async def _close_servicer(servicer: Any) -> None:
+    # Servicers that watch buckets or run background work expose aclose() or close().
+    for name in ("aclose", "close"):
+        closer = getattr(servicer, name, None)
+        if callable(closer):
+            try:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("closing a servicer failed")
+            return
 
 
 async def check_health(nc: Client, target: str, service: str = "", deadline: float = 1.0) -> int:

@@ -108,6 +108,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         )
         self._started = False
         self._stopping = False
+        self._refusing = False  # set once the call subscription is drained
         self._terminated = asyncio.Event()
         self._services_api: ServicesApi | None = None
         self._keepalives = _UnaryKeepalives(nc, options.keepalive_interval)
@@ -194,11 +195,18 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             return
         self._stopping = True
         if self._call_sub is not None:
-            await _quiet_unsubscribe(self._call_sub)
+            # Drain, not unsubscribe: calls the server already routed to us before it saw the
+            # UNSUB are still served (within the grace period) instead of silently dropped.
+            await _quiet_drain(self._call_sub)
+        self._refusing = True
         if self._services_api is not None:
             await self._services_api.stop()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace or 0)
+            # Streams still open get a status (UNAVAILABLE, so clients retry elsewhere) rather
+            # than silence until their keepalive timeout.
+            for endpoint in list(self._streams.values()):
+                endpoint.fail(StreamFailure(*_status.SHUTTING_DOWN))
             for task in pending:
                 task.cancel()
             if pending:
@@ -289,7 +297,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
 
     def _admit(self, msg: Msg) -> bool:
         limit = self._options.maximum_concurrent_rpcs
-        if self._stopping:
+        if self._refusing:
             self._spawn(self._reply_status(msg, *_status.SHUTTING_DOWN))
             return False
         if limit is not None and len(self._tasks) >= limit:
@@ -833,6 +841,13 @@ async def _quiet_publish(nc: Client, subject: str, body: bytes, headers: dict[st
         await nc.publish(subject, body, headers=headers)
     except Exception as exc:  # the client is gone or the connection is down: nothing to tell
         log.debug("could not publish reply to %s: %s", subject, exc)
+
+
+async def _quiet_drain(sub: Subscription) -> None:
+    try:
+        await sub.drain()
+    except Exception as exc:  # connection already closed or draining
+        log.debug("subscription drain failed: %s", exc)
 
 
 async def _quiet_unsubscribe(sub: Subscription) -> None:

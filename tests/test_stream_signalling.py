@@ -88,3 +88,14 @@ async def test_a_cancel_made_before_the_server_accepted_still_reaches_the_handle
     await wait_for(servicer.started.is_set, timeout=2)
     # Well inside the 5 s keepalive timeout: the CANCEL, not a keepalive, ended it.
     await wait_for(servicer.cancelled.is_set, timeout=2)
+
+
+async def test_streams_still_open_when_the_server_stops_end_with_unavailable(nc, forever):
+    target, servicer, server = forever
+    stub = event_bus_pb2_grpc.EventBusServiceStub(nats_transport.aio.channel(nc, target))
+    call = stub.Subscribe(event_bus_pb2.SubscribeRequest())
+    await call.read()
+    await server.stop(0.1)
+    # Well before the 5 s keepalive timeout: the server said why.
+    await asyncio.wait_for(call.code(), 2)
+    assert await call.code() == grpc.StatusCode.UNAVAILABLE
