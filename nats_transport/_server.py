@@ -845,7 +845,7 @@ async def _quiet_publish(nc: Client, subject: str, body: bytes, headers: dict[st
 
 async def _quiet_drain(sub: Subscription) -> None:
     try:
-        await sub.drain()
+        await sub.drain()  # type: ignore[no-untyped-call]
     except Exception as exc:  # connection already closed or draining
         log.debug("subscription drain failed: %s", exc)
 

@@ -91,7 +91,7 @@ async def test_a_cancel_made_before_the_server_accepted_still_reaches_the_handle
 
 
 async def test_streams_still_open_when_the_server_stops_end_with_unavailable(nc, forever):
-    target, servicer, server = forever
+    target, _, server = forever
     stub = event_bus_pb2_grpc.EventBusServiceStub(nats_transport.aio.channel(nc, target))
     call = stub.Subscribe(event_bus_pb2.SubscribeRequest())
     await call.read()
