@@ -6,7 +6,8 @@ from collections.abc import AsyncGenerator
 
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.kv import KeyValue as NatsKeyValue
 
 from servicers.storage import Change, Entry, RevisionConflict, ValueTooLarge
@@ -23,8 +24,9 @@ _HEADER_ROOM = 1024
 class JetStreamKeyValue:
     """One JetStream KV bucket behind the ``KeyValue`` protocol."""
 
-    def __init__(self, kv: NatsKeyValue, max_payload: int) -> None:
+    def __init__(self, kv: NatsKeyValue, max_payload: int, js: JetStreamContext) -> None:
         self._kv = kv
+        self._js = js
         self.max_value = max_payload - _HEADER_ROOM
 
     def _check_size(self, key: str, value: bytes) -> None:
@@ -69,16 +71,28 @@ class JetStreamKeyValue:
         return RevisionConflict(key, expected, current.revision if current else 0)
 
     async def keys(self, pattern: str = ">") -> list[str]:
-        # nats-py's keys(filters=) matches substrings; a watch on the pattern matches subjects.
-        watcher = await self._kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        # Not nats-py's keys(): its filter matches substrings, and its watcher may announce "no
+        # more" before entries already on their way arrive. A pull consumer delivers nothing
+        # until asked, so the count it reports at creation is exactly what there is to read.
+        prefix = self._kv._pre
+        sub = await self._js.pull_subscribe(
+            f"{prefix}{pattern}",
+            stream=self._kv._stream,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, headers_only=True,
+                ack_policy=AckPolicy.NONE, inactive_threshold=30.0,
+            ),
+        )
         found = []
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                found.append(entry.key)
+            remaining = (await sub.consumer_info()).num_pending or 0
+            while remaining > 0:
+                for msg in await sub.fetch(min(remaining, 256), timeout=5):
+                    remaining -= 1
+                    if (msg.headers or {}).get("KV-Operation") not in _DELETED:
+                        found.append(msg.subject[len(prefix):])
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            await sub.unsubscribe()
         return sorted(found)
 
     async def watch(self, pattern: str, *, include_current: bool = True) -> AsyncGenerator[Change, None]:
@@ -123,4 +137,4 @@ class JetStreamStorage:
                     bucket=bucket, history=history, ttl=ttl, max_bytes=max_bytes, replicas=self._replicas
                 )
             )
-        return JetStreamKeyValue(kv, self._nc.max_payload)
+        return JetStreamKeyValue(kv, self._nc.max_payload, self._js)
