@@ -30,6 +30,7 @@ from mesh import catalogue
 from mesh.jetstream_event_log import JetStreamEventLog
 from mesh.jetstream_storage import JetStreamStorage
 from nats_transport import ServerOptions
+from servicers.auth import RequireToken
 from servicers.dependencies import Dependencies
 
 log = logging.getLogger("mesh.host")
@@ -159,9 +160,15 @@ class Host:
 
     async def _start_target(self, target: str, module: Any) -> _Hosted:
         assert self.nc is not None
+        interceptors: list[Any] = [ServerMetrics(), CallLog(target)]
+        protected = tuple(getattr(module, "PROTECTED_METHODS", ()))
+        if protected:
+            # Methods a servicer marks as protected need an auth token, checked by the auth
+            # service over the mesh (servicers.auth.RequireToken).
+            interceptors.append(RequireToken.over(self.channel("auth"), protected))
         server = nats_transport.aio.server(
             self.nc, target,
-            interceptors=[ServerMetrics(), CallLog(target)],
+            interceptors=interceptors,
             options=ServerOptions(maximum_concurrent_rpcs=self.config.max_concurrent_rpcs),
         )
         health = health_aio.HealthServicer()
