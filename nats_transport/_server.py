@@ -207,6 +207,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             # than silence until their keepalive timeout.
             for endpoint in list(self._streams.values()):
                 endpoint.fail(StreamFailure(*_status.SHUTTING_DOWN))
+            await self._keepalives.abandon_all(_status.SHUTTING_DOWN)
             for task in pending:
                 task.cancel()
             if pending:
@@ -697,7 +698,8 @@ class _UnaryPing:
 
 
 class _UnaryKeepalives:
-    """PINGs on the reply subjects of slow unary calls, so their clients know we live.
+    """The unary calls in progress: PINGs on the reply subjects of slow ones, so their clients
+    know we live, and a last answer for each when the server stops without finishing them.
 
     One timer per server sweeps the calls in progress; fast calls cost a dict insert and
     delete, not a timer each.
@@ -713,10 +715,9 @@ class _UnaryKeepalives:
     def begin(self, reply: str) -> tuple[int, _UnaryPing]:
         ping = _UnaryPing(reply, time.monotonic() + (self._interval or 0.0))
         key = next(self._ids)
-        if self._interval is not None:
-            self._calls[key] = ping
-            if self._handle is None:
-                self._handle = asyncio.get_running_loop().call_later(self._interval / 2, self._sweep)
+        self._calls[key] = ping  # also how stop() finds the calls it must answer
+        if self._interval is not None and self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self._interval / 2, self._sweep)
         return key, ping
 
     def end(self, key: int) -> None:
@@ -736,6 +737,17 @@ class _UnaryKeepalives:
                 ping.due = now + self._interval
                 ping.last = loop.create_task(_quiet_publish(self._nc, ping.reply, body))
         self._handle = loop.call_later(self._interval / 2, self._sweep)
+
+    async def abandon_all(self, status: tuple[grpc.StatusCode, str]) -> None:
+        """Answer every unary call still running with ``status`` (the server is giving up on
+        them), so their clients need not wait for the keepalive timeout."""
+        trailer = _framing.encode_trailers(_framing.Trailers(status[0].value[0], status[1]))
+        calls, self._calls = list(self._calls.values()), {}
+        for ping in calls:
+            await ping.settle()
+            # After PINGs the client expects numbered chunks; before any, a bare trailer frame.
+            body = env.pack(Kind.DATA, ping.seq, trailer) if ping.seq else trailer
+            await _quiet_publish(self._nc, ping.reply, body)
 
     def close(self) -> None:
         if self._handle is not None:

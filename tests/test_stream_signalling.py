@@ -99,3 +99,27 @@ async def test_streams_still_open_when_the_server_stops_end_with_unavailable(nc,
     # Well before the 5 s keepalive timeout: the server said why.
     await asyncio.wait_for(call.code(), 2)
     assert await call.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_unary_calls_still_running_when_the_server_stops_end_with_unavailable(nc):
+    from gaming.quest.v1 import quest_pb2, quest_pb2_grpc
+
+    started = asyncio.Event()
+
+    class Stuck(quest_pb2_grpc.QuestServiceServicer):
+        async def GetQuest(self, request, context):
+            started.set()
+            await asyncio.Event().wait()  # never finishes on its own
+
+    target = f"stuck-{uuid.uuid4().hex[:8]}"
+    server = nats_transport.aio.server(nc, target)
+    quest_pb2_grpc.add_QuestServiceServicer_to_server(Stuck(), server)
+    await server.start()
+    call = quest_pb2_grpc.QuestServiceStub(nats_transport.aio.channel(nc, target)).GetQuest(
+        quest_pb2.GetQuestRequest(quest_id="q"), timeout=30
+    )
+    await started.wait()
+    await server.stop(0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(call, 2)  # well inside the 5 s keepalive timeout
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
