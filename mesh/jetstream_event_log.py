@@ -251,27 +251,24 @@ class JetStreamEventLog:
                 reader.pending[meta.sequence.stream] = msg
                 yield self._event(msg, meta)
         finally:
-            import time, sys
-            _t0 = time.monotonic()
             del self._readers[spec.name]
             with contextlib.suppress(nats.errors.Error):
                 for subscription in subscriptions:
                     await subscription.unsubscribe()
-                _t1 = time.monotonic()
                 if len(subscriptions) == 2:
                     await self._return_unread(subscriptions[1])
-            _t2 = time.monotonic()
-            if _t2 - _t0 > 0.5:
-                print("SLOWCLOSE", _t1 - _t0, _t2 - _t1, file=sys.stderr)
 
     async def _return_unread(self, deliveries: Subscription) -> None:
         """NAKs events JetStream delivered to the reader that it never handed on, so the next
         reader gets them at once instead of after their ack wait.
 
         Only once the reader's inbox has no interest left: JetStream would otherwise hand the
-        NAKed events straight back to the reader's still-open pull request.
+        NAKed events straight back to the reader's still-open pull request. The server reads a
+        connection in order, so the UNSUB sent before these NAKs is applied first. (No flush()
+        for that here: this runs while the call is being cancelled, and a flush cancelled while
+        waiting leaves nats-py's PING/PONG bookkeeping broken, which stalls the connection's
+        requests.)
         """
-        await self.nc.flush(timeout=max(1, round(self.timeout)))
         while deliveries.pending_msgs:
             msg = await deliveries.next_msg(timeout=self.timeout)
             if msg.reply and not (msg.headers or {}).get("Status"):
