@@ -1,0 +1,206 @@
+"""How quests are stored: keys, the stored record, quest ids, and the status a quest has now.
+
+Bucket ``quest_system`` (latest value only)::
+
+    quest.<quest_id>                 QuestRecord (below), compare-and-set on every change
+    player.<player>.<quest_id>       empty: the player's quest index, for List
+    slot.<player>.<n>                "<quest_id> <reserved at>": one of the player's 25 open slots
+
+Bucket ``quest_system_keys`` (entries expire after ``KEY_TTL``)::
+
+    generate.<player>.<key hash>     the quest_id an idempotency key of GenerateQuest stands for
+
+``<player>`` is the player id in base64url (ids may hold any character). Quest ids are
+``<13 digits><12 hex>``: the digits are 9999999999999 minus the creation time in milliseconds,
+so the player index sorts newest first by key. The record is a protobuf message declared here,
+because the API has no message for a quest plus its bookkeeping::
+
+    message QuestRecord {
+      gaming.quest.v1.Quest quest = 1;      // quest.revision counts the quest's own changes
+      repeated string degraded = 2;         // optional dependencies generation went without
+      repeated ProgressResult progress = 3; // recent UpdateProgress keys and their results
+      uint32 slot = 4;                      // the open slot the quest holds (1-based)
+    }
+    message ProgressResult {
+      string key = 1;  uint64 revision = 2;  gaming.quest.v1.QuestStatus status = 3;
+      repeated uint32 counts = 4;  gaming.common.v1.AuditInfo audit = 5;  bool completed = 6;
+    }
+
+A quest's revision is its own counter (1 when generated, one more per change), not the KV
+revision, which the whole bucket shares: a stored progress result can then give back exactly the
+revision its update produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gaming.common.v1 import common_pb2
+from gaming.quest.v1 import quest_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from servicers._guarded_storage import key_token
+
+OPEN = frozenset({quest_pb2.QUEST_STATUS_AVAILABLE, quest_pb2.QUEST_STATUS_ACTIVE})
+KEY_TTL = 7 * 24 * 3600.0
+# Progress keys remembered per quest: enough for every increment of a typical quest; an older
+# key replayed after these is no longer recognised.
+MAX_PROGRESS_RESULTS = 64
+_QUEST_ID = re.compile(r"[0-9]{13}[0-9a-f]{12}")
+_TIME_BASE = 10**13 - 1
+
+_FIELD = descriptor_pb2.FieldDescriptorProto
+
+
+def _declare() -> tuple[Any, Any]:
+    source = descriptor_pb2.FileDescriptorProto(
+        name="servicers/quest/quest_record.proto",
+        package="servicers.quest",
+        syntax="proto3",
+        dependency=[quest_pb2.DESCRIPTOR.name, common_pb2.DESCRIPTOR.name],
+    )
+    result = source.message_type.add(name="ProgressResult")
+    result.field.add(name="key", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_STRING)
+    result.field.add(name="revision", number=2, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_UINT64)
+    result.field.add(name="status", number=3, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_ENUM,
+                     type_name=".gaming.quest.v1.QuestStatus")
+    result.field.add(name="counts", number=4, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_UINT32)
+    result.field.add(name="audit", number=5, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
+                     type_name=".gaming.common.v1.AuditInfo")
+    result.field.add(name="completed", number=6, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_BOOL)
+    record = source.message_type.add(name="QuestRecord")
+    record.field.add(name="quest", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
+                     type_name=".gaming.quest.v1.Quest")
+    record.field.add(name="degraded", number=2, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_STRING)
+    record.field.add(name="progress", number=3, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_MESSAGE,
+                     type_name=".servicers.quest.ProgressResult")
+    record.field.add(name="slot", number=4, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_UINT32)
+    pool = descriptor_pool.Default()
+    pool.AddSerializedFile(source.SerializeToString())
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.quest.QuestRecord")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.quest.ProgressResult")),
+    )
+
+
+# Dynamically built classes, typed Any: only QuestRecord.encode and .decode touch them.
+_RecordMessage, _ResultMessage = _declare()
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressResult:
+    """What one UpdateProgress key did, enough to give its response back on a replay."""
+
+    key: str
+    revision: int
+    status: int
+    counts: tuple[int, ...]
+    audit: common_pb2.AuditInfo
+    completed: bool
+
+
+@dataclass(slots=True)
+class QuestRecord:
+    """A stored quest, decoded for one read-modify-write."""
+
+    quest: quest_pb2.Quest
+    degraded: list[str] = field(default_factory=list)
+    progress: list[ProgressResult] = field(default_factory=list)
+    slot: int = 0
+
+    def result_of(self, key: str) -> ProgressResult | None:
+        """The remembered result of progress key ``key``, if any."""
+        for result in self.progress:
+            if result.key == key:
+                return result
+        return None
+
+    def remember(self, result: ProgressResult) -> None:
+        """Keep ``result``, forgetting the oldest beyond ``MAX_PROGRESS_RESULTS``."""
+        self.progress.append(result)
+        del self.progress[:-MAX_PROGRESS_RESULTS]
+
+    def encode(self) -> bytes:
+        """The stored form."""
+        message = _RecordMessage(degraded=self.degraded, slot=self.slot)
+        message.quest.CopyFrom(self.quest)
+        for result in self.progress:
+            message.progress.add(key=result.key, revision=result.revision, status=result.status,
+                                 counts=result.counts, audit=result.audit, completed=result.completed)
+        return bytes(message.SerializeToString())
+
+    @classmethod
+    def decode(cls, data: bytes) -> QuestRecord:
+        """Parse a stored value."""
+        message = _RecordMessage.FromString(data)
+        quest = quest_pb2.Quest()
+        quest.CopyFrom(message.quest)
+        progress = []
+        for item in message.progress:
+            audit = common_pb2.AuditInfo()
+            audit.CopyFrom(item.audit)
+            progress.append(ProgressResult(item.key, int(item.revision), int(item.status), tuple(item.counts),
+                                           audit, bool(item.completed)))
+        return cls(quest, list(message.degraded), progress, int(message.slot))
+
+
+def new_quest_id(now: float) -> str:
+    """A fresh quest id that sorts before every id made earlier."""
+    return f"{_TIME_BASE - int(now * 1000):013d}{uuid.uuid4().hex[:12]}"
+
+
+def is_quest_id(text: str) -> bool:
+    """Whether ``text`` has the shape of an id this service hands out."""
+    return _QUEST_ID.fullmatch(text) is not None
+
+
+def quest_key(quest_id: str) -> str:
+    """The key of a quest's record."""
+    return f"quest.{quest_id}"
+
+
+def index_key(player_id: str, quest_id: str) -> str:
+    """The key of a quest in its player's index."""
+    return f"player.{key_token(player_id)}.{quest_id}"
+
+
+def index_pattern(player_id: str) -> str:
+    """The pattern of a player's index keys."""
+    return f"player.{key_token(player_id)}.*"
+
+
+def slot_key(player_id: str, slot: int) -> str:
+    """The key of a player's open slot ``slot``."""
+    return f"slot.{key_token(player_id)}.{slot}"
+
+
+def slot_pattern(player_id: str) -> str:
+    """The pattern of a player's slot keys."""
+    return f"slot.{key_token(player_id)}.*"
+
+
+def generate_key(player_id: str, idempotency_key: str) -> str:
+    """The key recording which quest an idempotency key of GenerateQuest made (the key is hashed:
+    it may be 128 characters of anything)."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+    return f"generate.{key_token(player_id)}.{digest}"
+
+
+def effective_status(quest: quest_pb2.Quest, now: float) -> int:
+    """The quest's status at ``now``: an open quest past its expire_time is EXPIRED (expiry is not
+    written back; every read applies it)."""
+    if quest.status in OPEN and quest.HasField("expire_time") and now >= quest.expire_time.ToNanoseconds() / 1e9:
+        return quest_pb2.QUEST_STATUS_EXPIRED
+    return int(quest.status)
+
+
+def as_seen(quest: quest_pb2.Quest, now: float) -> quest_pb2.Quest:
+    """A copy of ``quest`` with its effective status, as callers are shown it."""
+    shown = quest_pb2.Quest()
+    shown.CopyFrom(quest)
+    shown.status = effective_status(quest, now)  # type: ignore[assignment]  # an int of the enum
+    return shown
