@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.kv import KeyValue as NatsKeyValue
 
-from servicers.storage import Change, Entry, RevisionConflict, ValueTooLarge
+from servicers.storage import Change, Entry, RevisionConflict, StorageUnavailable, ValueTooLarge
 
 # JetStream's "wrong last sequence" API errors: a compare-and-set that lost.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -19,6 +22,30 @@ _DELETED = ("DEL", "PURGE")
 
 # Room kept for the headers JetStream and KV add to a write (they count against max_payload).
 _HEADER_ROOM = 1024
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _storage_call(method: Callable[Concatenate[JetStreamKeyValue, P], Coroutine[Any, Any, R]]
+                  ) -> Callable[Concatenate[JetStreamKeyValue, P], Coroutine[Any, Any, R]]:
+    async def call(self: JetStreamKeyValue, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with _unavailable_on_failure(f"{method.__name__} {args[0] if args else ''}"):
+            return await method(self, *args, **kwargs)
+
+    return call
+
+
+@contextlib.asynccontextmanager
+async def _unavailable_on_failure(what: str) -> AsyncIterator[None]:
+    # The one place NATS failures become the storage protocol's error: servicers never see nats.
+    try:
+        yield
+    except (RevisionConflict, ValueTooLarge, StorageUnavailable):
+        raise
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        raise StorageUnavailable(f"{what}: {exc or type(exc).__name__}") from exc
 
 
 class JetStreamKeyValue:
@@ -38,6 +65,7 @@ class JetStreamKeyValue:
     def __repr__(self) -> str:
         return f"<JetStreamKeyValue bucket={self._kv._name!r}>"
 
+    @_storage_call
     async def get(self, key: str) -> Entry | None:
         try:
             entry = await self._kv.get(key)
@@ -45,10 +73,12 @@ class JetStreamKeyValue:
             return None
         return Entry(key, entry.value or b"", entry.revision or 0)
 
+    @_storage_call
     async def put(self, key: str, value: bytes) -> int:
         self._check_size(key, value)
         return int(await self._kv.put(key, value))
 
+    @_storage_call
     async def update(self, key: str, value: bytes, revision: int) -> int:
         self._check_size(key, value)
         try:
@@ -58,6 +88,7 @@ class JetStreamKeyValue:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise await self._conflict(key, revision) from None
 
+    @_storage_call
     async def delete(self, key: str, revision: int | None = None) -> None:
         try:
             await self._kv.delete(key, last=revision)
@@ -70,6 +101,7 @@ class JetStreamKeyValue:
         current = await self.get(key)
         return RevisionConflict(key, expected, current.revision if current else 0)
 
+    @_storage_call
     async def keys(self, pattern: str = ">") -> list[str]:
         # Not nats-py's keys(): its filter matches substrings, and its watcher may announce "no
         # more" before entries already on their way arrive. A pull consumer delivers nothing
@@ -96,6 +128,11 @@ class JetStreamKeyValue:
         return sorted(found)
 
     async def watch(self, pattern: str, *, include_current: bool = True) -> AsyncGenerator[Change, None]:
+        async with _unavailable_on_failure(f"watch {pattern}"):
+            async for change in self._watch(pattern, include_current):
+                yield change
+
+    async def _watch(self, pattern: str, include_current: bool) -> AsyncGenerator[Change, None]:
         watcher = await self._kv.watch(pattern)
         initial = True  # until the watcher's None marker: the current values
         try:

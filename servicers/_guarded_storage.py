@@ -18,12 +18,10 @@ import grpc
 
 from servicers.errors import abort
 from servicers.storage import Change, Entry, KeyValue, RevisionConflict
+from servicers.storage import StorageUnavailable as StorageUnavailable  # re-exported: defined by the protocol
 
 _log = logging.getLogger(__name__)
 
-
-class StorageUnavailable(Exception):
-    """The store could not carry out a call (anything but a lost compare-and-set)."""
 
 
 def key_token(text: str) -> str:

@@ -43,6 +43,11 @@ class RevisionConflict(Exception):
         self.current = current
 
 
+class StorageUnavailable(Exception):
+    """The store could not carry out a call: the connection is down, JetStream did not answer,
+    or it refused the request. Servicers answer it with UNAVAILABLE (retryable)."""
+
+
 class ValueTooLarge(ValueError):
     """A value too big for the store to take in one write (``limit`` bytes at most)."""
 

@@ -364,3 +364,18 @@ def test_replica_counts_other_than_one_three_or_five_are_refused() -> None:
 async def test_a_key_value_repr_names_its_bucket(storage: JetStreamStorage) -> None:
     kv = await storage.key_value("named")
     assert "named" in repr(kv)
+
+
+async def test_every_operation_on_a_closed_connection_raises_storage_unavailable(nats_server):
+    from servicers.storage import StorageUnavailable
+
+    own = await nats.connect(nats_server.url)
+    kv = await JetStreamStorage(own, prefix=f"gone{uuid.uuid4().hex[:6]}_").key_value("b", max_bytes=1 << 20)
+    await kv.put("k", b"v")
+    await delete_buckets(own, "gone")
+    await own.close()
+    for operation in (kv.get("k"), kv.put("k", b"v"), kv.update("k", b"v", 1), kv.delete("k"), kv.keys()):
+        with pytest.raises(StorageUnavailable):
+            await operation
+    with pytest.raises(StorageUnavailable):
+        await anext(kv.watch(">"))
