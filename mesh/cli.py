@@ -1,4 +1,4 @@
-"""The ``mesh`` command line: ``mesh up`` today; ``serve``, ``services``, ``call`` and ``bench`` later.
+"""The ``mesh`` command line: ``up``, ``serve``, ``services``, ``call`` and ``bench``.
 
 Exit codes: 0 done, 1 something failed while running, 2 bad usage or configuration (including a
 port that is already taken), 130 interrupted before the signal handlers were in place.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,10 +26,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-# Subcommands that exist in the interface but not yet in the code, with their one-line help.
-UNBUILT = {
-    "bench": "run the benchmarks",
-}
+# The benchmarks are not part of the installed package: ``mesh bench`` runs them from the source
+# checkout this package was installed from (an editable install), as ``python -m benchmarks``.
+_CHECKOUT = Path(__file__).resolve().parent.parent
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tools.add_call_arguments(call)
     call.set_defaults(command=tools.run_call, parser=call, takes_any_arguments=False)
-    for name, summary in UNBUILT.items():
-        unbuilt = subcommands.add_parser(name, help=f"{summary} (not built yet)", description=summary)
-        unbuilt.set_defaults(command=_unbuilt(name), parser=unbuilt, takes_any_arguments=True)
+    # No -h of its own: every argument, --help included, goes on to ``python -m benchmarks``.
+    bench = subcommands.add_parser("bench", help="run the benchmarks (python -m benchmarks; --quick, --help)",
+                                   add_help=False)
+    bench.set_defaults(command=_run_bench, parser=bench, takes_any_arguments=True)
     return parser
 
 
@@ -101,10 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mesh`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
     try:
-        # parse_known_args so unbuilt subcommands accept whatever they will take later.
+        # parse_known_args so ``bench`` can pass on arguments it does not know itself.
         args, extra = parser.parse_known_args(argv)
         if extra and not args.takes_any_arguments:
             args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.passed_on = extra
     except SystemExit as exit_:
         # argparse exits for --help (0) and usage errors (2); main() returns codes instead.
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
@@ -115,13 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _unbuilt(name: str) -> Command:
-    def command(args: argparse.Namespace) -> int:
-        del args
-        print(f"mesh {name}: not built yet", file=sys.stderr)
-        return EXIT_USAGE
-
-    return command
+def _run_bench(args: argparse.Namespace) -> int:
+    if not (_CHECKOUT / "benchmarks" / "__main__.py").is_file():
+        return _fail("bench", f"no benchmarks/ in {_CHECKOUT}: run it from a source checkout", EXIT_USAGE)
+    # A child interpreter, so the benchmarks import from the checkout whatever the caller's cwd.
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args.passed_on], cwd=_CHECKOUT).returncode
 
 
 def _run_up(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """``mesh up``: NATS (embedded unless told otherwise), every built target in host processes (one
-per core), and one admin server answering for the whole mesh; then wait for a signal and drain.
+per core), one admin server answering for the whole mesh, and the gRPC ingress in front of it;
+then wait for a signal and drain.
 
-The gRPC ingress and the HTTP edge are not built yet; the table says so rather than pretending.
+The HTTP edge is a real Envoy configured by our xDS control plane, in front of the ingress.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
+from gateway.edge import Edge, start_edge
+from gateway.envoy import EnvoyError
+from gateway.ingress import Ingress, run_ingress
+from gateway.xds import ConfigRejected
 from health.admin import AdminServer
 from mesh.catalogue import built_targets
 from mesh.config import LOOPBACK, UpConfig
@@ -59,7 +64,9 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
         await admin.start()
         stack.push_async_callback(admin.stop)
         await _wait_until_ready(hosts, stop)
-        _print_endpoints(config, server, hosts, time.monotonic() - began, out)
+        ingress = await _start_ingress(config, stack)
+        edge = await _start_edge(config, ingress, stack)
+        _print_endpoints(config, server, hosts, ingress, edge, time.monotonic() - began, out)
         await _wait_for_stop(stop, server, hosts)
     print("mesh up: stopped", file=out, flush=True)
 
@@ -102,6 +109,34 @@ async def _wait_until_ready(hosts: list[HostProcess], stop: asyncio.Event, limit
         if time.monotonic() > deadline:
             raise UpError(f"not ready after {limit:.0f}s: {reason}")
         await asyncio.sleep(0.05)  # polling the hosts' /readyz: there is no event to wait on
+
+
+async def _start_ingress(config: UpConfig, stack: AsyncExitStack) -> Ingress:
+    """The gRPC ingress, in this process, on its own NATS connection (stopped before the hosts)."""
+    nc = await nats.connect(
+        config.client_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=_CONNECT_TIMEOUT,
+        error_cb=_ignore_error,
+    )
+    stack.push_async_callback(nc.close)
+    try:
+        ingress = await run_ingress(nc, LOOPBACK, config.grpc_port)
+    except RuntimeError as error:
+        raise UpError(f"--grpc-port: cannot listen on {LOOPBACK}:{config.grpc_port}: {describe(error)}") from error
+    stack.push_async_callback(ingress.stop)
+    return ingress
+
+
+async def _start_edge(config: UpConfig, ingress: Ingress, stack: AsyncExitStack) -> Edge:
+    """Envoy on --http-port, routes following the ingress's discovery. Started from this (the
+    loop's) thread: Envoy exits when the thread that started it exits (PR_SET_PDEATHSIG)."""
+    assert ingress.port is not None  # bound: run_ingress returns a started ingress
+    try:
+        edge = await start_edge(LOOPBACK, ingress.port, config.http_port, http_host=LOOPBACK, services=[])
+    except (EnvoyError, ConfigRejected) as exc:
+        raise UpError(f"HTTP edge: {exc}") from exc
+    stack.push_async_callback(edge.stop)  # pushed after the ingress: Envoy stops first
+    edge.follow(ingress.discovery)
+    return edge
 
 
 def _event_on_signals(*signals: signal.Signals) -> asyncio.Event:
@@ -155,15 +190,17 @@ async def _ignore_error(error: Exception) -> None:
 
 
 def _print_endpoints(
-    config: UpConfig, server: EmbeddedNats | None, hosts: list[HostProcess], elapsed: float, out: TextIO
+    config: UpConfig, server: EmbeddedNats | None, hosts: list[HostProcess], ingress: Ingress, edge: Edge,
+    elapsed: float,
+    out: TextIO,
 ) -> None:
     targets = sum(len(h.targets) for h in hosts)
     rows = [
         *_nats_rows(config, server),
         ("services", f"{targets} targets in {len(hosts)} host processes (logs: {config.data_dir / 'logs'})"),
         *((f"  host {h.index}", ", ".join(h.targets)) for h in hosts),
-        ("gRPC ingress", f"not built yet (will listen on :{config.grpc_port})"),
-        ("HTTP edge", f"not built yet (will listen on :{config.http_port})"),
+        ("gRPC ingress", f"{ingress.address}  (grpcurl -plaintext {ingress.address} list)"),
+        ("HTTP edge", f"http://{LOOPBACK}:{edge.http_port}  (Envoy; curl http://{LOOPBACK}:{edge.http_port}/v1/...)"),
         ("admin server", f"http://{LOOPBACK}:{config.admin_port}  (/livez /readyz /metrics)"),
     ]
     width = max(len(name) for name, _ in rows)
