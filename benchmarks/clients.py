@@ -1,4 +1,4 @@
-"""Client load loops: N asyncio tasks calling back to back, timed over a fixed window."""
+"""asyncio clients: N tasks calling back to back, timed over a fixed window; the stream reader."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from gaming.quest.v1 import quest_pb2_grpc
 
 import nats_transport
 from benchmarks import workload
+from benchmarks.cases import Endpoints
 from nats_transport._metadata import TIMEOUT_HEADER, encode_timeout
 
 Call = Callable[[], Awaitable[object]]
@@ -54,7 +55,7 @@ async def measure(call: Call, concurrency: int, warmup: float, duration: float) 
     start = time.perf_counter()
     opens, closes = start + warmup, start + warmup + duration
 
-    async def worker() -> None:
+    async def worker() -> None:  # the same loop as sync_clients.measure's threads
         nonlocal errors
         clock = time.perf_counter
         while (began := clock()) < closes:
@@ -125,10 +126,11 @@ async def grpc_aio(port: int) -> AsyncIterator[Call]:
 async def raw_nats(url: str) -> AsyncIterator[Call]:
     """nc.request with the serialized request and the ``grpc-timeout`` header our transport sends."""
     nc = await nats.connect(url, max_reconnect_attempts=0)
+    # Built once: the floor a hand-written client reaches (nats_transport encodes it per call).
+    headers = {TIMEOUT_HEADER: encode_timeout(workload.CALL_TIMEOUT)}
     try:
 
         async def call() -> object:
-            headers = {TIMEOUT_HEADER: encode_timeout(workload.CALL_TIMEOUT)}
             return await nc.request(
                 workload.RAW_SUBJECT, workload.REQUEST_BYTES, timeout=workload.CALL_TIMEOUT, headers=headers
             )
@@ -139,10 +141,10 @@ async def raw_nats(url: str) -> AsyncIterator[Call]:
 
 
 @asynccontextmanager
-async def ours(url: str) -> AsyncIterator[Call]:
+async def ours(url: str, target: str = workload.OURS_TARGET) -> AsyncIterator[Call]:
     """GetQuest through nats_transport.aio.channel."""
     nc = await nats.connect(url, max_reconnect_attempts=0)
-    channel = nats_transport.aio.channel(nc, workload.OURS_TARGET)
+    channel = nats_transport.aio.channel(nc, target)
     try:
         stub = quest_pb2_grpc.QuestServiceStub(channel)
 
@@ -153,3 +155,27 @@ async def ours(url: str) -> AsyncIterator[Call]:
     finally:
         await channel.close()
         await nc.close()
+
+
+def open_client(key: str, endpoints: Endpoints) -> AbstractAsyncContextManager[Call]:
+    """The asyncio client of transport ``key`` (cases.TRANSPORTS)."""
+    if key == "grpc-aio":
+        return grpc_aio(endpoints.grpc_aio_port)
+    if key == "ingress":
+        return grpc_aio(endpoints.ingress_port)
+    if key == "raw":
+        return raw_nats(endpoints.nats_url)
+    if key == "ours":
+        return ours(endpoints.nats_url)
+    if key == "ours-sync-servicer":
+        return ours(endpoints.nats_url, workload.OURS_SYNC_SERVICER_TARGET)
+    raise ValueError(f"no asyncio client for {key!r}")
+
+
+def open_stream(key: str, endpoints: Endpoints) -> AbstractAsyncContextManager[StreamOpener]:
+    """The server-streaming client of transport ``key``."""
+    if key == "grpc-aio":
+        return grpc_aio_stream(endpoints.grpc_aio_port)
+    if key == "ours":
+        return ours_stream(endpoints.nats_url)
+    raise ValueError(f"no streaming client for {key!r}")

@@ -23,3 +23,18 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise ValueError(f"no VmHWM for process {pid}")
+
+
+class CpuWindow:
+    """CPU seconds each of some processes spends between :meth:`open` and :meth:`close`."""
+
+    def __init__(self, pids: tuple[int, ...]) -> None:
+        self.pids = pids
+        self._before: list[float] = []
+
+    def open(self) -> None:
+        self._before = [cpu_seconds(pid) for pid in self.pids]
+
+    def close(self) -> list[float]:
+        """The CPU seconds of each process (in ``pids`` order) since :meth:`open`."""
+        return [cpu_seconds(pid) - b for pid, b in zip(self.pids, self._before, strict=True)]

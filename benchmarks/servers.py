@@ -1,4 +1,9 @@
-"""Server processes: ``python -m benchmarks.servers {grpc,raw,ours} ...`` prints READY when serving.
+"""Server processes: ``python -m benchmarks.servers KIND ...`` prints READY when serving.
+
+Kinds: ``grpc-aio`` and ``grpc-sync`` (grpcio over HTTP/2, asyncio server or a thread-pool
+server), ``raw`` (a bare nats-py responder), ``ours`` and ``ours-sync-servicer``
+(nats_transport.aio.server with an ``async def`` or a plain ``def`` servicer), and ``ingress``
+(gateway.ingress forwarding HTTP/2 calls over NATS to the ``ours`` server).
 
 Each runs until SIGTERM. The parent side, :class:`ServerProcess`, starts one, waits for its
 READY line and reads its CPU time and peak RSS from /proc.
@@ -8,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
+import importlib
+import importlib.util
+import logging
 import os
 import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +32,7 @@ from typing import Any, NoReturn
 import grpc
 import nats
 from gaming.quest.v1 import quest_pb2, quest_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from nats.aio.msg import Msg
 
 import nats_transport
@@ -29,6 +40,7 @@ from benchmarks import procstat, workload
 
 READY = "READY"
 _REPO = Path(__file__).resolve().parent.parent
+POOL_THREADS = 16  # grpc.server's pool; nats_transport's sync-servicer pool is 16 by default too
 
 
 async def _unimplemented(self: object, request: object, context: Any) -> NoReturn:
@@ -43,6 +55,20 @@ class Quests(quest_pb2_grpc.QuestServiceServicer):
         return workload.RESPONSE
 
     GenerateQuest = Accept = UpdateProgress = List = _unimplemented
+
+
+def _unimplemented_sync(self: object, request: object, context: Any) -> NoReturn:
+    context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
+    raise AssertionError("abort returned")
+
+
+class SyncQuests(quest_pb2_grpc.QuestServiceServicer):
+    """The same answers from plain functions (run on the server's thread pool)."""
+
+    def GetQuest(self, request: quest_pb2.GetQuestRequest, context: object) -> quest_pb2.GetQuestResponse:
+        return workload.RESPONSE
+
+    GenerateQuest = Accept = UpdateProgress = List = _unimplemented_sync
 
 
 async def _stream(request: bytes, context: object) -> AsyncIterator[bytes]:
@@ -77,6 +103,19 @@ async def serve_grpc(port: int) -> None:
     await server.stop(grace=1)
 
 
+def serve_grpc_sync(port: int) -> None:
+    """grpcio's thread-pool server over HTTP/2 on 127.0.0.1:port."""
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=POOL_THREADS))
+    quest_pb2_grpc.add_QuestServiceServicer_to_server(SyncQuests(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _ready()
+    stop.wait()
+    server.stop(grace=1).wait()
+
+
 async def serve_raw(url: str) -> None:
     """Raw nats-py responder: answers every request with the serialized response, no framing."""
     nc = await nats.connect(url, max_reconnect_attempts=0)
@@ -91,17 +130,49 @@ async def serve_raw(url: str) -> None:
     await nc.drain()
 
 
-async def serve_ours(url: str) -> None:
-    """nats_transport.aio.server for the benchmark target."""
+async def serve_ours(url: str, *, sync_servicer: bool) -> None:
+    """nats_transport.aio.server for the benchmark target (or the sync-servicer one)."""
     nc = await nats.connect(url, max_reconnect_attempts=0)
-    server = nats_transport.aio.server(nc, workload.OURS_TARGET)
-    quest_pb2_grpc.add_QuestServiceServicer_to_server(Quests(), server)
+    if sync_servicer:
+        server = nats_transport.aio.server(nc, workload.OURS_SYNC_SERVICER_TARGET)
+        quest_pb2_grpc.add_QuestServiceServicer_to_server(SyncQuests(), server)
+    else:
+        server = nats_transport.aio.server(nc, workload.OURS_TARGET)
+        quest_pb2_grpc.add_QuestServiceServicer_to_server(Quests(), server)
+        # The ingress learns method types from reflection (unary calls then take the fast path).
+        reflection.enable_server_reflection((workload.SERVICE, reflection.SERVICE_NAME), server)
     server.add_generic_rpc_handlers((STREAM_HANDLER,))
     await server.start()
     await nc.flush()
     _ready()
     await _until_sigterm()
     await server.stop(grace=1)
+    await nc.drain()
+
+
+def ingress_available() -> bool:
+    """Whether gateway.ingress (built separately) offers ``run_ingress`` yet."""
+    if importlib.util.find_spec("gateway.ingress") is None:
+        return False
+    return hasattr(importlib.import_module("gateway.ingress"), "run_ingress")
+
+
+async def serve_ingress(url: str, port: int) -> None:
+    """gateway.ingress on 127.0.0.1:port, READY once it routes QuestService to the ``ours`` server."""
+    # Imported by name: the gateway is built separately, and this keeps its types out of ours.
+    ingress_module = importlib.import_module("gateway.ingress")
+    logging.getLogger("gateway").setLevel(logging.ERROR)  # two bench targets serve QuestService
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    ingress = await ingress_module.run_ingress(nc, "127.0.0.1", port)
+    target = await ingress.discovery.resolve(workload.SERVICE)
+    if target != workload.OURS_TARGET:
+        raise RuntimeError(f"the ingress routes {workload.SERVICE} to {target!r}, not {workload.OURS_TARGET!r}")
+    await ingress.schemas.loaded(target)
+    if ingress.schemas.method_kind(target, workload.SERVICE, workload.METHOD) is None:
+        raise RuntimeError("the ingress did not load QuestService's descriptors")
+    _ready()
+    await _until_sigterm()
+    await ingress.stop(grace=1)
     await nc.drain()
 
 
@@ -119,11 +190,16 @@ class ServerProcess:
             raise RuntimeError(f"{self.kind} server is not running")
         return self._process.pid
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
-        """Start it and wait for its READY line."""
+    def launch(self) -> ServerProcess:
+        """Start it; :meth:`wait_ready` waits for its READY line."""
         command = [sys.executable, "-m", "benchmarks.servers", self.kind, *self.args]
         self._process = subprocess.Popen(command, cwd=_REPO, stdout=subprocess.PIPE)
-        assert self._process.stdout is not None
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> ServerProcess:
+        """Wait for the READY line of a launched server."""
+        if self._process is None or self._process.stdout is None:
+            raise RuntimeError(f"{self.kind} server was not launched")
         deadline = time.monotonic() + timeout
         line = b""
         with selectors.DefaultSelector() as selector:
@@ -168,18 +244,25 @@ class ServerProcess:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.servers")
     kinds = parser.add_subparsers(dest="kind", required=True)
-    kinds.add_parser("grpc").add_argument("--port", type=int, required=True)
-    kinds.add_parser("raw").add_argument("--nats", required=True)
-    kinds.add_parser("ours").add_argument("--nats", required=True)
+    for kind in ("grpc-aio", "grpc-sync"):
+        kinds.add_parser(kind).add_argument("--port", type=int, required=True)
+    for kind in ("raw", "ours", "ours-sync-servicer"):
+        kinds.add_parser(kind).add_argument("--nats", required=True)
+    ingress = kinds.add_parser("ingress")
+    ingress.add_argument("--nats", required=True)
+    ingress.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    if args.kind == "grpc":
-        serve = serve_grpc(args.port)
-    elif args.kind == "raw":
-        serve = serve_raw(args.nats)
-    else:
-        serve = serve_ours(args.nats)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve)
+        if args.kind == "grpc-sync":
+            serve_grpc_sync(args.port)
+        elif args.kind == "grpc-aio":
+            asyncio.run(serve_grpc(args.port))
+        elif args.kind == "raw":
+            asyncio.run(serve_raw(args.nats))
+        elif args.kind == "ingress":
+            asyncio.run(serve_ingress(args.nats, args.port))
+        else:
+            asyncio.run(serve_ours(args.nats, sync_servicer=args.kind == "ours-sync-servicer"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The call every transport makes: QuestService.GetQuest with a small fixed Quest.
 
-Shared by the server processes and the client so all three transports carry the same bytes.
+Shared by the server processes and the client so every transport carries the same bytes.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from gaming.quest.v1 import quest_pb2
 SERVICE = "gaming.quest.v1.QuestService"
 METHOD = "GetQuest"
 OURS_TARGET = "benchquest"  # target of the nats_transport server
+OURS_SYNC_SERVICER_TARGET = "benchquestsync"  # the nats_transport server whose servicer is plain def
 RAW_TARGET = "benchraw"  # the raw responder listens where a server for this target would
 RAW_SUBJECT = f"grpc.{RAW_TARGET}.{SERVICE}.{METHOD}"
 CALL_TIMEOUT = 5.0  # seconds, every call of every transport

@@ -136,7 +136,7 @@ async def test_mesh_up_answers_http_json_through_its_envoy_edge(mesh_up: MeshUp)
     await wait_for(routed, timeout=20)
     body = json.loads(answers[-1][1])
     assert body["settings"]["scope"]["id"] == "through-envoy"
-    status, _ = await http_get("127.0.0.1", mesh_up.http_port, "/v1/no-such-thing")
+    status, _ = await http_get("127.0.0.1", mesh_up.http_port, "/v1/no-such-thing", limit=10)
     assert status == 404
 
 

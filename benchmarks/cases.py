@@ -1,0 +1,74 @@
+"""What is measured: the transports, the calls in flight for each, and the run settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transport:
+    """One way of making the GetQuest call, and the concurrencies it is measured at."""
+
+    key: str
+    label: str
+    server: str  # key of the server process it calls (servers.py's kinds)
+    threads: bool  # True: N threads with sync stubs; False: N asyncio tasks
+    in_flight: tuple[int, ...]
+
+
+TRANSPORTS = (
+    Transport(key="grpc-sync", label="grpcio sync (HTTP/2)", server="grpc-sync", threads=True, in_flight=(1, 16)),
+    Transport(key="grpc-aio", label="grpc.aio (HTTP/2)", server="grpc-aio", threads=False, in_flight=(1, 64)),
+    Transport(key="raw", label="raw nats-py", server="raw", threads=False, in_flight=(1, 64, 256)),
+    Transport(key="ours", label="nats_transport aio", server="ours", threads=False, in_flight=(1, 64, 256)),
+    Transport(
+        key="ours-sync-servicer",
+        label="nats_transport aio, sync servicer",
+        server="ours-sync-servicer",
+        threads=False,
+        in_flight=(64,),
+    ),
+    Transport(key="ours-sync", label="nats_transport sync channel", server="ours", threads=True, in_flight=(1, 16)),
+    # grpc.aio stubs over HTTP/2 to gateway.ingress, which forwards over NATS to the "ours" server.
+    Transport(
+        key="ingress", label="gRPC ingress -> nats_transport", server="ingress", threads=False, in_flight=(1, 64)
+    ),
+)
+BY_KEY = {t.key: t for t in TRANSPORTS}
+
+# Server streaming is measured on these two (keys above).
+STREAM_TRANSPORTS = ("grpc-aio", "ours")
+
+# Profiled under load, one extra window each (not counted in the results): (transport, in flight).
+PROFILED = (("ours", 64), ("ours-sync", 16), ("raw", 64), ("ingress", 64))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoints:
+    """Where the servers listen: one nats-server for the NATS kinds, a port per grpcio server."""
+
+    nats_url: str
+    grpc_aio_port: int
+    grpc_sync_port: int
+    ingress_port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """How long and how often each case runs."""
+
+    name: str
+    warmup: float
+    duration: float
+    runs: int
+    stream_messages: int
+    profile: bool  # profile by default
+    profile_seconds: int  # the window of each profiled case (py-spy takes whole seconds)
+
+
+QUICK = Settings(
+    name="quick", warmup=0.5, duration=2.0, runs=1, stream_messages=20_000, profile=False, profile_seconds=2
+)
+FULL = Settings(
+    name="full", warmup=1.0, duration=5.0, runs=3, stream_messages=100_000, profile=True, profile_seconds=10
+)

@@ -1,0 +1,257 @@
+"""RESULTS.md: machine, method, the DESIGN.md figures, every table, the plots and the profile."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks import payloads, plots, profile_report, profiling, workload
+from benchmarks.cases import BY_KEY, Settings, Transport
+from benchmarks.report import (
+    Ratio,
+    Results,
+    Spread,
+    case_table,
+    cpu_table,
+    p50,
+    paired,
+    rate,
+    ratio_table,
+    row,
+    unary_ratios,
+)
+from benchmarks.servers import POOL_THREADS
+from nats_transport.testing import find_nats_server
+
+HERE = Path(__file__).resolve().parent
+_REPO = HERE.parent
+PAYLOAD_TARGET = 1 / 3
+
+
+@dataclass(slots=True)
+class Session:
+    """Everything one ``python -m benchmarks`` run measured."""
+
+    settings: Settings
+    transports: tuple[Transport, ...]  # those measured
+    results: Results = field(default_factory=dict)
+    client_costs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # key -> (CPU s, RSS MiB)
+    streams: dict[str, list[float]] = field(default_factory=dict)  # key -> messages/s per run
+    profiles: profile_report.Profiles = field(default_factory=dict)
+    profile_note: str = ""  # why there is no profile, if there is none
+    processes: list[tuple[str, float, float]] = field(default_factory=list)  # name, CPU s, peak RSS MiB
+    wall: float = 0.0
+
+
+def _machine() -> list[str]:
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
+    broker = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True).stdout.strip()
+    packages = ("grpcio", "nats-py", "protobuf", "nats-grpc-mesh")
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in packages)
+    return [
+        f"- nproc: {nproc}; CPU: {model}; kernel {platform.release()}",
+        f"- Python {platform.python_version()}; {versions}; {broker}",
+    ]
+
+
+def _method(settings: Settings) -> list[str]:
+    runs = "1 run" if settings.runs == 1 else f"{settings.runs} runs, interleaved; median (min-max over runs)"
+    return [
+        f"- Mode `{settings.name}`. Each case: {settings.warmup:g} s warm-up, then a {settings.duration:g} s "
+        f"window; {runs}.",
+        "- Unary `QuestService.GetQuest` (request 8 bytes, response a 171-byte Quest); every call has a 5 s "
+        "timeout. N asyncio tasks (or N threads sharing one channel, for sync stubs) call back to back; a call "
+        "counts if it completes inside the window; errors counts the calls that failed in it.",
+        "- Every server runs in its own process, started once; every client too, one process per transport "
+        "and run (all its concurrencies in turn over one channel); one local nats-server (JetStream off). "
+        "All share the same two cores, so a transport that spends less CPU per call leaves more for the rest.",
+        f"- grpcio sync: `grpc.server` with a {POOL_THREADS}-thread pool and a plain `def` servicer; sync stubs "
+        "over one `grpc.insecure_channel`. grpc.aio: `grpc.aio.server` and an `async def` servicer.",
+        "- raw nats-py: `nc.request` with the serialized request and the `grpc-timeout` header nats_transport "
+        "sends (built once); the responder, a queue subscriber, answers `nc.publish(msg.reply, <response>)` "
+        "in its callback; nothing is parsed. It is the floor a transport over nats-py can reach.",
+        "- nats_transport aio: `nats_transport.aio.channel` against `nats_transport.aio.server` with an "
+        f"`async def` servicer; the sync-servicer case is the same server with a plain `def` servicer (run on "
+        f"its {POOL_THREADS}-thread pool). The sync channel is `nats_transport.channel(url, target)` (its own "
+        "NATS connection on a background loop thread) against the `async def` server.",
+        "- gRPC ingress: see the gateway section; its 'server' CPU is the ingress process alone (the "
+        "nats_transport server behind it is a fourth process, not in that row).",
+        "- CPU seconds are utime+stime from /proc/<pid>/stat over the window; peak RSS is VmHWM.",
+    ]
+
+
+def _streams(session: Session) -> tuple[list[str], Ratio | None]:
+    streams = session.streams
+    lines = [
+        f"One stream of {session.settings.stream_messages:,} messages (a {len(workload.RESPONSE_BYTES)}-byte "
+        "Quest each) per run, read as fast as they come by the main process, after a warm-up stream of a "
+        "tenth of that.",
+        "",
+        row(["transport", "messages/s"]),
+        row(["---", "---:"]),
+        *(row([BY_KEY[k].label, Spread.of(v).show(0)]) for k, v in streams.items()),
+    ]
+    if "ours" not in streams or "grpc-aio" not in streams:
+        return lines, None
+    value = paired(streams["ours"], streams["grpc-aio"])
+    return lines, Ratio("server streaming messages/s: nats_transport aio / grpc.aio", value, 3.0)
+
+
+def _payloads(rows: list[payloads.Size]) -> tuple[list[str], Ratio]:
+    total = payloads.overall(rows)
+    lines = [
+        "Representative requests and responses of our services, built from the generated classes "
+        "(`benchmarks/payloads.py`), as protobuf bytes and as compact JSON (`json_format.MessageToJson`, "
+        "camelCase names, no indentation or spaces after separators, UTF-8).",
+        "",
+        row(["message", "protobuf bytes", "JSON bytes", "protobuf / JSON"]),
+        row(["---", "---:", "---:", "---:"]),
+        *(row([r.name, f"{r.protobuf:,}", f"{r.json:,}", f"{r.ratio:.2f}"]) for r in rows),
+        row(
+            [
+                "**all of them**",
+                f"{sum(r.protobuf for r in rows):,}",
+                f"{sum(r.json for r in rows):,}",
+                f"**{total:.2f}**",
+            ]
+        ),
+        "",
+        f"Median ratio {payloads.median_ratio(rows):.2f}; the smallest, {min(r.ratio for r in rows):.2f}, is the "
+        "number-heavy forecast; ids, text and tokens are strings in both encodings, so they shrink little. "
+        "JSON spends its bytes on field names, quotes, enum names and RFC 3339 timestamps; protobuf on tags "
+        "and lengths.",
+    ]
+    ratio = Ratio(
+        "payload bytes, all samples: protobuf / compact JSON", Spread(total, total, total), PAYLOAD_TARGET, False
+    )
+    return lines, ratio
+
+
+def _gateway(session: Session) -> list[str]:
+    envoy = (
+        "**Envoy HTTP edge (JSON): not measured yet.** It is being built in `gateway/`; when it runs, this "
+        "section will add unary GetQuest as JSON over HTTP/1.1 through Envoy and the ingress."
+    )
+    if not any(t.key == "ingress" for t in session.transports):
+        return [
+            "**gRPC ingress: not measured yet.** `gateway/ingress.py` offers no `run_ingress` this benchmark "
+            "can start. When it does, the unary tables gain a `gRPC ingress -> nats_transport` row.",
+            "",
+            envoy,
+        ]
+    lines = [
+        "**gRPC ingress** (`gateway.ingress.run_ingress`, its own process and NATS connection): grpc.aio "
+        "stubs call it over HTTP/2; it forwards each call's bytes over NATS to the `async def` "
+        "nats_transport server (found by `$SRV` discovery, its method types by reflection). One extra hop "
+        "compared with calling either directly.",
+        "",
+    ]
+    results = session.results
+    figures = [
+        Ratio(
+            f"{what}, {n} in flight: ingress / {BY_KEY[other].label}",
+            paired([metric(m) for m in results["ingress", n]], [metric(m) for m in results[other, n]]),
+        )
+        for n in BY_KEY["ingress"].in_flight
+        for other in ("grpc-aio", "ours")
+        for what, metric in (("throughput", rate), ("p50 latency", p50))
+        if ("ingress", n) in results and (other, n) in results
+    ]
+    return [*lines, *ratio_table(figures), "", envoy]
+
+
+def _processes(session: Session) -> list[str]:
+    lines = [row(["process", "CPU s", "peak RSS MiB"]), row(["---", "---:", "---:"])]
+    lines += [row([name, f"{cpu:.1f}", f"{rss:.1f}"]) for name, cpu, rss in session.processes]
+    for key, costs in session.client_costs.items():
+        cpu, rss = sum(c for c, _ in costs), max(r for _, r in costs)
+        name = f"client: {BY_KEY[key].label} ({len(costs)} process(es); CPU summed, RSS the largest)"
+        lines.append(row([name, f"{cpu:.1f}", f"{rss:.1f}"]))
+    return lines
+
+
+def write(session: Session, path: Path) -> str:
+    """Render the session into ``path`` (and the PNGs beside it); return the text."""
+    sizes = payloads.sizes()
+    stream_lines, stream_ratio = _streams(session)
+    payload_lines, payload_ratio = _payloads(sizes)
+    unary = unary_ratios(session.results)
+    figures = [r for r in unary if r.target is not None] + [r for r in (stream_ratio, payload_ratio) if r]
+    figures += [r for r in unary if r.target is None]  # references last
+    unary_png = plots.unary(session.results, HERE / "unary.png")
+    payload_png = plots.payloads(sizes, HERE / "payloads.png")
+    command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if session.profiles:
+        seconds = session.settings.profile_seconds
+        profile = profile_report.section(session.profiles, profiling.SAMPLES_PER_SECOND, seconds)
+    else:
+        profile = [f"Not profiled in this run: {session.profile_note}."]
+    lines = [
+        "# Benchmarks: grpcio (sync, asyncio) vs raw nats-py vs nats_transport",
+        "",
+        f"Generated by `{command}` on {when}; the whole run took {session.wall:.0f} s. "
+        "Regenerate with the same command (`--quick` for a one-run smoke test); see README.md.",
+        "",
+        "## DESIGN.md figures",
+        "",
+        "Ratios of medians (same machine, same run); the range pairs run i of one case with run i of the other.",
+        "",
+        *ratio_table(figures),
+        "",
+        "## Machine",
+        "",
+        *_machine(),
+        "",
+        "## Method",
+        "",
+        *_method(session.settings),
+        "",
+        "## Unary results",
+        "",
+        *case_table(session.results),
+        "",
+        f"![throughput and latency against calls in flight]({unary_png})" if unary_png else
+        "plot: not drawn (matplotlib is not installed)",
+        "",
+        "CPU spent in the measured window by each process, in total and per counted call:",
+        "",
+        *cpu_table(session.results),
+        "",
+        "## Processes (whole session)",
+        "",
+        "Server CPU includes every window, warm-up, stream and profile run that used the server.",
+        "",
+        *_processes(session),
+        "",
+        "## Server streaming",
+        "",
+        *stream_lines,
+        "",
+        "## Payload sizes",
+        "",
+        *payload_lines,
+        "",
+        f"![protobuf and JSON bytes per message]({payload_png})" if payload_png else "",
+        "",
+        "## Gateway (ingress, Envoy)",
+        "",
+        *_gateway(session),
+        "",
+        "## Profile under load",
+        "",
+        *profile,
+        "",
+    ]
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text
+

@@ -1,0 +1,87 @@
+"""Sync-stub clients: N threads sharing one channel, calling back to back over a fixed window."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import grpc
+from gaming.quest.v1 import quest_pb2_grpc
+
+import nats_transport
+from benchmarks import workload
+from benchmarks.cases import Endpoints
+from benchmarks.clients import Sample
+
+SyncCall = Callable[[], object]
+
+
+def measure(call: SyncCall, threads: int, warmup: float, duration: float) -> Sample:
+    """Run ``threads`` threads calling back to back; count calls that end inside the window.
+
+    The same rules as :func:`benchmarks.clients.measure`: the window opens ``warmup`` seconds
+    after the threads start and lasts ``duration``; no thread starts a call after it closes.
+    """
+    latencies: list[float] = []  # list.append is atomic under the GIL
+    errors = [0] * threads  # one slot per thread, summed at the end
+    start = time.perf_counter()
+    opens, closes = start + warmup, start + warmup + duration
+
+    def worker(index: int) -> None:
+        clock = time.perf_counter
+        while (began := clock()) < closes:
+            try:
+                call()
+            except Exception:
+                ended = clock()
+                if opens <= ended <= closes:
+                    errors[index] += 1
+                continue
+            ended = clock()
+            if opens <= ended <= closes:
+                latencies.append(ended - began)
+
+    workers = [threading.Thread(target=worker, args=(i,), name=f"load-{i}") for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    latencies.sort()
+    return Sample(len(latencies), sum(errors), duration, latencies)
+
+
+@contextmanager
+def grpc_sync(port: int) -> Iterator[SyncCall]:
+    """GetQuest through grpcio's sync channel over HTTP/2."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+        stub = quest_pb2_grpc.QuestServiceStub(channel)
+
+        def call() -> object:
+            return stub.GetQuest(workload.REQUEST, timeout=workload.CALL_TIMEOUT)
+
+        yield call
+
+
+@contextmanager
+def ours_sync(url: str) -> Iterator[SyncCall]:
+    """GetQuest through ``nats_transport.channel(url, target)`` (it owns its NATS connection)."""
+    with nats_transport.channel(url, workload.OURS_TARGET) as channel:
+        stub = quest_pb2_grpc.QuestServiceStub(channel)
+
+        def call() -> object:
+            return stub.GetQuest(workload.REQUEST, timeout=workload.CALL_TIMEOUT)
+
+        call()  # the first call sets up the reply subscription; keep it out of the warm-up
+        yield call
+
+
+def open_client(key: str, endpoints: Endpoints) -> AbstractContextManager[SyncCall]:
+    """The sync-stub client of transport ``key`` (cases.TRANSPORTS)."""
+    if key == "grpc-sync":
+        return grpc_sync(endpoints.grpc_sync_port)
+    if key == "ours-sync":
+        return ours_sync(endpoints.nats_url)
+    raise ValueError(f"no sync client for {key!r}")
