@@ -64,7 +64,9 @@ async def _read_until_ready(process: asyncio.subprocess.Process, lines: list[str
     while not any("admin server" in line for line in lines):
         line = await process.stdout.readline()
         if not line:
-            raise AssertionError(f"mesh up exited before it was ready: {lines}")
+            assert process.stderr is not None
+            error = (await process.stderr.read()).decode(errors="replace")[-2000:]
+            raise AssertionError(f"mesh up exited before it was ready: {lines}\n{error}")
         lines.append(line.decode())
 
 
