@@ -31,7 +31,7 @@ from benchmarks.cases import (
 )
 from benchmarks.profile_report import ROLES, ProfiledCase
 from benchmarks.profiling import Profile, py_spy
-from benchmarks.servers import ServerProcess, ingress_available
+from benchmarks.servers import ServerProcess, edge_available, ingress_available
 from nats_transport.testing import NatsServer, free_port
 
 SERVER_LABELS = {
@@ -41,6 +41,7 @@ SERVER_LABELS = {
     "ours": "nats_transport server (async def servicer)",
     "ours-sync-servicer": "nats_transport server (def servicer)",
     "ingress": "gRPC ingress (gateway.ingress)",
+    "edge": "Envoy edge control plane (gateway.edge, Python)",
 }
 Servers = dict[str, ServerProcess]
 
@@ -58,20 +59,38 @@ def _servers(endpoints: Endpoints, transports: tuple[Transport, ...]) -> Servers
         "ours": ServerProcess("ours", *nats),
         "ours-sync-servicer": ServerProcess("ours-sync-servicer", *nats),
         "ingress": ServerProcess("ingress", *nats, "--port", str(endpoints.ingress_port)),
+        "edge": ServerProcess(
+            "edge", "--ingress-port", str(endpoints.ingress_port), "--port", str(endpoints.edge_port)
+        ),
     }
     wanted = {t.server for t in transports}
+    if "edge" in wanted:
+        wanted.add("ingress")  # Envoy calls it
     return {kind: server for kind, server in every.items() if kind in wanted}
 
 
 def _start(servers: Servers) -> None:
-    """Start them all at once; the ingress last, as it must find the nats_transport server."""
-    first = [s for kind, s in servers.items() if kind != "ingress"]
+    """Start them all at once; then the ingress, as it must find the nats_transport server; then
+    the Envoy edge in front of it."""
+    first = [s for kind, s in servers.items() if kind not in ("ingress", "edge")]
     for server in first:
         server.launch()
     for server in first:
         server.wait_ready()
-    if "ingress" in servers:
-        servers["ingress"].launch().wait_ready()
+    for kind in ("ingress", "edge"):
+        if kind in servers:
+            servers[kind].launch().wait_ready(timeout=40.0)
+
+
+def _server_pids(servers: Servers, kind: str) -> tuple[int, tuple[int, ...]]:
+    """The process whose CPU (and profile) is the server's, and helpers whose CPU is added to it.
+
+    The edge: Envoy, plus the edge's control-plane process and the ingress Envoy calls.
+    """
+    if kind == "edge":
+        (envoy,) = servers["edge"].helper_pids
+        return envoy, (servers["edge"].pid, servers["ingress"].pid)
+    return servers[kind].pid, ()
 
 
 def _ports(count: int) -> list[int]:
@@ -87,8 +106,8 @@ def run_unary(session: document.Session, endpoints: Endpoints, servers: Servers,
     settings = session.settings
     for run in range(1, settings.runs + 1):
         for transport in session.transports:
-            pids = (servers[transport.server].pid, broker)
-            done = load.run_client(transport, endpoints, settings, pids)
+            server, helpers = _server_pids(servers, transport.server)
+            done = load.run_client(transport, endpoints, settings, (server, broker), helpers=helpers)
             session.client_costs.setdefault(transport.key, []).append((done.cpu_seconds, done.peak_rss_mib))
             for n, m in done.measurements.items():
                 session.results.setdefault((transport.key, n), []).append(m)
@@ -117,8 +136,9 @@ def run_profiles(session: document.Session, endpoints: Endpoints, servers: Serve
     for key, n in (case for case in PROFILED if case[0] in measured):
         transport = BY_KEY[key]
         with tempfile.TemporaryDirectory(prefix="bench-profile-") as scratch:
+            server, helpers = _server_pids(servers, transport.server)
             done = load.run_client(
-                transport, endpoints, settings, (servers[transport.server].pid, broker), (n,), Path(scratch)
+                transport, endpoints, settings, (server, broker), (n,), Path(scratch), helpers
             )
             profiles = {role: Profile.read(Path(scratch, f"{role}.txt")) for role in ROLES}
             session.profiles[key, n] = ProfiledCase(profiles, done.measurements[n])
@@ -147,15 +167,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     profile, note = _wants_profile(args, settings)
-    transports = TRANSPORTS if ingress_available() else tuple(t for t in TRANSPORTS if t.key != "ingress")
+    missing = set()
+    if not ingress_available():
+        missing |= {"ingress", "envoy"}
+    elif not edge_available():
+        missing.add("envoy")
+    transports = tuple(t for t in TRANSPORTS if t.key not in missing)
     session = document.Session(settings, transports, profile_note=note)
     began = time.monotonic()
     with NatsServer(jetstream=False, name="bench") as nats_server:
         assert nats_server.process is not None
         broker = nats_server.process.pid
-        aio_port, sync_port, ingress_port = _ports(3)
+        aio_port, sync_port, ingress_port, edge_port = _ports(4)
         endpoints = Endpoints(
-            nats_url=nats_server.url, grpc_aio_port=aio_port, grpc_sync_port=sync_port, ingress_port=ingress_port
+            nats_url=nats_server.url,
+            grpc_aio_port=aio_port,
+            grpc_sync_port=sync_port,
+            ingress_port=ingress_port,
+            edge_port=edge_port,
         )
         servers = _servers(endpoints, transports)
         try:
@@ -167,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
             session.processes = [
                 (SERVER_LABELS[kind], s.cpu_seconds(), s.peak_rss_mib()) for kind, s in servers.items()
             ]
+            if "edge" in servers:
+                (envoy,) = servers["edge"].helper_pids
+                envoy_cost = (procstat.cpu_seconds(envoy), procstat.peak_rss_mib(envoy))
+                session.processes.append(("Envoy (gateway.edge)", *envoy_cost))
             session.processes.append(("nats-server", procstat.cpu_seconds(broker), procstat.peak_rss_mib(broker)))
             me = os.getpid()
             session.processes.append(

