@@ -41,8 +41,9 @@ from nats_transport._metadata import (
     from_headers,
 )
 from nats_transport._options import ServerOptions
-from nats_transport._stream import END, StreamEndpoint, StreamFailure, headers_size
+from nats_transport._stream import END, StreamEndpoint, StreamFailure, headers_size, publish_quietly
 from nats_transport._subjects import check_token, method_of, server_wildcard
+from nats_transport._unary_keepalive import UnaryKeepalives
 
 log = logging.getLogger("nats_transport.server")
 
@@ -111,7 +112,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._refusing = False  # set once the call subscription is drained
         self._terminated = asyncio.Event()
         self._services_api: ServicesApi | None = None
-        self._keepalives = _UnaryKeepalives(nc, options.keepalive_interval)
+        self._keepalives = UnaryKeepalives(nc, options.keepalive_interval)
         self._resolve: Callable[[Any], Any] | None = None  # the interceptor chain, built at start
         self._async_behaviour: dict[Any, bool] = {}
         self.endpoint_stats: dict[str, EndpointStats] = {}
@@ -337,7 +338,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         if msg.headers and msg.headers.get(STREAM_HEADER):
             # A stream's client waits for stream messages: answer in that form.
             body = env.pack(Kind.DATA, 0, body)
-        await _quiet_publish(self._nc, msg.reply, body)
+        await publish_quietly(self._nc, msg.reply, body)
 
     def _call_state(self, msg: Msg, method: str) -> CallState:
         headers = msg.headers
@@ -435,7 +436,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         room = self._nc.max_payload - (headers_size(headers) if headers else 0)
         if len(body) <= room and seq == 0:
             self.stats.bytes_sent += len(body)
-            await _quiet_publish(self._nc, reply, body, headers)
+            await publish_quietly(self._nc, reply, body, headers)
             return
         # Too big for one NATS message (or keepalives already went out): send it as numbered
         # DATA chunks ending with a trailer frame, so the client can reassemble in order.
@@ -444,7 +445,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         chunk = self._nc.max_payload - env.ENVELOPE_SIZE - 512
         first = True
         for piece in _framing.split(body, chunk - (headers_size(headers) if headers else 0)):
-            await _quiet_publish(self._nc, reply, env.pack(Kind.DATA, seq, piece), headers if first else None)
+            await publish_quietly(self._nc, reply, env.pack(Kind.DATA, seq, piece), headers if first else None)
             first = False
             seq += 1
 
@@ -680,81 +681,6 @@ class _StreamIO:
             await endpoint.wait_writable(self._high_water)
 
 
-class _UnaryPing:
-    """Keepalive state of one unary call: PINGs sent so far and the last still in flight."""
-
-    __slots__ = ("due", "last", "reply", "seq")
-
-    def __init__(self, reply: str, due: float) -> None:
-        self.reply = reply
-        self.due = due
-        self.seq = 0
-        self.last: asyncio.Task[None] | None = None
-
-    async def settle(self) -> None:
-        """Wait for a PING in flight, so the reply cannot overtake it."""
-        if self.last is not None:
-            await self.last
-
-
-class _UnaryKeepalives:
-    """The unary calls in progress: PINGs on the reply subjects of slow ones, so their clients
-    know we live, and a last answer for each when the server stops without finishing them.
-
-    One timer per server sweeps the calls in progress; fast calls cost a dict insert and
-    delete, not a timer each.
-    """
-
-    def __init__(self, nc: Client, interval: float | None) -> None:
-        self._nc = nc
-        self._interval = interval
-        self._calls: dict[int, _UnaryPing] = {}
-        self._ids = itertools.count()
-        self._handle: asyncio.TimerHandle | None = None
-
-    def begin(self, reply: str) -> tuple[int, _UnaryPing]:
-        ping = _UnaryPing(reply, time.monotonic() + (self._interval or 0.0))
-        key = next(self._ids)
-        self._calls[key] = ping  # also how stop() finds the calls it must answer
-        if self._interval is not None and self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self._interval / 2, self._sweep)
-        return key, ping
-
-    def end(self, key: int) -> None:
-        self._calls.pop(key, None)
-
-    def _sweep(self) -> None:
-        assert self._interval is not None
-        self._handle = None
-        if not self._calls:
-            return
-        loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        for ping in self._calls.values():
-            if ping.due <= now:
-                body = env.pack(Kind.PING, ping.seq)
-                ping.seq += 1
-                ping.due = now + self._interval
-                ping.last = loop.create_task(_quiet_publish(self._nc, ping.reply, body))
-        self._handle = loop.call_later(self._interval / 2, self._sweep)
-
-    async def abandon_all(self, status: tuple[grpc.StatusCode, str]) -> None:
-        """Answer every unary call still running with ``status`` (the server is giving up on
-        them), so their clients need not wait for the keepalive timeout."""
-        trailer = _framing.encode_trailers(_framing.Trailers(status[0].value[0], status[1]))
-        calls, self._calls = list(self._calls.values()), {}
-        for ping in calls:
-            await ping.settle()
-            # After PINGs the client expects numbered chunks; before any, a bare trailer frame.
-            body = env.pack(Kind.DATA, ping.seq, trailer) if ping.seq else trailer
-            await _quiet_publish(self._nc, ping.reply, body)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
 _FAILED: Any = object()
 
 
@@ -846,13 +772,6 @@ def _wrap_interceptor(interceptor: Any, continuation: Callable[[Any], Any]) -> C
         return await asyncio.to_thread(interceptor.intercept_service, sync_continuation, details)
 
     return call
-
-
-async def _quiet_publish(nc: Client, subject: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-    try:
-        await nc.publish(subject, body, headers=headers)
-    except Exception as exc:  # the client is gone or the connection is down: nothing to tell
-        log.debug("could not publish reply to %s: %s", subject, exc)
 
 
 async def _quiet_drain(sub: Subscription) -> None:

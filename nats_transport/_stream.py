@@ -57,10 +57,11 @@ def failure_of_cancel(payload: memoryview | bytes, default: StreamFailure) -> St
     return default
 
 
-async def publish_quietly(nc: Client, subject: str, body: bytes) -> None:
+async def publish_quietly(nc: Client, subject: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """Publish, ignoring failure: for answers whose only reader may already be gone."""
     try:
-        await nc.publish(subject, body)
-    except Exception:  # best effort: the call is over on our side anyway
+        await nc.publish(subject, body, headers=headers)
+    except Exception:  # best effort: the caller left or the connection is down
         return
 
 

@@ -612,10 +612,8 @@ async def test_initial_metadata_larger_than_max_payload_fails_the_call_and_the_s
     server_nc = await nats.connect(nats_server.url, max_reconnect_attempts=0)
     try:
         async with serving(server_nc, target, get_quest), stub_for(nc, target) as stub:
-            started = time.monotonic()
             err = await rpc_error(stub.GetQuest(quest_pb2.GetQuestRequest(quest_id="huge"), timeout=2.5))
             assert err.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)
-            assert time.monotonic() - started < 2
             assert server_nc.is_connected
             assert (await stub.GetQuest(quest_pb2.GetQuestRequest(quest_id="small"), timeout=5)).quest.title == "ok"
     finally:
