@@ -22,32 +22,35 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgaming/common/v1/common.proto\x12\x10gaming.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\";\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"\x19\n\x08Revision\x12\r\n\x05value\x18\x01 \x01(\x04\"\x1d\n\x0eIdempotencyKey\x12\x0b\n\x03key\x18\x01 \x01(\t\"N\n\tAuditInfo\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12/\n\x0bupdate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x07Vector3\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\x12\t\n\x01z\x18\x03 \x01(\x01\"4\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x02 \x01(\x03\"\x18\n\tLocaleTag\x12\x0b\n\x03tag\x18\x01 \x01(\t\"\'\n\tAttribute\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgaming/common/v1/common.proto\x12\x10gaming.common.v1\x1a google/protobuf/descriptor.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\";\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"\x19\n\x08Revision\x12\r\n\x05value\x18\x01 \x01(\x04\"\x1d\n\x0eIdempotencyKey\x12\x0b\n\x03key\x18\x01 \x01(\t\"N\n\tAuditInfo\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12/\n\x0bupdate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x07Vector3\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\x12\t\n\x01z\x18\x03 \x01(\x01\"4\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x02 \x01(\x03\"\x18\n\tLocaleTag\x12\x0b\n\x03tag\x18\x01 \x01(\t\"\'\n\tAttribute\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"(\n\x06\x41\x63\x63\x65ss\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\x0e\n\x06scopes\x18\x02 \x03(\t:J\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x18.gaming.common.v1.Accessb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gaming.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAGEREQUEST']._serialized_start=84
-  _globals['_PAGEREQUEST']._serialized_end=136
-  _globals['_PAGERESPONSE']._serialized_start=138
-  _globals['_PAGERESPONSE']._serialized_end=197
-  _globals['_REVISION']._serialized_start=199
-  _globals['_REVISION']._serialized_end=224
-  _globals['_IDEMPOTENCYKEY']._serialized_start=226
-  _globals['_IDEMPOTENCYKEY']._serialized_end=255
-  _globals['_AUDITINFO']._serialized_start=257
-  _globals['_AUDITINFO']._serialized_end=335
-  _globals['_VECTOR3']._serialized_start=337
-  _globals['_VECTOR3']._serialized_end=379
-  _globals['_MONEY']._serialized_start=381
-  _globals['_MONEY']._serialized_end=433
-  _globals['_LOCALETAG']._serialized_start=435
-  _globals['_LOCALETAG']._serialized_end=459
-  _globals['_ATTRIBUTE']._serialized_start=461
-  _globals['_ATTRIBUTE']._serialized_end=500
+  _globals['_PAGEREQUEST']._serialized_start=118
+  _globals['_PAGEREQUEST']._serialized_end=170
+  _globals['_PAGERESPONSE']._serialized_start=172
+  _globals['_PAGERESPONSE']._serialized_end=231
+  _globals['_REVISION']._serialized_start=233
+  _globals['_REVISION']._serialized_end=258
+  _globals['_IDEMPOTENCYKEY']._serialized_start=260
+  _globals['_IDEMPOTENCYKEY']._serialized_end=289
+  _globals['_AUDITINFO']._serialized_start=291
+  _globals['_AUDITINFO']._serialized_end=369
+  _globals['_VECTOR3']._serialized_start=371
+  _globals['_VECTOR3']._serialized_end=413
+  _globals['_MONEY']._serialized_start=415
+  _globals['_MONEY']._serialized_end=467
+  _globals['_LOCALETAG']._serialized_start=469
+  _globals['_LOCALETAG']._serialized_end=493
+  _globals['_ATTRIBUTE']._serialized_start=495
+  _globals['_ATTRIBUTE']._serialized_end=534
+  _globals['_ACCESS']._serialized_start=536
+  _globals['_ACCESS']._serialized_end=576
 # @@protoc_insertion_point(module_scope)

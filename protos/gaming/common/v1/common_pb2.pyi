@@ -5,9 +5,13 @@ Types shared by every service of the AI core: identifiers, pagination, revisions
 compare-and-set, idempotency, and small value types that travel between services.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -246,3 +250,42 @@ class Attribute(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Attribute: _TypeAlias = Attribute  # noqa: Y015
+
+@_typing.final
+class Access(_message.Message):
+    """Access is who may call an RPC: declared on every RPC as `option (gaming.common.v1.access)` and
+    enforced by the mesh's access interceptor, built from these descriptors. An RPC without it is
+    denied to everyone (grpc.health.v1 and server reflection excepted), so a new RPC is closed
+    until someone decides who may call it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    public: _builtins.bool
+    """Anyone may call, with or without a token (reads of public game data, Login, Register)."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The caller's validated bearer token must hold at least one of these scopes: "player" (a
+        logged-in player), "operator" (a game operator), "service" (another target of the mesh
+        acting on its own behalf). Ignored when `public` is set.
+        """
+
+    def __init__(
+        self,
+        *,
+        public: _builtins.bool = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["public", b"public", "scopes", b"scopes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Access: _TypeAlias = Access  # noqa: Y015
+
+ACCESS_FIELD_NUMBER: _builtins.int
+access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Access]
+"""The access policy of an RPC (see Access). Field number from the range for in-house options."""
