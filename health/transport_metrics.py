@@ -12,6 +12,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.registry import REGISTRY
 
+from nats_transport import dropped_messages
+
 
 class TransportMetrics:
     """Mirrors the counters of a host's servers and its NATS connection."""
@@ -28,8 +30,11 @@ class TransportMetrics:
         self.stalls = Counter("nats_transport_stream_credit_stalls_total",
                               "Times a stream sender waited for flow-control credit.", ("target",),
                               registry=registry)
-        self.reconnects = Counter("nats_transport_reconnects_total", "Reconnections of the NATS connection.",
+        self.reconnects = Counter("nats_transport_reconnects_total", "Reconnections of the NATS connections.",
                                   registry=registry)
+        self.dropped = Counter("nats_transport_dropped_messages_total",
+                               "Messages dropped because they could not be processed (malformed headers...).",
+                               registry=registry)
         self._seen: dict[tuple[str, str], int] = {}
 
     def _advance(self, counter: Counter, key: tuple[str, str], value: int, *labels: str) -> None:
@@ -39,8 +44,8 @@ class TransportMetrics:
             (counter.labels(*labels) if labels else counter).inc(delta)
             self._seen[key] = value
 
-    def refresh(self, servers: Iterable[Any], nc: Any) -> None:
-        """Read ``server.stats`` / ``server.in_flight`` of each server and ``nc.stats``."""
+    def refresh(self, servers: Iterable[Any], connections: Iterable[Any]) -> None:
+        """Read ``server.stats`` / ``server.in_flight`` of each server and the connections' stats."""
         for server in servers:
             target, stats = server.target, server.stats
             self.in_flight.labels(target).set(server.in_flight)
@@ -48,4 +53,7 @@ class TransportMetrics:
             self._advance(self.received, (target, "received"), stats.bytes_received, target)
             self._advance(self.sent, (target, "sent"), stats.bytes_sent, target)
             self._advance(self.stalls, (target, "stalls"), stats.credit_stalls, target)
-        self._advance(self.reconnects, ("", "reconnects"), int(nc.stats.get("reconnects", 0)))
+        connections = list(connections)
+        self._advance(self.reconnects, ("", "reconnects"),
+                      sum(int(nc.stats.get("reconnects", 0)) for nc in connections))
+        self._advance(self.dropped, ("", "dropped"), sum(dropped_messages(nc) for nc in connections))

@@ -32,6 +32,74 @@ CATALOGUE: dict[str, str] = {
 }
 
 
+# Who calls whom over the mesh (deps.channel(<target>)), read from servicers/ and checked against
+# them by tests/security/test_catalogue_tables.py. Every target calls auth: the host guards
+# protected methods with auth's Validate (servicers.auth.RequireToken) and verifies tokens with
+# its keys. Router and orchestration forward to whatever target their configuration names
+# (router: any but itself, whose own service it refuses as a route; orchestration: any), so they
+# get what their code can reach. NATS permissions are derived from this (mesh.security).
+_ANY_TARGET = tuple(CATALOGUE)
+CALLS: dict[str, tuple[str, ...]] = {
+    "ai-integration": ("auth",),
+    "model-management": ("auth",),
+    "ai-router": ("model-management", "ai-integration", "auth"),
+    "state-manager": ("auth",),
+    "quest-system": ("world-state", "npc-behavior", "story-teller", "payment", "auth"),
+    "npc-behavior": ("auth",),
+    "world-state": ("auth",),
+    "orchestration": _ANY_TARGET,
+    "router": tuple(t for t in CATALOGUE if t != "router"),
+    "event-bus": ("auth",),
+    "time-manager": ("auth",),
+    "weather-manager": ("time-manager", "auth"),
+    "auth": ("auth",),
+    "settings": ("auth",),
+    "payment": ("auth",),
+    "performance-mode": ("auth",),
+    "capability-registry": ("auth",),
+    "knowledge-base": ("auth",),
+    "language-system": ("auth",),
+    "environmental-narrative": ("world-state", "weather-manager", "time-manager", "auth"),
+    "story-teller": ("ai-integration", "auth"),
+    "body-broker-integration": ("world-state", "event-bus", "state-manager", "quest-system", "payment", "auth"),
+}
+
+# The JetStream KV buckets (Storage.key_value names, before any JetStreamStorage prefix) and
+# streams each target opens; a name in STREAM_SUBJECTS is a stream, any other a KV bucket
+# (stream KV_<name>). Only auth holds the auth_* buckets: auth_keys holds the signing key.
+STORAGE: dict[str, tuple[str, ...]] = {
+    "ai-integration": (),
+    "model-management": ("model_management_models",),
+    "ai-router": (),
+    "state-manager": ("state_manager",),
+    "quest-system": ("quest_system", "quest_system_keys"),
+    "npc-behavior": (),
+    "world-state": ("world_state_regions",),
+    "orchestration": ("orchestration_workflows", "orchestration_idempotency"),
+    "router": (),
+    "event-bus": ("EVENTS",),
+    "time-manager": ("time_manager_clocks",),
+    "weather-manager": (),
+    "auth": ("auth_accounts", "auth_sessions", "auth_login_failures", "auth_keys"),
+    "settings": ("settings",),
+    "payment": ("payment_accounts", "payment_ledger"),
+    "performance-mode": ("performance_mode_profiles",),
+    "capability-registry": ("capability_registry_features",),
+    "knowledge-base": ("knowledge_base_documents",),
+    "language-system": ("language_overlay",),
+    "environmental-narrative": (),
+    "story-teller": ("story_teller_stories",),
+    "body-broker-integration": ("body_broker_presence", "body_broker_events"),
+}
+
+# Streams (not KV buckets) -> the subjects their users publish to besides the JetStream API: the
+# event log (mesh.jetstream_event_log with the host's defaults) stores topic t on events.t, and
+# its readers answer settle requests on _EVLOG.EVENTS.<consumer>.
+STREAM_SUBJECTS: dict[str, tuple[str, ...]] = {
+    "EVENTS": ("events.>", "_EVLOG.EVENTS.>"),
+}
+
+
 CONTRACT = ("TARGET", "SERVICE_NAMES", "create", "add_to_server")
 
 

@@ -17,6 +17,7 @@ from typing import NoReturn
 from mesh import serve, tools
 from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
+from mesh.security import command as security_command
 from mesh.up import UpError, run
 
 __all__ = ["build_parser", "main"]
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = subcommands.add_parser("bench", help="run the benchmarks (python -m benchmarks; --quick, --help)",
                                    add_help=False)
     bench.set_defaults(command=_run_bench, parser=bench, takes_any_arguments=True)
+    security = subcommands.add_parser("security", help="lock the mesh down: certificates, NATS users (init)")
+    security_commands = security.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    init = security_commands.add_parser("init", help="create the CA, certificates, identities and NATS config",
+                                        description=security_command.__doc__)
+    security_command.add_arguments(init)
+    init.set_defaults(command=security_command.run, parser=init, takes_any_arguments=False)
     return parser
 
 
@@ -87,6 +94,11 @@ def _add_up_arguments(up: argparse.ArgumentParser) -> None:
         up.add_argument(
             flag_of(name), type=int, default=default, metavar="PORT", help=f"{help_text} ({default})"
         )
+    up.add_argument(
+        "--secure", action="store_true",
+        help="mTLS and one least-privilege NATS identity per target, TLS on the ingress "
+             "(runs 'mesh security init' on the data dir when its secrets are missing)",
+    )
     up.add_argument(
         "--data-dir", type=Path, default=defaults.data_dir, metavar="DIR",
         help=f"where the embedded NATS keeps JetStream data and its log (./{defaults.data_dir})",
@@ -147,6 +159,7 @@ def _up_config(args: argparse.Namespace) -> UpConfig:
         http_port=args.http_port,
         admin_port=args.admin_port,
         data_dir=args.data_dir,
+        secure=args.secure,
         nats_url=args.nats_url,
     )
 

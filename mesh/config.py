@@ -40,6 +40,7 @@ class UpConfig:
     admin_port: int = 8080
     data_dir: Path = Path(".mesh-data")
     nats_url: str | None = None
+    secure: bool = False
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -55,6 +56,11 @@ class UpConfig:
     def embedded(self) -> bool:
         """True when ``mesh up`` starts its own nats-server (no ``--nats-url`` given)."""
         return self.nats_url is None
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Where ``mesh security init`` keeps the CA and one folder per identity."""
+        return self.data_dir / "secrets"
 
     @property
     def client_url(self) -> str:

@@ -51,6 +51,7 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         server_name: str = "mesh",
         ready_timeout: float = 10.0,
+        include: Path | None = None,
     ) -> None:
         self.port = port
         self.monitor_port = monitor_port
@@ -59,6 +60,8 @@ class EmbeddedNats:
         self.host = host
         self.server_name = server_name
         self.ready_timeout = ready_timeout
+        # A config fragment to include (``nats-security.conf``: TLS and per-identity users).
+        self.include = include.resolve() if include is not None else None
         self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -161,7 +164,10 @@ class EmbeddedNats:
             f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}",
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
         ]
-        config = self.data_dir / "nats-server.conf"
+        if self.include is not None:
+            lines.append(f"include {json.dumps(str(self.include))}")
+        # Not nats-server.conf: `mesh security init` writes a standalone config by that name.
+        config = self.data_dir / "nats-embedded.conf"
         config.write_text("\n".join(lines) + "\n")
         return config
 

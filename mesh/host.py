@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -27,9 +25,10 @@ from health.call_log import CallLog
 from health.metrics import ServerMetrics, client_interceptors
 from health.transport_metrics import TransportMetrics
 from mesh import catalogue
+from mesh.connection import NatsAccess, connect
 from mesh.jetstream_event_log import JetStreamEventLog
 from mesh.jetstream_storage import JetStreamStorage
-from nats_transport import ServerOptions
+from nats_transport import ServerOptions, connection_problem
 from servicers.auth import RequireToken
 from servicers.dependencies import Dependencies
 
@@ -45,54 +44,39 @@ class HostConfig:
 
     Attributes:
         targets: catalogue targets to host.
-        nats_urls: NATS servers to connect to (several for a cluster).
+        nats: where NATS is and the host's credentials there (see mesh.connection).
+        secrets_dir: a folder of identity folders (``mesh security init``): when set, each target
+            connects as ``secrets_dir/<target>``, its own NATS user with its own permissions,
+            even when one process hosts several targets.
         admin_host, admin_port: where /livez /readyz /metrics listen; port None disables,
             0 picks a free port.
         grace: seconds in-flight calls get to finish on SIGTERM.
         drain_pause: seconds between NOT_SERVING and refusing calls, so probes notice first.
         replicas: JetStream replica count for buckets and streams (1 locally, 3 on a cluster).
-        tls_ca, tls_cert, tls_key: TLS to NATS (cert and key for mTLS).
-        creds: a NATS ``.creds`` file; user/password/token: other NATS credentials.
-        inbox_prefix: the connection's inbox prefix (per-target permissions, CONVENTIONS.md).
         max_concurrent_rpcs: per target; more calls get RESOURCE_EXHAUSTED.
         settings: per-target settings handed to servicers (``MESH_<TARGET>_<NAME>``).
     """
 
     targets: tuple[str, ...]
-    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    nats: NatsAccess = field(default_factory=NatsAccess)
+    secrets_dir: Path | None = None
     admin_host: str = "0.0.0.0"
     admin_port: int | None = 8080
     grace: float = 10.0
     drain_pause: float = 1.0
     replicas: int = 1
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    creds: Path | None = None
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    inbox_prefix: str | None = None
     max_concurrent_rpcs: int | None = None
     settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
-    def connect_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``nats.connect``."""
-        options: dict[str, Any] = {"servers": list(self.nats_urls)}
-        if self.tls_ca or self.tls_cert:
-            context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
-            if self.tls_cert and self.tls_key:
-                context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
-            options["tls"] = context
-        if self.creds:
-            options["user_credentials"] = str(self.creds)
-        if self.user:
-            options["user"], options["password"] = self.user, self.password or ""
-        if self.token:
-            options["token"] = self.token
-        if self.inbox_prefix:
-            options["inbox_prefix"] = self.inbox_prefix
-        return options
+    def access_of(self, target: str) -> NatsAccess:
+        """How ``target`` connects: as its own identity when ``secrets_dir`` is set."""
+        if self.secrets_dir is None:
+            return self.nats
+        return self.nats.as_identity(self.secrets_dir / target)
+
+    def connection_key(self, target: str) -> str:
+        """Targets with the same key share one connection ("" = the host's shared connection)."""
+        return target if self.secrets_dir is not None else ""
 
 
 @dataclass(slots=True)
@@ -111,19 +95,24 @@ class Host:
 
     def __init__(self, config: HostConfig, registry: CollectorRegistry = REGISTRY) -> None:
         self.config = config
-        self.nc: Client | None = None
+        self._connections: dict[str, Client] = {}
         self._hosted: list[_Hosted] = []
         self._registry = registry
         self._transport_metrics = TransportMetrics(registry)
         self._admin: AdminServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._channels: dict[str, Any] = {}
-        self._event_log: JetStreamEventLog | None = None
+        self._channels: dict[tuple[str, str], Any] = {}
+        self._event_logs: dict[str, JetStreamEventLog] = {}
         self.draining = False
         self._started = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<mesh.Host targets={list(self.config.targets)} draining={self.draining}>"
+
+    @property
+    def nc(self) -> Client | None:
+        """The first connection (the only one unless targets connect as their own identities)."""
+        return next(iter(self._connections.values()), None)
 
     @property
     def admin_port(self) -> int | None:
@@ -141,15 +130,10 @@ class Host:
             if module is None:
                 raise catalogue.UnknownTarget(f"target {target!r} has no servicer yet")
             modules[target] = module
-        self.nc = await nats.connect(
-            **self.config.connect_options(),
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-        )
+        for target in modules:
+            key = self.config.connection_key(target)
+            if key not in self._connections:
+                self._connections[key] = await self._connect(key, self.config.access_of(target))
         if self.config.admin_port is not None:
             self._admin = AdminServer(self.readiness, self.metrics_text, host=self.config.admin_host,
                                       port=self.config.admin_port, liveness=self.liveness)
@@ -158,8 +142,37 @@ class Host:
             self._hosted.append(await self._start_target(target, module))
         self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_metrics()))
 
+    async def _connect(self, key: str, access: NatsAccess) -> Client:
+        name = key or "shared"
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS error", extra={"connection": name, "error": str(exc)})
+
+        async def on_disconnected() -> None:
+            if not self.draining:
+                log.warning("NATS disconnected; reconnecting", extra={"connection": name})
+
+        async def on_reconnected() -> None:
+            nc = self._connections.get(key)
+            url = nc.connected_url.netloc if nc and nc.connected_url else "?"
+            log.info("NATS reconnected", extra={"connection": name, "server": url})
+
+        return await connect(
+            access,
+            name=f"mesh:{name}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+
+    def connection_of(self, target: str) -> Client:
+        """The connection ``target`` serves and calls on."""
+        return self._connections[self.config.connection_key(target)]
+
     async def _start_target(self, target: str, module: Any) -> _Hosted:
-        assert self.nc is not None
         interceptors: list[Any] = [ServerMetrics(), CallLog(target)]
         protected = tuple(getattr(module, "PROTECTED_METHODS", ()))
         if protected:
@@ -167,7 +180,7 @@ class Host:
             # service over the mesh (servicers.auth.RequireToken).
             interceptors.append(RequireToken.over(self.channel("auth"), protected))
         server = nats_transport.aio.server(
-            self.nc, target,
+            self.connection_of(target), target,
             interceptors=interceptors,
             options=ServerOptions(maximum_concurrent_rpcs=self.config.max_concurrent_rpcs),
         )
@@ -205,38 +218,49 @@ class Host:
         log.info("target serving", extra={"target": hosted.target})
 
     def _dependencies(self, target: str) -> Dependencies:
-        assert self.nc is not None
-        if self._event_log is None:
-            self._event_log = JetStreamEventLog(self.nc, replicas=self.config.replicas)
+        # Storage, the event log and channels all ride on the target's own connection, so its
+        # NATS permissions (its buckets, the targets it may call) are what bound them.
+        nc = self.connection_of(target)
+        key = self.config.connection_key(target)
+        if key not in self._event_logs:
+            self._event_logs[key] = JetStreamEventLog(nc, replicas=self.config.replicas)
         return Dependencies(
-            storage=JetStreamStorage(self.nc, replicas=self.config.replicas),
-            channel=self.channel,
+            storage=JetStreamStorage(nc, replicas=self.config.replicas),
+            channel=lambda other: self.channel(other, caller=target),
             settings=dict(self.config.settings.get(target, {})),
             replicas=self.config.replicas,
-            event_log=self._event_log,
+            event_log=self._event_logs[key],
         )
 
-    def channel(self, target: str) -> Any:
-        """A channel to another target over this host's connection (client metrics on)."""
-        channel = self._channels.get(target)
+    def channel(self, target: str, *, caller: str | None = None) -> Any:
+        """A channel to ``target`` over ``caller``'s connection (the first one if None), with
+        client metrics on."""
+        key = self.config.connection_key(caller) if caller is not None else next(iter(self._connections))
+        channel = self._channels.get((key, target))
         if channel is None:
-            assert self.nc is not None
-            channel = self._channels[target] = nats_transport.aio.channel(
-                self.nc, target, interceptors=client_interceptors(self._registry))
+            channel = self._channels[(key, target)] = nats_transport.aio.channel(
+                self._connections[key], target, interceptors=client_interceptors(self._registry))
         return channel
 
     # -- probes and metrics ---------------------------------------------------------------
 
     def liveness(self) -> tuple[bool, str]:
-        """Alive while the process runs its loop (NATS trouble is readiness, not liveness)."""
+        """Alive while the process runs its loop and no connection is stuck: one that claims to
+        be connected but has stopped reading (a restart fixes that; a NATS outage does not, so
+        it is readiness, not liveness)."""
+        for key, nc in self._connections.items():
+            problem = connection_problem(nc)
+            if problem is not None:
+                return False, f"connection {key or 'shared'}: {problem}"
         return True, f"alive for {time.monotonic() - self._started:.0f}s"
 
     async def readiness(self) -> tuple[bool, str]:
         """Ready when NATS is connected and every hosted target is SERVING."""
         if self.draining:
             return False, "draining"
-        if self.nc is None or not self.nc.is_connected:
-            return False, "NATS not connected"
+        down = [key or "shared" for key, nc in self._connections.items() if not nc.is_connected]
+        if down or not self._connections:
+            return False, "NATS not connected: " + ", ".join(down or ["starting"])
         waiting = [h.error or h.target for h in self._hosted if not h.serving]
         if waiting or len(self._hosted) < len(self.config.targets):
             return False, "not serving: " + "; ".join(waiting or ["starting"])
@@ -248,27 +272,14 @@ class Host:
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
     def _refresh_now(self) -> None:
-        if self.nc is not None:
-            self._transport_metrics.refresh((h.server for h in self._hosted), self.nc)
+        if self._connections:
+            self._transport_metrics.refresh((h.server for h in self._hosted), self._connections.values())
 
     async def _refresh_metrics(self) -> None:
         # Also on a timer, so multiprocess scrapes (mesh up) see fresh transport counters.
         while True:
             self._refresh_now()
             await asyncio.sleep(2.0)
-
-    # -- NATS events ----------------------------------------------------------------------
-
-    async def _on_error(self, exc: Exception) -> None:
-        log.warning("NATS error", extra={"error": str(exc)})
-
-    async def _on_disconnected(self) -> None:
-        if not self.draining:
-            log.warning("NATS disconnected; reconnecting")
-
-    async def _on_reconnected(self) -> None:
-        url = self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?"
-        log.info("NATS reconnected", extra={"server": url})
 
     # -- drain ----------------------------------------------------------------------------
 
@@ -288,9 +299,10 @@ class Host:
             task.cancel()
         for hosted in self._hosted:
             await _close_servicer(hosted.servicer)
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+        for nc in self._connections.values():
+            if not nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await nc.drain()
         if self._admin is not None:
             await self._admin.stop()
         log.info("drained")

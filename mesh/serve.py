@@ -21,6 +21,7 @@ from typing import Any
 from health.call_log import configure_json_logging
 from mesh import catalogue
 from mesh.config import NATS_URL_SCHEMES, ConfigError
+from mesh.connection import AccessDenied, NatsAccess
 from mesh.host import Host, HostConfig
 
 
@@ -79,6 +80,13 @@ def _existing_file(text: str) -> Path:
     return path
 
 
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise ValueError(f"no such directory: {text}")
+    return path
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -103,6 +111,11 @@ SETTINGS = (
     Setting("--tls-cert", "MESH_TLS_CERT", _existing_file, None, "client certificate (mTLS)"),
     Setting("--tls-key", "MESH_TLS_KEY", _existing_file, None, "client key (mTLS)"),
     Setting("--creds", "MESH_CREDS", _existing_file, None, "NATS .creds file"),
+    Setting("--nkey-seed", "MESH_NKEY_SEED", _existing_file, None, "file holding a NATS nkey user seed"),
+    Setting("--identity", "MESH_IDENTITY", _existing_dir, None,
+            "an identity folder from 'mesh security init' (TLS, nkey, inbox prefix) for the whole host"),
+    Setting("--secrets", "MESH_SECRETS_DIR", _existing_dir, None,
+            "a folder of identity folders: each target connects as <folder>/<target>"),
     Setting("--user", "MESH_NATS_USER", str, None, "NATS user"),
     Setting("--password", "MESH_NATS_PASSWORD", str, None, "NATS password"),
     Setting("--token", "MESH_NATS_TOKEN", str, None, "NATS token"),
@@ -110,6 +123,10 @@ SETTINGS = (
     Setting("--max-concurrent-rpcs", "MESH_MAX_CONCURRENT_RPCS", _positive_int, None, "per target"),
     Setting("--log-level", "MESH_LOG_LEVEL", _log_level, "INFO", "debug, info, warning or error"),
 )
+# The settings that say how to reach NATS and who we are there; `mesh call` and `mesh services`
+# take these too.
+CONNECTION_SETTINGS = ("nats_url", "tls_ca", "tls_cert", "tls_key", "creds", "nkey_seed", "identity",
+                       "user", "password", "token", "inbox_prefix")
 _GLOBAL_ENV = frozenset(s.env for s in SETTINGS) | {"MESH_TARGETS"}
 
 
@@ -122,15 +139,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{setting.help} (${setting.env})")
 
 
-def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> tuple[HostConfig, str]:
-    """The host configuration (and log level) from flags, then environment, then defaults.
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say how to reach NATS and who we are there (for the tools)."""
+    for setting in SETTINGS:
+        if setting.dest in CONNECTION_SETTINGS:
+            parser.add_argument(setting.flag, dest=setting.dest, default=None,
+                                help=f"{setting.help} (${setting.env})")
+
+
+def resolve_access(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> NatsAccess:
+    """The NATS access of a tool, from its flags, then the environment, then defaults.
 
     Raises:
         ConfigError: naming the flag or variable that holds a bad value.
     """
+    return access_from(_values(args, environ, CONNECTION_SETTINGS))
+
+
+def _values(args: argparse.Namespace, environ: Mapping[str, str],
+            only: tuple[str, ...] | None = None) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw, source = getattr(args, setting.dest), setting.flag
+        if only is not None and setting.dest not in only:
+            continue
+        raw, source = getattr(args, setting.dest, None), setting.flag
         if raw is None and setting.env in environ:
             raw, source = environ[setting.env], setting.env
         if raw is None:
@@ -140,23 +172,60 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -
             values[setting.dest] = setting.parse(raw)
         except ValueError as exc:
             raise ConfigError(source, f"{raw!r}: {exc}") from None
+    return values
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> tuple[HostConfig, str]:
+    """The host configuration (and log level) from flags, then environment, then defaults.
+
+    Raises:
+        ConfigError: naming the flag or variable that holds a bad value.
+    """
+    values = _values(args, environ)
     targets = _targets(args.targets or [t for t in environ.get("MESH_TARGETS", "").split(",") if t])
-    if values["tls_cert"] and not values["tls_key"]:
-        raise ConfigError("--tls-key", "required with --tls-cert")
+    access = access_from(values)
+    secrets = values["secrets"]
+    if secrets is not None:
+        for target in targets:
+            try:
+                access.as_identity(secrets / target)
+            except ValueError as exc:
+                raise ConfigError("--secrets", str(exc)) from None
     return HostConfig(
         targets=targets,
-        nats_urls=values["nats_url"],
+        nats=access,
+        secrets_dir=secrets,
         admin_host=values["admin_host"],
         admin_port=values["admin_port"],
         grace=values["grace"],
         drain_pause=values["drain_pause"],
         replicas=values["replicas"],
-        tls_ca=values["tls_ca"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
-        creds=values["creds"], user=values["user"], password=values["password"], token=values["token"],
-        inbox_prefix=values["inbox_prefix"],
         max_concurrent_rpcs=values["max_concurrent_rpcs"],
         settings=service_settings(targets, environ),
     ), values["log_level"]
+
+
+def access_from(values: Mapping[str, Any]) -> NatsAccess:
+    """The NATS access given by the connection settings (flag ``dest`` -> parsed value).
+
+    Raises:
+        ConfigError: a setting is incomplete or not usable.
+    """
+    if values.get("tls_cert") and not values.get("tls_key"):
+        raise ConfigError("--tls-key", "required with --tls-cert")
+    access = NatsAccess(
+        urls=values["nats_url"],
+        tls_ca=values.get("tls_ca"), tls_cert=values.get("tls_cert"), tls_key=values.get("tls_key"),
+        creds=values.get("creds"), nkey_seed=values.get("nkey_seed"),
+        user=values.get("user"), password=values.get("password"), token=values.get("token"),
+        inbox_prefix=values.get("inbox_prefix"),
+    )
+    if values.get("identity") is not None:
+        try:
+            access = access.as_identity(values["identity"])
+        except ValueError as exc:
+            raise ConfigError("--identity", str(exc)) from None
+    return access
 
 
 def _targets(names: list[str]) -> tuple[str, ...]:
@@ -194,7 +263,7 @@ async def serve(config: HostConfig) -> None:
     host = Host(config)
     try:
         await host.start()
-        print(f"mesh serve: {', '.join(config.targets)} on {', '.join(config.nats_urls)}"
+        print(f"mesh serve: {', '.join(config.targets)} on {', '.join(config.nats.urls)}"
               f"; admin port {host.admin_port}", flush=True)
         await stop.wait()
     finally:
@@ -209,5 +278,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"mesh serve: error: {error}", flush=True, file=sys.stderr)
         return 2
     configure_json_logging(level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except AccessDenied as denied:
+        print(f"mesh serve: error: {denied}", flush=True, file=sys.stderr)
+        return 2
     return 0

@@ -32,13 +32,16 @@ def split_targets(targets: list[str], processes: int) -> list[list[str]]:
 class HostProcess:
     """One ``mesh serve`` child."""
 
-    def __init__(self, index: int, targets: list[str], nats_url: str, log_dir: Path, metrics_dir: Path) -> None:
+    def __init__(self, index: int, targets: list[str], nats_url: str, log_dir: Path, metrics_dir: Path,
+                 *, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> None:
         self.index = index
         self.targets = targets
         self.admin_port = free_port()
         self._nats_url = nats_url
         self.log_path = log_dir / f"host-{index}.log"
         self._metrics_dir = metrics_dir
+        self._extra_args = extra_args
+        self._extra_env = dict(extra_env or {})
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -47,8 +50,9 @@ class HostProcess:
             "--nats-url", self._nats_url,
             "--admin-host", LOOPBACK, "--admin-port", str(self.admin_port),
             "--drain-pause", "0", "--grace", "5",
+            *self._extra_args,
         ]
-        env = {**os.environ, MULTIPROC_ENV: str(self._metrics_dir)}
+        env = {**os.environ, **self._extra_env, MULTIPROC_ENV: str(self._metrics_dir)}
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=log, env=env,
                                              start_new_session=True)

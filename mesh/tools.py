@@ -18,22 +18,27 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nats.aio.client import Client
 
 import nats_transport.aio
+from mesh.config import ConfigError
+from mesh.connection import AccessDenied, connect
+from mesh.serve import add_connection_arguments, resolve_access
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    """The NATS URL flag every tool takes."""
-    parser.add_argument("--nats-url", default=None, help=f"NATS URL ($MESH_NATS_URL, else {DEFAULT_URL})")
-
-
-def _url(args: argparse.Namespace) -> list[str]:
-    text = args.nats_url or os.environ.get("MESH_NATS_URL") or DEFAULT_URL
-    return [u.strip() for u in text.split(",") if u.strip()]
+    """The connection flags every tool takes (NATS URL, TLS, credentials, --identity)."""
+    add_connection_arguments(parser)
 
 
 async def _connect(args: argparse.Namespace) -> Client:
-    return await nats.connect(_url(args), connect_timeout=3, max_reconnect_attempts=0)
+    access = resolve_access(args)
+    return await connect(access, name="mesh:tool", connect_timeout=3, max_reconnect_attempts=0,
+                         allow_reconnect=False, error_cb=_quiet)
+
+
+async def _quiet(_exc: Exception) -> None:
+    # A tool reports one line when it gives up; nats-py's per-attempt errors would repeat it.
+    return None
 
 
 # -- mesh services ---------------------------------------------------------------------------
@@ -127,7 +132,8 @@ async def load_pool(channel: Any, symbol: str) -> descriptor_pool.DescriptorPool
     return pool
 
 
-async def call_json(nc: Client, target: str, method: str, body: str, deadline: float | None) -> list[str]:
+async def call_json(nc: Client, target: str, method: str, body: str, deadline: float | None,
+                    bearer: str | None = None) -> list[str]:
     """Call ``pkg.Service/Method`` on ``target`` with a JSON request; the JSON response(s)."""
     service, _, name = method.lstrip("/").partition("/")
     channel = nats_transport.aio.channel(nc, target)
@@ -139,20 +145,22 @@ async def call_json(nc: Client, target: str, method: str, body: str, deadline: f
     response_class = message_factory.GetMessageClass(descriptor.output_type)
     request = json_format.Parse(body or "{}", request_class())
     path = f"/{service}/{name}"
+    metadata = (("authorization", f"Bearer {bearer}"),) if bearer else None
     serialize, deserialize = request_class.SerializeToString, response_class.FromString
     if descriptor.client_streaming:
         raise ValueError("client-streaming methods are not supported by mesh call")
     if descriptor.server_streaming:
-        stream = channel.unary_stream(path, serialize, deserialize)(request, timeout=deadline)
+        stream = channel.unary_stream(path, serialize, deserialize)(request, timeout=deadline, metadata=metadata)
         return [json_format.MessageToJson(reply) async for reply in stream]
-    reply = await channel.unary_unary(path, serialize, deserialize)(request, timeout=deadline)
+    reply = await channel.unary_unary(path, serialize, deserialize)(request, timeout=deadline, metadata=metadata)
     return [json_format.MessageToJson(reply)]
 
 
 async def _call(args: argparse.Namespace) -> int:
     nc = await _connect(args)
     try:
-        for reply in await call_json(nc, args.target, args.method, args.body, args.timeout):
+        bearer = args.bearer or os.environ.get("MESH_BEARER_TOKEN")
+        for reply in await call_json(nc, args.target, args.method, args.body, args.timeout, bearer):
             print(reply)
     except grpc.aio.AioRpcError as err:
         print(f"mesh call: {err.code().name}: {err.details()}", file=sys.stderr)
@@ -177,6 +185,8 @@ def add_call_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", help="package.Service/Method, e.g. gaming.settings.v1.SettingsService/Get")
     parser.add_argument("body", nargs="?", default="{}", help="the request as JSON ({})")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (10)")
+    parser.add_argument("--bearer", default=None, metavar="TOKEN",
+                        help="access token sent as 'authorization: Bearer TOKEN' ($MESH_BEARER_TOKEN)")
 
 
 def run_services(args: argparse.Namespace) -> int:
@@ -192,6 +202,13 @@ def run_call(args: argparse.Namespace) -> int:
 def _run(coro: Any) -> int:
     try:
         return int(asyncio.run(coro))
+    except ConfigError as error:
+        coro.close()
+        print(f"mesh: error: {error}", file=sys.stderr)
+        return 2
+    except AccessDenied as denied:
+        print(f"mesh: error: {denied}", file=sys.stderr)
+        return 2
     except (OSError, nats.errors.Error) as exc:
         print(f"mesh: cannot reach NATS: {exc or type(exc).__name__}", file=sys.stderr)
         return 1

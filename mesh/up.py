@@ -8,11 +8,13 @@ The HTTP edge is a real Envoy configured by our xDS control plane, in front of t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,12 +24,14 @@ from nats.aio.client import Client
 
 from gateway.edge import Edge, start_edge
 from gateway.envoy import EnvoyError
-from gateway.ingress import Ingress, run_ingress
+from gateway.ingress import Ingress, IngressOptions, TlsFiles, run_ingress
 from gateway.xds import ConfigRejected
 from health.admin import AdminServer
 from mesh.catalogue import built_targets
 from mesh.config import LOOPBACK, UpConfig
+from mesh.connection import AccessDenied, NatsAccess, connect
 from mesh.embedded_nats import EmbeddedNats
+from mesh.security import SecurityInitError, initialise, read_identity
 from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
 
 __all__ = ["UpError", "run"]
@@ -52,9 +56,14 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
     began = time.monotonic()
     # Handlers first: a signal that arrives while starting must still stop the child in order.
     stop = _event_on_signals(signal.SIGINT, signal.SIGTERM)
+    if config.secure:
+        await asyncio.to_thread(_prepare_secrets, config, out)
+    else:
+        print("mesh up: INSECURE: anyone who can reach NATS can read, call and impersonate every service; "
+              "use --secure beyond a laptop (docs/security.md)", file=out, flush=True)
     async with AsyncExitStack() as stack:
         server = await _start_embedded(config, stack) if config.embedded else None
-        await _check_nats(config.client_url)
+        await _check_nats(config)
         hosts = _start_hosts(config, stack)
         admin = AdminServer(
             lambda: _mesh_ready(hosts),
@@ -78,7 +87,15 @@ def _start_hosts(config: UpConfig, stack: AsyncExitStack) -> list[HostProcess]:
     log_dir = config.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     groups = split_targets(built_targets(), os.cpu_count() or 1)
-    hosts = [HostProcess(i, group, config.client_url, log_dir, metrics_dir) for i, group in enumerate(groups)]
+    extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = {}
+    if config.secure:
+        # Each target connects as its own identity; auth learns the targets' public nkeys so it
+        # can tell which of them asks for a service token.
+        extra_args = ("--secrets", str(config.secrets_dir))
+        extra_env = {"MESH_AUTH_SERVICE_KEYS": str(_service_keys_file(config))}
+    hosts = [HostProcess(i, group, config.client_url, log_dir, metrics_dir, extra_args=extra_args, extra_env=extra_env)
+             for i, group in enumerate(groups)]
     for host in hosts:
         host.start()
         stack.push_async_callback(asyncio.to_thread, host.stop)
@@ -113,13 +130,17 @@ async def _wait_until_ready(hosts: list[HostProcess], stop: asyncio.Event, limit
 
 async def _start_ingress(config: UpConfig, stack: AsyncExitStack) -> Ingress:
     """The gRPC ingress, in this process, on its own NATS connection (stopped before the hosts)."""
-    nc = await nats.connect(
-        config.client_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=_CONNECT_TIMEOUT,
-        error_cb=_ignore_error,
+    nc = await connect(
+        _access(config, "ingress"), name="mesh:ingress",
+        max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=_CONNECT_TIMEOUT, error_cb=_ignore_error,
     )
     stack.push_async_callback(nc.close)
+    options = IngressOptions()
+    if config.secure:
+        server_files = config.secrets_dir / "server"
+        options = IngressOptions(tls=TlsFiles(cert=server_files / "cert.pem", key=server_files / "key.pem"))
     try:
-        ingress = await run_ingress(nc, LOOPBACK, config.grpc_port)
+        ingress = await run_ingress(nc, LOOPBACK, config.grpc_port, options=options)
     except RuntimeError as error:
         raise UpError(f"--grpc-port: cannot listen on {LOOPBACK}:{config.grpc_port}: {describe(error)}") from error
     stack.push_async_callback(ingress.stop)
@@ -149,7 +170,8 @@ def _event_on_signals(*signals: signal.Signals) -> asyncio.Event:
 
 async def _start_embedded(config: UpConfig, stack: AsyncExitStack) -> EmbeddedNats:
     server = EmbeddedNats(
-        port=config.nats_port, monitor_port=config.nats_monitor_port, data_dir=config.data_dir, host=LOOPBACK
+        port=config.nats_port, monitor_port=config.nats_monitor_port, data_dir=config.data_dir, host=LOOPBACK,
+        include=config.data_dir / "nats-security.conf" if config.secure else None,
     )
     # start() and stop() block on the child process; threads keep the signal handlers live.
     await asyncio.to_thread(server.start)
@@ -157,16 +179,43 @@ async def _start_embedded(config: UpConfig, stack: AsyncExitStack) -> EmbeddedNa
     return server
 
 
-async def _check_nats(url: str) -> None:
-    """Connect once and ask JetStream for the account, since every service keeps state there."""
+def _access(config: UpConfig, identity: str) -> NatsAccess:
+    access = NatsAccess(urls=tuple(u.strip() for u in config.client_url.split(",")))
+    return access.as_identity(config.secrets_dir / identity) if config.secure else access
+
+
+def _prepare_secrets(config: UpConfig, out: TextIO) -> None:
+    """``mesh security init`` on the data dir; it keeps what exists, so this is cheap after once."""
     try:
-        nc = await nats.connect(
-            url,
+        lines = initialise(config.data_dir)
+    except SecurityInitError as error:
+        raise UpError(f"--secure: {error}") from error
+    for line in lines:
+        print(f"mesh up: {line}", file=out)
+    out.flush()
+
+
+def _service_keys_file(config: UpConfig) -> Path:
+    """``{target: public nkey}`` for auth's IssueServiceToken, written beside the secrets."""
+    keys = {target: read_identity(config.secrets_dir / target).nkey for target in built_targets()}
+    path = config.secrets_dir / "service-keys.json"
+    path.write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+async def _check_nats(config: UpConfig) -> None:
+    """Connect once and ask JetStream for the account, since every service keeps state there."""
+    url = config.client_url
+    try:
+        nc = await connect(
+            _access(config, "operator"), name="mesh:up",
             connect_timeout=_CONNECT_TIMEOUT,
             max_reconnect_attempts=1,
             reconnect_time_wait=0.2,
             error_cb=_ignore_error,
         )
+    except AccessDenied as error:
+        raise UpError(f"NATS at {redact(url)} refused the operator identity: {error}") from error
     except (OSError, TimeoutError, nats.errors.Error) as error:
         raise UpError(f"cannot connect to NATS at {redact(url)}: {describe(error)}") from error
     try:
@@ -199,7 +248,7 @@ def _print_endpoints(
         *_nats_rows(config, server),
         ("services", f"{targets} targets in {len(hosts)} host processes (logs: {config.data_dir / 'logs'})"),
         *((f"  host {h.index}", ", ".join(h.targets)) for h in hosts),
-        ("gRPC ingress", f"{ingress.address}  (grpcurl -plaintext {ingress.address} list)"),
+        ("gRPC ingress", f"{ingress.address}  (grpcurl {_grpcurl_flags(config)} {ingress.address} list)"),
         ("HTTP edge", f"http://{LOOPBACK}:{edge.http_port}  (Envoy; curl http://{LOOPBACK}:{edge.http_port}/v1/...)"),
         ("admin server", f"http://{LOOPBACK}:{config.admin_port}  (/livez /readyz /metrics)"),
     ]
@@ -209,6 +258,12 @@ def _print_endpoints(
         print(f"  {name.ljust(width)}  {where}", file=out)
     # Flushed because stdout is often a pipe (a supervisor, a test) waiting for this table.
     out.flush()
+
+
+def _grpcurl_flags(config: UpConfig) -> str:
+    if not config.secure:
+        return "-plaintext"
+    return f"-cacert {config.secrets_dir / 'server' / 'ca.pem'}"
 
 
 def _nats_rows(config: UpConfig, server: EmbeddedNats | None) -> list[tuple[str, str]]:

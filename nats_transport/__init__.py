@@ -19,9 +19,27 @@ The wire format is specified in ``docs/wire-protocol.md``.
 from __future__ import annotations
 
 from nats_transport import aio
+from nats_transport._connection_guard import (
+    WATCHDOG_CONNECT_OPTIONS,
+    connection_problem,
+    dropped_messages,
+    guard_connection,
+)
 from nats_transport._options import ChannelOptions, ServerOptions, TransportOptions
 from nats_transport._sync_channel import Channel, RpcError, channel
 
-__all__ = ["Channel", "ChannelOptions", "RpcError", "ServerOptions", "TransportOptions", "aio", "channel"]
+__all__ = [
+    "Channel",
+    "ChannelOptions",
+    "RpcError",
+    "ServerOptions",
+    "TransportOptions",
+    "WATCHDOG_CONNECT_OPTIONS",
+    "aio",
+    "channel",
+    "connection_problem",
+    "dropped_messages",
+    "guard_connection",
+]
 
 WIRE_PROTOCOL_VERSION = 1

@@ -20,6 +20,7 @@ from nats.aio.subscription import Subscription
 
 from nats_transport import _envelope as env
 from nats_transport import _framing, _status
+from nats_transport._connection_guard import guard_connection
 from nats_transport._context import (
     AbortError,
     AioServicerContext,
@@ -42,7 +43,7 @@ from nats_transport._metadata import (
 )
 from nats_transport._options import ServerOptions
 from nats_transport._stream import END, StreamEndpoint, StreamFailure, headers_size, publish_quietly
-from nats_transport._subjects import check_token, method_of, server_wildcard
+from nats_transport._subjects import check_token, method_of, server_wildcard, stream_prefix_of
 from nats_transport._unary_keepalive import UnaryKeepalives
 
 log = logging.getLogger("nats_transport.server")
@@ -90,7 +91,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         interceptors: Sequence[Any] | None = None,
         options: ServerOptions,
     ) -> None:
-        self._nc = nc
+        self._nc = guard_connection(nc)
         self._target = check_token(target, "target")
         self._options = options
         self._interceptors = tuple(interceptors or ())
@@ -173,7 +174,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             return
         self._started = True
         self._resolve = self._build_chain()
-        self._stream_prefix = self._nc.new_inbox()
+        self._stream_prefix = stream_prefix_of(self._nc.new_inbox())
         self._stream_sub = await self._nc.subscribe(f"{self._stream_prefix}.*", cb=self._on_stream_message)
         self._call_sub = await self._nc.subscribe(
             self._call_wildcard(), queue=self._target, cb=self._on_call

@@ -34,6 +34,21 @@ def server_wildcard(prefix: str, target: str) -> str:
     return f"{prefix}.{target}.>"
 
 
+def stream_prefix_of(inbox: str) -> str:
+    """Where a server puts its per-call stream subjects, given a fresh inbox of its connection.
+
+    ``{inbox_prefix}.{nuid}`` becomes ``{inbox_prefix}.s.{nuid}``: still under the connection's
+    own inbox prefix (which its permissions let it subscribe to), but apart from the reply
+    subjects of the calls it makes itself (``{inbox_prefix}.{nuid}.{n}``, no ``s`` token), so
+    callers may be granted publish on ``{inbox_prefix}.s.>`` without being able to forge replies
+    to the server's own outgoing calls.
+    """
+    prefix, dot, nuid = inbox.rpartition(".")
+    if not dot:
+        raise ValueError(f"{inbox!r} is not an inbox subject")
+    return f"{prefix}.s.{nuid}"
+
+
 def method_of(subject: str, prefix_len: int) -> str | None:
     """``/package.Service/Method`` from a call subject, given ``len(prefix + '.' + target + '.')``."""
     rest = subject[prefix_len:]

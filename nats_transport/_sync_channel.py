@@ -20,6 +20,7 @@ import nats
 from nats.aio.client import Client
 
 from nats_transport import _client
+from nats_transport._connection_guard import WATCHDOG_CONNECT_OPTIONS, guard_connection
 from nats_transport._framing import Trailers
 from nats_transport._metadata import MetadataTuple
 from nats_transport._options import ChannelOptions
@@ -327,9 +328,9 @@ class Channel(grpc.Channel):  # type: ignore[misc]
                                         name=f"grpc-nats-channel-{target}")
         self._thread.start()
         servers_list = [servers] if isinstance(servers, str) else list(servers)
-        kwargs = {"max_reconnect_attempts": -1, **(connect_options or {})}
+        kwargs = {"max_reconnect_attempts": -1, **WATCHDOG_CONNECT_OPTIONS, **(connect_options or {})}
         try:
-            self._nc: Client | None = self._run(nats.connect(servers_list, **kwargs))
+            self._nc: Client | None = guard_connection(self._run(nats.connect(servers_list, **kwargs)))
         except BaseException:
             self._stop_loop()
             raise

@@ -45,6 +45,8 @@ class NatsServer:
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. ``client_port=None`` picks a
     free port; a fixed port is useful only to restart a server where its clients expect it.
+    ``include`` names a config file to include (e.g. the ``tls`` and ``authorization`` blocks of
+    ``mesh security init``), ``extra_config`` is raw config text appended.
     """
 
     jetstream: bool = True
@@ -55,6 +57,7 @@ class NatsServer:
     cluster_listen_port: int = -1
     extra_config: str = ""
     store_dir: Path | None = None
+    include: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     monitor_port: int = field(default=0, init=False)
     cluster_port: int = field(default=0, init=False)
@@ -87,6 +90,9 @@ class NatsServer:
                 f'cluster {{ name: "{self.cluster_name}", listen: "127.0.0.1:{self.cluster_listen_port}", '
                 f"routes: [{routes}] }}"
             )
+        if self.include is not None:
+            # nats-server resolves an include relative to the including file, even an absolute one.
+            lines.append(f'include "{os.path.relpath(Path(self.include).resolve(), workdir)}"')
         lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 

@@ -10,6 +10,7 @@ import grpc
 from nats.aio.client import Client
 
 from nats_transport._client import ReplyMux
+from nats_transport._connection_guard import guard_connection
 from nats_transport._options import ChannelOptions
 from nats_transport._subjects import call_subject, check_token
 from nats_transport.aio._calls import Deserializer, Serializer, StreamCall, UnaryUnaryCall
@@ -34,7 +35,7 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         interceptors: Sequence[Any] | None = None,
         options: ChannelOptions,
     ) -> None:
-        self._nc = nc
+        self._nc = guard_connection(nc)
         self._target = check_token(target, "target")
         self._options = options
         self._interceptors = tuple(interceptors or ())

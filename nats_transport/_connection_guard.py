@@ -1,0 +1,103 @@
+"""Keeps one malformed message from stopping a NATS connection, and tells when a connection is stuck.
+
+nats-py (checked against 2.16.0) parses each message's header block in the connection's single
+reader task. A header block it does not expect (``NATS/1.0`` with no CRLF, ``NATS/`` alone, a
+status line that is not UTF-8, ...) raises out of ``Client._process_msg``; the reader task logs
+"encountered error" and ends, while ``is_connected`` stays True. From then on the connection
+receives nothing: every call on it waits for its deadline, until nats-py's own PING timer (two
+minutes by default, several missed PONGs) notices. Anyone who may publish to one subject the
+connection subscribes to (``$SRV.PING`` reaches every server) could deafen every host at once.
+
+``guard_connection`` wraps the client's per-message entry point so that a message whose
+processing raises is dropped, counted and logged (rate-limited: an attacker must not be able to
+flood the log), and the reader goes on. It wraps the instance, not the class, so it applies to
+connections the caller created with plain ``nats.connect``. It is idempotent; every server and
+channel of this package applies it to the connection it is given.
+
+A guard cannot foresee every future nats-py bug, so ``connection_problem`` is the watchdog's
+eye: it reports a reader task that has died on a connection that claims to be connected, or
+PINGs left unanswered. Connect with a short ``ping_interval`` (``WATCHDOG_CONNECT_OPTIONS``) and
+nats-py itself replaces a connection whose PONGs stop (its stale-connection handling reconnects
+and restores every subscription); a host's liveness probe fails meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any
+
+from nats.aio.client import Client
+
+log = logging.getLogger("nats_transport.connection")
+
+# nats-py's stale-connection detection, tightened: a PING every 2 s and a reconnect once more
+# than 2 are unanswered, so a connection that stopped reading is replaced within ~6 s instead of
+# the defaults' ~6 minutes. Costs one tiny PING/PONG per 2 s per connection.
+WATCHDOG_CONNECT_OPTIONS: dict[str, Any] = {"ping_interval": 2, "max_outstanding_pings": 2}
+
+# The first few dropped messages are logged one by one, then one line per this many.
+_LOG_FIRST = 5
+_LOG_EVERY = 1000
+
+_dropped: weakref.WeakKeyDictionary[Client, int] = weakref.WeakKeyDictionary()
+
+
+def guard_connection(nc: Client) -> Client:
+    """Make ``nc`` drop, rather than die of, a message it cannot process. Returns ``nc``."""
+    if nc in _dropped:
+        return nc
+    _dropped[nc] = 0
+    process = nc._process_msg  # the bound method the protocol parser calls for each MSG/HMSG
+    reference = weakref.ref(nc)
+
+    async def process_guarded(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        try:
+            await process(sid, subject, reply, data, headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            client = reference()
+            if client is not None:
+                _record_drop(client, subject, exc)
+
+    nc._process_msg = process_guarded  # type: ignore[method-assign]  # instance-level wrap, see above
+    return nc
+
+
+def dropped_messages(nc: Client) -> int:
+    """How many messages ``nc`` dropped because they could not be processed (0 if unguarded)."""
+    return _dropped.get(nc, 0)
+
+
+def connection_problem(nc: Client) -> str | None:
+    """Why ``nc`` cannot receive although it may say it is connected, or None if it looks well.
+
+    Only meaningful while ``nc.is_connected``: reconnecting and closed states are reported by
+    nats-py itself.
+    """
+    if not nc.is_connected:
+        return None
+    reader = nc._reading_task
+    if reader is None or reader.done():
+        return "the NATS reader task has stopped"
+    unanswered = nc._pings_outstanding
+    if unanswered >= 2:
+        return f"{unanswered} PINGs to the NATS server are unanswered"
+    return None
+
+
+def _record_drop(nc: Client, subject: bytes, exc: Exception) -> None:
+    count = _dropped[nc] = _dropped.get(nc, 0) + 1
+    if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+        log.warning(
+            "dropped a message that could not be processed (%d so far)",
+            count,
+            extra={"subject": _printable(subject), "error": f"{type(exc).__name__}: {exc}"},
+        )
+
+
+def _printable(subject: bytes | str) -> str:
+    text = subject.decode(errors="replace") if isinstance(subject, bytes | bytearray) else str(subject)
+    return text[:128]
