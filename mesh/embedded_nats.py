@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -165,7 +166,8 @@ class EmbeddedNats:
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
         ]
         if self.include is not None:
-            lines.append(f"include {json.dumps(str(self.include))}")
+            # nats-server resolves an include relative to the including file, even an absolute one.
+            lines.append(f"include {json.dumps(os.path.relpath(self.include, self.data_dir))}")
         # Not nats-server.conf: `mesh security init` writes a standalone config by that name.
         config = self.data_dir / "nats-embedded.conf"
         config.write_text("\n".join(lines) + "\n")
