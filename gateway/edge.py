@@ -18,7 +18,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 
 from gateway.envoy import EnvoyError, EnvoyOptions, EnvoyProcess
-from gateway.envoy_config import EdgeSpec, Resources, build
+from gateway.envoy_config import EdgeSpec, Resources, TlsPair, build
 from gateway.http_rules import DESCRIPTOR_SET_PATH, load_descriptor_set
 from gateway.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, ConfigRejected, ControlPlane
 
@@ -153,6 +153,8 @@ async def start_edge(
     cors_origins: tuple[str, ...] = ("*",),
     descriptor_set: Path = DESCRIPTOR_SET_PATH,
     envoy_options: EnvoyOptions | None = None,
+    tls: TlsPair | None = None,
+    upstream_ca: Path | None = None,
 ) -> Edge:
     """Start the control plane and Envoy, push the first configuration, and return once Envoy
     is ready and its HTTP port accepts connections.
@@ -165,6 +167,8 @@ async def start_edge(
         cors_origins: allowed browser origins (``"*"`` for any).
         descriptor_set: the ``FileDescriptorSet`` holding the HTTP rules.
         envoy_options: how Envoy is run (defaults: :class:`EnvoyOptions`).
+        tls: serve HTTPS with this certificate and key.
+        upstream_ca: the ingress serves TLS; verify it against this CA.
 
     Raises:
         EnvoyError: Envoy did not start or become ready.
@@ -173,6 +177,7 @@ async def start_edge(
     spec = EdgeSpec(
         upstream_host=upstream_host, upstream_port=upstream_port, http_host=http_host, http_port=http_port,
         services=None if services is None else tuple(sorted(set(services))), cors_origins=cors_origins,
+        tls=tls, upstream_ca=upstream_ca,
     )
     envoy_options = envoy_options or EnvoyOptions()
     descriptors = load_descriptor_set(descriptor_set)

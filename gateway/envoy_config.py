@@ -1,7 +1,8 @@
 """The Envoy resources of the HTTP edge, built from an :class:`EdgeSpec` (pure: no I/O).
 
 One listener whose HTTP connection manager runs CORS, gRPC-Web, a Lua filter that strips gRPC
-headers from HTTP/JSON answers, the gRPC-JSON transcoder and the router; one route table that
+headers from HTTP/JSON answers (and spoofable identity headers from requests), the gRPC-JSON
+transcoder and the router; one route table that
 sends each known gRPC service (by path prefix ``/pkg.Service/``) to the ingress cluster and
 answers everything else 404; one cluster for the gRPC ingress, spoken to over HTTP/2, whose
 endpoint comes by EDS so it can move without touching the cluster.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
@@ -28,6 +30,7 @@ from envoy.extensions.filters.http.grpc_web.v3 import grpc_web_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, descriptor_pb2, duration_pb2, wrappers_pb2
@@ -78,6 +81,7 @@ _UNTRUSTED_REQUEST_HEADERS = (
     "x-envoy-force-trace",
     "x-envoy-original-path",
     "x-envoy-internal",
+    "x-actor-id",  # an identity claim; who calls is the bearer token, which passes through
 )
 
 # gRPC's own headers, which an HTTP/JSON or SSE client must not see: its status is the HTTP
@@ -85,12 +89,27 @@ _UNTRUSTED_REQUEST_HEADERS = (
 # transcoder folds a unary call's trailers into the headers after the router has run, and native
 # gRPC answers need these headers. So a small Lua filter, between gRPC-Web and the transcoder,
 # strips them from every answer that is not gRPC (gRPC-Web answers are still gRPC there).
+# On the way in it drops identity claims an outside client could spoof (x-actor-id and every
+# x-mesh-* header, a prefix that route-level header removal cannot name); authorization passes.
 _STRIP_GRPC_HEADERS_LUA = """
 local names = {"grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-accept-encoding", "grpc-encoding"}
 
 local function strip(headers)
   for _, name in ipairs(names) do
     headers:remove(name)
+  end
+end
+
+function envoy_on_request(request)
+  local spoofed = {}
+  for name, _ in pairs(request:headers()) do
+    local lower = string.lower(name)
+    if lower == "x-actor-id" or string.sub(lower, 1, 7) == "x-mesh-" then
+      table.insert(spoofed, name)
+    end
+  end
+  for _, name in ipairs(spoofed) do
+    request:headers():remove(name)
   end
 end
 
@@ -117,6 +136,14 @@ _ADS = config_source_pb2.ConfigSource(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsPair:
+    """A certificate chain and its private key, as PEM files Envoy reads."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EdgeSpec:
     """What the edge should look like.
 
@@ -128,6 +155,9 @@ class EdgeSpec:
         cors_origins: origins allowed by CORS; ``"*"`` allows any.
         stream_idle_timeout: seconds a stream may be silent before Envoy resets it (SSE and
             gRPC streams that wait for rare events need longer than Envoy's 5 minutes).
+        tls: serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with these PEM files instead of plain HTTP.
+        upstream_ca: the ingress serves TLS: verify its certificate against this CA file.
+        upstream_server_name: the name the ingress's certificate is checked against.
     """
 
     upstream_host: str
@@ -137,6 +167,9 @@ class EdgeSpec:
     services: tuple[str, ...] | None = None
     cors_origins: tuple[str, ...] = ("*",)
     stream_idle_timeout: int = 3600
+    tls: TlsPair | None = None
+    upstream_ca: Path | None = None
+    upstream_server_name: str = "localhost"
 
     def __post_init__(self) -> None:
         for port in (self.upstream_port, self.http_port):
@@ -167,7 +200,7 @@ def build(spec: EdgeSpec, descriptors: descriptor_pb2.FileDescriptorSet) -> Reso
     routed = sorted(set(wanted) | set(ALWAYS_ROUTED))
     transcoded = tuple(name for name in wanted if name in annotated)
     return Resources(
-        clusters=(_cluster(),),
+        clusters=(_cluster(spec),),
         endpoints=(_endpoints(spec.upstream_host, spec.upstream_port),),
         listeners=(_listener(spec, transcoded, descriptors),),
         routes=(_routes(routed, spec.cors_origins),),
@@ -185,7 +218,7 @@ def _any(message: Message) -> any_pb2.Any:
     return packed
 
 
-def _cluster() -> Message:
+def _cluster(spec: EdgeSpec) -> Message:
     protocol = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
@@ -200,6 +233,22 @@ def _cluster() -> Message:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(protocol),
         },
     )
+    if spec.upstream_ca is not None:
+        upstream = tls_pb2.UpstreamTlsContext(
+            sni=spec.upstream_server_name,
+            common_tls_context=common_pb2.CommonTlsContext(
+                alpn_protocols=["h2"],
+                validation_context=common_pb2.CertificateValidationContext(
+                    trusted_ca=base_pb2.DataSource(filename=str(spec.upstream_ca)),
+                    match_typed_subject_alt_names=[common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.DNS,
+                        matcher=string_pb2.StringMatcher(exact=spec.upstream_server_name),
+                    )],
+                ),
+            ),
+        )
+        cluster.transport_socket.CopyFrom(base_pb2.TransportSocket(  # type: ignore[attr-defined]
+            name="envoy.transport_sockets.tls", typed_config=_any(upstream)))
     return cluster
 
 
@@ -270,6 +319,16 @@ def _listener(spec: EdgeSpec, transcoded: tuple[str, ...], descriptors: descript
             name="envoy.filters.network.http_connection_manager", typed_config=_any(manager)
         )])],
     )
+    if spec.tls is not None:
+        downstream = tls_pb2.DownstreamTlsContext(common_tls_context=common_pb2.CommonTlsContext(
+            alpn_protocols=["h2", "http/1.1"],
+            tls_certificates=[common_pb2.TlsCertificate(
+                certificate_chain=base_pb2.DataSource(filename=str(spec.tls.cert)),
+                private_key=base_pb2.DataSource(filename=str(spec.tls.key)),
+            )],
+        ))
+        listener.filter_chains[0].transport_socket.CopyFrom(base_pb2.TransportSocket(  # type: ignore[attr-defined]
+            name="envoy.transport_sockets.tls", typed_config=_any(downstream)))
     return listener
 
 

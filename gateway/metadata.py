@@ -4,7 +4,9 @@ Pure code, no I/O.
 Requests: the HTTP/2 hop's pseudo-headers (``:authority``), its transport headers (``te``,
 ``content-type``, ``user-agent``) and every ``grpc-*`` key belong to that hop; the NATS hop
 makes its own (``grpc-timeout`` from the remaining deadline). ``nats-grpc-*`` keys are the NATS
-transport's own signalling and must never be injectable by an outside client.
+transport's own signalling and must never be injectable by an outside client. Nor may an
+outside client claim an identity in headers: ``x-actor-id`` and every ``x-mesh-*`` key are
+dropped (who calls is the verified ``authorization`` bearer token, which passes through).
 
 Responses: the same, except ``grpc-status-details-bin``, which carries the rich
 ``google.rpc.Status`` a client reads with ``rpc_status.from_call``.
@@ -25,6 +27,9 @@ HOP_HEADERS = frozenset(
     {"te", "content-type", "user-agent", "host", "connection", "keep-alive", "proxy-connection",
      "transfer-encoding", "upgrade"}
 )
+# Identity a client could spoof: only the mesh itself may set these, never an outside caller.
+SPOOFABLE_KEYS = frozenset({"x-actor-id"})
+SPOOFABLE_PREFIXES = ("x-mesh-",)
 
 
 def _pairs(metadata: Iterable[Any] | None) -> Iterable[tuple[str, Any]]:
@@ -38,14 +43,21 @@ def _is_transport_key(key: str) -> bool:
     return key.startswith(RESERVED_PREFIXES) or key in HOP_HEADERS
 
 
+def is_spoofable(key: str) -> bool:
+    """True for a (lower-case) key that claims an identity only the mesh may set."""
+    return key in SPOOFABLE_KEYS or key.startswith(SPOOFABLE_PREFIXES)
+
+
 def request_metadata(metadata: Iterable[Any] | None) -> tuple[MetadataPair, ...]:
     """What of a client's metadata the target receives over NATS."""
-    return tuple((key, value) for key, value in _pairs(metadata) if not _is_transport_key(key))
+    return tuple(
+        (key, value) for key, value in _pairs(metadata) if not _is_transport_key(key) and not is_spoofable(key)
+    )
 
 
 def initial_metadata(metadata: Iterable[Any] | None) -> tuple[MetadataPair, ...]:
     """What of a target's initial metadata the client receives over HTTP/2."""
-    return request_metadata(metadata)
+    return tuple((key, value) for key, value in _pairs(metadata) if not _is_transport_key(key))
 
 
 def trailing_metadata(metadata: Iterable[Any] | None) -> tuple[MetadataPair, ...]:

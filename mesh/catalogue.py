@@ -80,7 +80,7 @@ STORAGE: dict[str, tuple[str, ...]] = {
     "event-bus": ("EVENTS",),
     "time-manager": ("time_manager_clocks",),
     "weather-manager": (),
-    "auth": ("auth_accounts", "auth_sessions", "auth_login_failures", "auth_keys"),
+    "auth": ("auth_accounts", "auth_sessions", "auth_login_failures", "auth_keys", "auth_revocations"),
     "settings": ("settings",),
     "payment": ("payment_accounts", "payment_ledger"),
     "performance-mode": ("performance_mode_profiles",),

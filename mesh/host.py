@@ -25,11 +25,12 @@ from health.call_log import CallLog
 from health.metrics import ServerMetrics, client_interceptors
 from health.transport_metrics import TransportMetrics
 from mesh import catalogue
+from mesh.call_credentials import forwarding_interceptors
 from mesh.connection import NatsAccess, connect
 from mesh.jetstream_event_log import JetStreamEventLog
 from mesh.jetstream_storage import JetStreamStorage
 from nats_transport import ServerOptions, connection_problem
-from servicers.auth import RequireToken
+from servicers.auth import AccessPolicy, LocalVerifier, ServiceTokenSource
 from servicers.dependencies import Dependencies
 
 log = logging.getLogger("mesh.host")
@@ -103,6 +104,8 @@ class Host:
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[tuple[str, str], Any] = {}
         self._event_logs: dict[str, JetStreamEventLog] = {}
+        self._verifier: LocalVerifier | None = None
+        self._service_tokens: dict[str, ServiceTokenSource] = {}
         self.draining = False
         self._started = time.monotonic()
 
@@ -134,6 +137,12 @@ class Host:
             key = self.config.connection_key(target)
             if key not in self._connections:
                 self._connections[key] = await self._connect(key, self.config.access_of(target))
+            self._service_tokens[target] = ServiceTokenSource(
+                self._auth_channel(target), target, self._seed_of(target))
+        # Started in the background: auth may be hosted here, or start later elsewhere; until
+        # the keys arrive, scoped calls get UNAVAILABLE (and the verifier keeps asking).
+        self._verifier = LocalVerifier(self._auth_channel(next(iter(modules))))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._verifier.start()))
         if self.config.admin_port is not None:
             self._admin = AdminServer(self.readiness, self.metrics_text, host=self.config.admin_host,
                                       port=self.config.admin_port, liveness=self.liveness)
@@ -168,17 +177,31 @@ class Host:
             reconnected_cb=on_reconnected,
         )
 
+    def _auth_channel(self, caller: str) -> Any:
+        # A plain channel: the verifier's and the token source's own calls to auth need no
+        # token, and must not ask the token source for one (it would wait on itself).
+        return nats_transport.aio.channel(self.connection_of(caller), "auth")
+
+    def _seed_of(self, target: str) -> Path | None:
+        # The nkey that proves to auth which target asks for a service token (secure mode).
+        if self.config.secrets_dir is None:
+            return None
+        seed = self.config.secrets_dir / target / "nkey.seed"
+        return seed if seed.is_file() else None
+
     def connection_of(self, target: str) -> Client:
         """The connection ``target`` serves and calls on."""
         return self._connections[self.config.connection_key(target)]
 
     async def _start_target(self, target: str, module: Any) -> _Hosted:
         interceptors: list[Any] = [ServerMetrics(), CallLog(target)]
-        protected = tuple(getattr(module, "PROTECTED_METHODS", ()))
-        if protected:
-            # Methods a servicer marks as protected need an auth token, checked by the auth
-            # service over the mesh (servicers.auth.RequireToken).
-            interceptors.append(RequireToken.over(self.channel("auth"), protected))
+        # Who may call each method is declared in the protos (gaming.common.v1.access); tokens
+        # are verified locally with auth's public keys (one verifier per host). Auth's own
+        # methods are all public and carry their own proof, so auth does not verify tokens on
+        # them (it would ask itself for its keys).
+        assert self._verifier is not None
+        interceptors.append(AccessPolicy.for_services(module.SERVICE_NAMES, self._verifier,
+                                                      verify_public=target != "auth"))
         server = nats_transport.aio.server(
             self.connection_of(target), target,
             interceptors=interceptors,
@@ -232,14 +255,16 @@ class Host:
             event_log=self._event_logs[key],
         )
 
-    def channel(self, target: str, *, caller: str | None = None) -> Any:
-        """A channel to ``target`` over ``caller``'s connection (the first one if None), with
-        client metrics on."""
-        key = self.config.connection_key(caller) if caller is not None else next(iter(self._connections))
-        channel = self._channels.get((key, target))
+    def channel(self, target: str, *, caller: str) -> Any:
+        """A channel from ``caller`` to ``target`` over ``caller``'s connection, with client
+        metrics on, carrying the current caller's token or else ``caller``'s service token."""
+        channel = self._channels.get((caller, target))
         if channel is None:
-            channel = self._channels[(key, target)] = nats_transport.aio.channel(
-                self._connections[key], target, interceptors=client_interceptors(self._registry))
+            source = self._service_tokens.get(caller)
+            interceptors = [*client_interceptors(self._registry),
+                            *forwarding_interceptors(source.token if source is not None else None)]
+            channel = self._channels[(caller, target)] = nats_transport.aio.channel(
+                self.connection_of(caller), target, interceptors=interceptors)
         return channel
 
     # -- probes and metrics ---------------------------------------------------------------
@@ -297,6 +322,8 @@ class Host:
         await asyncio.gather(*(h.server.stop(self.config.grace) for h in self._hosted))
         for task in self._tasks:
             task.cancel()
+        if self._verifier is not None:
+            await self._verifier.aclose()
         for hosted in self._hosted:
             await _close_servicer(hosted.servicer)
         for nc in self._connections.values():

@@ -2,8 +2,8 @@
 
 Every setting comes from a flag or, when the flag is absent, from its ``MESH_*`` environment
 variable. A bad value is one line naming the setting as the user gave it, and exit code 2.
-Per-service settings are ``MESH_<TARGET>_<NAME>`` (``MESH_AUTH_SIGNING_KEY`` -> auth's
-``signing_key``).
+Per-service settings are ``MESH_<TARGET>_<NAME>`` (``MESH_AUTH_SCRYPT_LOG2_N`` -> auth's
+``scrypt_log2_n``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from nats.aio.client import Client
 
 from gateway.edge import Edge, start_edge
 from gateway.envoy import EnvoyError
+from gateway.envoy_config import TlsPair
 from gateway.ingress import Ingress, IngressOptions, TlsFiles, run_ingress
 from gateway.xds import ConfigRejected
 from health.admin import AdminServer
@@ -151,8 +152,14 @@ async def _start_edge(config: UpConfig, ingress: Ingress, stack: AsyncExitStack)
     """Envoy on --http-port, routes following the ingress's discovery. Started from this (the
     loop's) thread: Envoy exits when the thread that started it exits (PR_SET_PDEATHSIG)."""
     assert ingress.port is not None  # bound: run_ingress returns a started ingress
+    tls, upstream_ca = None, None
+    if config.secure:
+        server_files = config.secrets_dir / "server"
+        tls = TlsPair(cert=server_files / "cert.pem", key=server_files / "key.pem")
+        upstream_ca = server_files / "ca.pem"
     try:
-        edge = await start_edge(LOOPBACK, ingress.port, config.http_port, http_host=LOOPBACK, services=[])
+        edge = await start_edge(LOOPBACK, ingress.port, config.http_port, http_host=LOOPBACK, services=[],
+                                tls=tls, upstream_ca=upstream_ca)
     except (EnvoyError, ConfigRejected) as exc:
         raise UpError(f"HTTP edge: {exc}") from exc
     stack.push_async_callback(edge.stop)  # pushed after the ingress: Envoy stops first
@@ -249,7 +256,7 @@ def _print_endpoints(
         ("services", f"{targets} targets in {len(hosts)} host processes (logs: {config.data_dir / 'logs'})"),
         *((f"  host {h.index}", ", ".join(h.targets)) for h in hosts),
         ("gRPC ingress", f"{ingress.address}  (grpcurl {_grpcurl_flags(config)} {ingress.address} list)"),
-        ("HTTP edge", f"http://{LOOPBACK}:{edge.http_port}  (Envoy; curl http://{LOOPBACK}:{edge.http_port}/v1/...)"),
+        _edge_row(config, edge),
         ("admin server", f"http://{LOOPBACK}:{config.admin_port}  (/livez /readyz /metrics)"),
     ]
     width = max(len(name) for name, _ in rows)
@@ -258,6 +265,13 @@ def _print_endpoints(
         print(f"  {name.ljust(width)}  {where}", file=out)
     # Flushed because stdout is often a pipe (a supervisor, a test) waiting for this table.
     out.flush()
+
+
+def _edge_row(config: UpConfig, edge: Edge) -> tuple[str, str]:
+    if not config.secure:
+        return "HTTP edge", f"http://{LOOPBACK}:{edge.http_port}  (Envoy; curl http://{LOOPBACK}:{edge.http_port}/v1/...)"
+    ca = config.secrets_dir / "server" / "ca.pem"
+    return "HTTPS edge", f"https://localhost:{edge.http_port}  (Envoy; curl --cacert {ca} https://localhost:{edge.http_port}/v1/...)"
 
 
 def _grpcurl_flags(config: UpConfig) -> str:

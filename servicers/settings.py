@@ -23,6 +23,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn
 
+import grpc
 from gaming.common.v1 import common_pb2
 from gaming.settings.v1 import settings_pb2 as pb
 from gaming.settings.v1 import settings_pb2_grpc
@@ -36,8 +37,9 @@ from servicers._guarded_storage import (
     key_token,
 )
 from servicers._revision_conflicts import abort_revision_conflict
+from servicers.auth.call_identity import acts_for, acts_for_anyone, caller
 from servicers.dependencies import Dependencies
-from servicers.errors import abort_invalid
+from servicers.errors import abort, abort_invalid
 from servicers.storage import Entry, KeyValue, RevisionConflict
 
 TARGET = "settings"
@@ -148,6 +150,12 @@ async def _scope_key(context: Any, request: pb.GetRequest | pb.UpdateRequest | p
         await abort_invalid(context, "scope.kind", "must be SCOPE_KIND_PLAYER or SCOPE_KIND_SERVICE")
     if not scope.id or len(scope.id) > MAX_ID_CHARS:
         await abort_invalid(context, "scope.id", f"must be 1 to {MAX_ID_CHARS} characters")
+    # A player reads and writes only their own player scope (settings.proto); operators and
+    # services any. No verified caller means no access policy ran (a bare test server).
+    own = scope.kind == pb.SCOPE_KIND_PLAYER and acts_for(scope.id)
+    if caller() is not None and not (own or acts_for_anyone()):
+        await abort(context, grpc.StatusCode.PERMISSION_DENIED, "a player may use only their own player scope",
+                    "NOT_SCOPE_OWNER")
     return f"{kind}.{key_token(scope.id)}"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import nats
 import pytest
-from gaming.settings.v1 import settings_pb2, settings_pb2_grpc
+from gaming.time_manager.v1 import time_manager_pb2, time_manager_pb2_grpc
 
 import nats_transport.aio
 from mesh.host import SERVING, check_health
@@ -25,8 +25,9 @@ from nats_transport.testing import NatsServer, free_port
 from tests._waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-TARGET = "settings"
-SERVICE = "gaming.settings.v1.SettingsService"
+# A public method (no token needed): these tests are about the host, not the access policy.
+TARGET = "time-manager"
+SERVICE = "gaming.time_manager.v1.TimeManagerService"
 
 
 class Serve:
@@ -80,14 +81,14 @@ async def client(private_nats_server: NatsServer) -> AsyncIterator[nats.aio.clie
     await nc.close()
 
 
-def _get(key: str) -> settings_pb2.GetRequest:
-    return settings_pb2.GetRequest(scope=settings_pb2.Scope(kind=settings_pb2.SCOPE_KIND_PLAYER, id=key))
+def _get(key: str) -> time_manager_pb2.GetTimeRequest:
+    return time_manager_pb2.GetTimeRequest(world_id=key)
 
 
 async def _call_ok(nc: nats.aio.client.Client, key: str) -> grpc.StatusCode:
-    stub = settings_pb2_grpc.SettingsServiceStub(nats_transport.aio.channel(nc, TARGET))
+    stub = time_manager_pb2_grpc.TimeManagerServiceStub(nats_transport.aio.channel(nc, TARGET))
     try:
-        await stub.Get(_get(key), timeout=5)
+        await stub.GetTime(_get(key), timeout=5)
     except grpc.aio.AioRpcError as err:
         return err.code()
     return grpc.StatusCode.OK
@@ -110,12 +111,12 @@ async def test_a_served_target_turns_ready_answers_health_and_discovery_and_coun
     assert ping["type"] == "io.nats.micro.v1.ping_response"
     assert ping["name"] == TARGET
 
-    code = await _call_ok(client, f"player-{uuid.uuid4().hex[:6]}")
+    code = await _call_ok(client, f"world-{uuid.uuid4().hex[:6]}")
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND)
     status, metrics = await http_get("127.0.0.1", serve.admin_port, "/metrics")
     assert status == 200
     handled = [line for line in metrics.splitlines() if line.startswith("grpc_server_handled_total{")]
-    assert any(f'grpc_service="{SERVICE}"' in line and 'grpc_method="Get"' in line for line in handled)
+    assert any(f'grpc_service="{SERVICE}"' in line and 'grpc_method="GetTime"' in line for line in handled)
     assert "nats_transport_received_bytes_total" in metrics
     assert serve.terminate() == 0
 
@@ -132,7 +133,7 @@ async def test_sigterm_on_one_of_two_replicas_during_a_stream_of_calls_loses_non
 
     async def caller(index: int) -> None:
         while not stop.is_set():
-            results.append(await _call_ok(client, f"player-{index}"))
+            results.append(await _call_ok(client, f"world-{index}"))
 
     callers = [asyncio.create_task(caller(i)) for i in range(8)]
     await wait_for(lambda: len(results) > 50, timeout=10)
@@ -193,7 +194,7 @@ def test_an_unknown_target_exits_2():
 
 
 async def test_mesh_services_lists_and_mesh_call_calls_a_running_target(private_nats_server, serve_processes):
-    serve = Serve(private_nats_server.url, TARGET)
+    serve = Serve(private_nats_server.url, TARGET, "language-system")
     serve_processes.append(serve)
     await wait_for(serve.ready, timeout=20)
 
@@ -203,14 +204,14 @@ async def test_mesh_services_lists_and_mesh_call_calls_a_running_target(private_
 
     listed = await asyncio.to_thread(mesh, "services")
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.startswith(TARGET)
+    assert any(line.startswith(TARGET) for line in listed.stdout.splitlines())
     assert SERVICE in listed.stdout
 
-    body = json.dumps({"scope": {"kind": "SCOPE_KIND_PLAYER", "id": "p-cli"}})
-    called = await asyncio.to_thread(mesh, "call", TARGET, f"{SERVICE}/Get", body)
+    called = await asyncio.to_thread(mesh, "call", "language-system", "gaming.language.v1.LanguageService/Detect",
+                                     '{"text": "the quick brown fox jumps over the lazy dog"}')
     assert called.returncode == 0, called.stderr
-    assert json.loads(called.stdout)["settings"]["scope"]["id"] == "p-cli"
+    assert json.loads(called.stdout)["candidates"]
 
-    refused = await asyncio.to_thread(mesh, "call", TARGET, f"{SERVICE}/Get", '{"scope": {}}')
+    refused = await asyncio.to_thread(mesh, "call", TARGET, f"{SERVICE}/GetTime", '{"world_id": "NOT VALID"}')
     assert refused.returncode == 1
     assert refused.stderr.startswith("mesh call: INVALID_ARGUMENT")

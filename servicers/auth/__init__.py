@@ -4,14 +4,24 @@
 - Login checks the password (an unknown username costs the same scrypt, against a dummy hash,
   and gets the same UNAUTHENTICATED reply), locks a username out for a while after repeated
   failures, and opens a ``Session``: a 15-minute access token and a 30-day refresh token.
-- Tokens are HMAC-SHA256 signed (``tokens``). Validate also reads the session, so Logout (a
-  revocation stored in KV) takes effect at once on every replica; Refresh rotates the refresh
-  token, and presenting a used one revokes the session.
-- ``RequireToken`` (``interceptor``) protects other services' methods with these tokens.
+- Tokens are JWTs signed with Ed25519 (``tokens``) by the active key of a rotating key set
+  (``keys``, in the ``auth_keys`` bucket only auth reads). Validate also reads the session, so
+  Logout (a revocation stored in KV) takes effect at once on every replica; Refresh rotates the
+  refresh token, and presenting a used one revokes the session.
+- Other services verify tokens themselves with ``LocalVerifier`` (``verifier``): the public keys
+  come from GetVerificationKeys, and revoked sessions from ListRevocations, polled every few
+  seconds. A mesh target gets a token of its own from IssueServiceToken, proving who it is with
+  its NATS nkey (``proofs``); ``ServiceTokenSource`` fetches and renews it.
+- ``AccessPolicy`` (``access``) admits each call of every target by the access its proto declares,
+  verifying tokens with a ``TokenVerifier`` such as ``ValidateVerifier``; handlers read the
+  verified caller with ``caller()`` (``call_identity``).
 
 Settings (``deps.settings``):
-    signing_key: HMAC key, at least 32 bytes of text. Absent, a random key is generated once
-        and kept in the ``auth_keys`` bucket, so every replica signs with the same one.
+    key_rotation_days: age in days (a decimal number) at which the signing key is replaced
+        (default 30). The first replica to see it due rotates it; the others follow.
+    service_keys: path to a JSON file ``{target: "U..." public nkey}`` of the targets that may
+        get service tokens. Unset, any caller gets a service token for any target without
+        proof: only for a mesh on one trusted machine, where the bus is open anyway.
     scrypt_log2_n: scrypt cost for new hashes (default 15, as auth.proto says; lower for tests).
     account_scopes: comma-separated scopes new accounts may hold (default ``player``).
 """
@@ -19,46 +29,67 @@ Settings (``deps.settings``):
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import secrets
 
 from gaming.auth.v1 import auth_pb2_grpc
-from google.protobuf import wrappers_pb2
 
-from servicers.auth.interceptor import RequireToken, bearer_token, caller
+from servicers.auth.access import AccessPolicy, bearer_token
+from servicers.auth.buckets import GuardedBucket
+from servicers.auth.call_identity import acts_for, audit_actor, caller, current_authorization
+from servicers.auth.keys import KeyRing
 from servicers.auth.passwords import ScryptParams, hash_password
+from servicers.auth.proofs import load_service_keys
 from servicers.auth.service import (
+    ACCESS_TOKEN_TTL,
     REFRESH_TOKEN_TTL,
     SERVICE_NAMES,
     TARGET,
     AuthServicer,
 )
-from servicers.auth.tokens import TokenSigner
+from servicers.auth.validate_verifier import ValidateVerifier
+from servicers.auth.verifier import LocalVerifier, ServiceTokenSource
 from servicers.dependencies import Dependencies
-from servicers.storage import RevisionConflict
 
 __all__ = [
     "TARGET",
     "SERVICE_NAMES",
+    "AccessPolicy",
     "AuthServicer",
-    "RequireToken",
+    "LocalVerifier",
+    "ServiceTokenSource",
+    "ValidateVerifier",
+    "acts_for",
     "add_to_server",
+    "audit_actor",
     "bearer_token",
     "caller",
     "create",
+    "current_authorization",
 ]
 
 _MiB = 1024 * 1024
-_SIGNING_KEY = "signing_key"
+_DAY = 24 * 3600.0
+# Revocations are kept a little longer than an access token lives, so clock skew between
+# replicas cannot drop one before its tokens have expired.
+_REVOCATION_TTL = ACCESS_TOKEN_TTL + 120
+
+log = logging.getLogger(__name__)
 
 add_to_server = auth_pb2_grpc.add_AuthServiceServicer_to_server
 
 
 async def create(deps: Dependencies) -> AuthServicer:
-    """An AuthServicer on ``deps``' storage, with its buckets open and its signing key loaded."""
+    """An AuthServicer on ``deps``' storage, with its buckets open and its key set loaded (or
+    created, by the first replica)."""
     settings = deps.settings
     scrypt = ScryptParams(log2_n=int(settings.get("scrypt_log2_n", "15")))
     scopes = tuple(s.strip() for s in settings.get("account_scopes", "player").split(",") if s.strip())
+    rotation_days = float(settings.get("key_rotation_days", "30"))
+    service_keys_path = settings.get("service_keys")
+    service_keys = load_service_keys(service_keys_path) if service_keys_path else None
+    if service_keys is None:
+        log.warning("auth: service_keys is not set; service tokens are issued to anyone, without proof")
     storage = deps.storage
     accounts = await storage.key_value("auth_accounts", history=1, max_bytes=256 * _MiB)
     # Records outlive nothing useful: a session is dead 30 days after login at the latest (a
@@ -67,30 +98,23 @@ async def create(deps: Dependencies) -> AuthServicer:
         "auth_sessions", history=1, ttl=REFRESH_TOKEN_TTL + 24 * 3600, max_bytes=512 * _MiB
     )
     failures = await storage.key_value("auth_login_failures", history=1, ttl=3600, max_bytes=32 * _MiB)
-    key = settings.get(_SIGNING_KEY)
-    signer = TokenSigner(key.encode() if key else await _shared_signing_key(deps))
+    revocations = await storage.key_value("auth_revocations", history=1, ttl=_REVOCATION_TTL, max_bytes=32 * _MiB)
+    keys = KeyRing(
+        GuardedBucket(await storage.key_value("auth_keys", history=1, max_bytes=_MiB), "keys"),
+        clock=deps.clock,
+        rotation_period=rotation_days * _DAY,
+        token_lifetime=REFRESH_TOKEN_TTL,
+    )
+    await keys.reload()
     return AuthServicer(
         accounts=accounts,
         sessions=sessions,
         failures=failures,
-        signer=signer,
+        revocations=revocations,
+        keys=keys,
+        service_keys=service_keys,
         scrypt=scrypt,
         dummy_hash=await asyncio.to_thread(hash_password, secrets.token_urlsafe(24), scrypt),
         account_scopes=scopes,
         clock=deps.clock,
     )
-
-
-async def _shared_signing_key(deps: Dependencies) -> bytes:
-    """The key in the ``auth_keys`` bucket, created by whichever replica gets there first."""
-    keys = await deps.storage.key_value("auth_keys", history=1, max_bytes=_MiB)
-    entry = await keys.get(_SIGNING_KEY)
-    if entry is None:
-        fresh = wrappers_pb2.BytesValue(value=secrets.token_bytes(32)).SerializeToString()
-        # If another replica created it at the same moment, keep theirs: it is read below.
-        with contextlib.suppress(RevisionConflict):
-            await keys.update(_SIGNING_KEY, fresh, 0)
-        entry = await keys.get(_SIGNING_KEY)
-        if entry is None:
-            raise RuntimeError("the shared signing key vanished right after it was created")
-    return wrappers_pb2.BytesValue.FromString(entry.value).value

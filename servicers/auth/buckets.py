@@ -50,3 +50,17 @@ class GuardedBucket:
             raise
         except Exception as exc:
             raise StoreUnavailable(self._name) from exc
+
+    async def put(self, key: str, value: bytes) -> int:
+        """See KeyValue.put."""
+        try:
+            return await self._kv.put(key, value)
+        except Exception as exc:
+            raise StoreUnavailable(self._name) from exc
+
+    async def keys(self, pattern: str = ">") -> list[str]:
+        """See KeyValue.keys."""
+        try:
+            return await self._kv.keys(pattern)
+        except Exception as exc:
+            raise StoreUnavailable(self._name) from exc

@@ -9,31 +9,35 @@ State, all in KV buckets so every replica sees the same thing at once:
   session's refresh generation with compare-and-set, so of two uses of one refresh token
   exactly one wins and the other is treated as theft.
 - ``auth_login_failures``: failed logins per username (known or not), for lockout.
+- ``auth_keys``: the token signing keys (``keys``), read only by auth.
+- ``auth_revocations``: one ``Revocation`` per session revoked in the last access token
+  lifetime, which ListRevocations hands to the verifiers of other services.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gaming.auth.v1 import auth_pb2, auth_pb2_grpc
-from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.protobuf import timestamp_pb2
 
+from servicers.auth import proofs
 from servicers.auth.buckets import GuardedBucket, StoreUnavailable
+from servicers.auth.keys import KeyRing
+from servicers.auth.lockout import abort_locked, next_failures, throttle_key_of
 from servicers.auth.passwords import ScryptParams, hash_password, verify_password
-from servicers.auth.records import ACCOUNTS, FAILURES, SESSIONS, Account, Failures, Session
-from servicers.auth.tokens import Claims, InvalidToken, TokenKind, TokenSigner
-from servicers.errors import DOMAIN, abort, abort_conflict, abort_invalid
+from servicers.auth.records import ACCOUNTS, FAILURES, REVOCATIONS, SESSIONS, Account, Revocation, Session
+from servicers.auth.tokens import Claims, InvalidToken, TokenKind, key_id_of, verify_token
+from servicers.errors import abort, abort_conflict, abort_invalid
 from servicers.storage import Entry, KeyValue, RevisionConflict
 
 log = logging.getLogger(__name__)
@@ -43,12 +47,8 @@ SERVICE_NAMES = ("gaming.auth.v1.AuthService",)
 
 ACCESS_TOKEN_TTL = 15 * 60.0
 REFRESH_TOKEN_TTL = 30 * 24 * 3600.0
-# Lockout: the MAX_FAILURES-th failed login within FAILURE_WINDOW of the previous one locks the
-# username for LOCKOUT_BASE seconds, doubling with each further failure up to LOCKOUT_MAX.
-MAX_FAILURES = 5
-FAILURE_WINDOW = 15 * 60.0
-LOCKOUT_BASE = 30.0
-LOCKOUT_MAX = 15 * 60.0
+SERVICE_TOKEN_TTL = 10 * 60.0
+SERVICE_SCOPE = "service"
 # Read-modify-write retries on one key before giving up with ABORTED: losing this often means
 # something is hammering one session or username.
 CAS_ATTEMPTS = 8
@@ -72,11 +72,6 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _throttle_key(username: str) -> str:
-    # Any string may be typed as a username at login: hash it into a valid, bounded key.
-    return hashlib.sha256(username.lower().encode()).hexdigest()[:40]
-
-
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Registers accounts, opens sessions, and validates, refreshes and revokes them."""
 
@@ -86,7 +81,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         accounts: KeyValue,
         sessions: KeyValue,
         failures: KeyValue,
-        signer: TokenSigner,
+        revocations: KeyValue,
+        keys: KeyRing,
+        service_keys: Mapping[str, Ed25519PublicKey] | None,
         scrypt: ScryptParams,
         dummy_hash: str,
         account_scopes: Sequence[str],
@@ -96,7 +93,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._accounts = GuardedBucket(accounts, "accounts")
         self._sessions = GuardedBucket(sessions, "sessions")
         self._failures = GuardedBucket(failures, "login failures")
-        self._signer = signer
+        self._revocations = GuardedBucket(revocations, "revocations")
+        self._keys = keys
+        # None: no proof asked of service token requests (the insecure laptop mode).
+        self._service_keys = service_keys
         self._scrypt = scrypt
         # Unknown usernames are checked against this hash, so they cost the same time as a
         # wrong password and the reply's timing does not tell which it was.
@@ -130,6 +130,24 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> auth_pb2.LogoutResponse:
         """Revoke a session (see auth.proto)."""
         return await self._guarded(context, self._logout(request, context))
+
+    async def GetVerificationKeys(
+        self, request: auth_pb2.GetVerificationKeysRequest, context: Any
+    ) -> auth_pb2.GetVerificationKeysResponse:
+        """List the public keys that verify tokens (see auth.proto)."""
+        return await self._guarded(context, self._get_verification_keys())
+
+    async def ListRevocations(
+        self, request: auth_pb2.ListRevocationsRequest, context: Any
+    ) -> auth_pb2.ListRevocationsResponse:
+        """List the sessions revoked within an access token lifetime (see auth.proto)."""
+        return await self._guarded(context, self._list_revocations())
+
+    async def IssueServiceToken(
+        self, request: auth_pb2.IssueServiceTokenRequest, context: Any
+    ) -> auth_pb2.IssueServiceTokenResponse:
+        """Give a mesh target that proves its identity a service token (see auth.proto)."""
+        return await self._guarded(context, self._issue_service_token(request, context))
 
     # -- behaviour -----------------------------------------------------------------------
 
@@ -173,12 +191,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await abort_invalid(context, "client_description", "must be at most 128 characters")
 
         now = self._clock()
-        throttle_key = _throttle_key(request.username)
+        throttle_key = throttle_key_of(request.username)
         failures = await self._failures.get(throttle_key)
         if failures is not None:
             locked_until = FAILURES.decode(failures.value).locked_until
             if now < locked_until:
-                await _abort_locked(context, locked_until - now)
+                await abort_locked(context, locked_until - now)
 
         # A malformed username cannot name an account: treat it as unknown (same work, same reply).
         stored = await self._accounts.get(request.username.lower()) if _USERNAME.fullmatch(request.username) else None
@@ -211,7 +229,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.LoginResponse(
             account_id=account.account_id,
             session_id=session.session_id,
-            tokens=self._tokens(session, now),
+            tokens=await self._tokens(session, now),
             scopes=scopes,
         )
 
@@ -219,9 +237,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if not request.access_token:
             await abort_invalid(context, "access_token", "is required")
         claims = await self._verified(context, request.access_token, TokenKind.ACCESS)
+        if not claims.session_id and claims.subject.startswith("service:"):
+            # A service token has no session to revoke: its short life is its bound.
+            return auth_pb2.ValidateResponse(
+                account_id=claims.subject, expire_time=_timestamp(claims.expire_time), scopes=claims.scopes
+            )
         session = await self._open_session(context, claims)
         return auth_pb2.ValidateResponse(
-            account_id=claims.account_id,
+            account_id=claims.subject,
             session_id=claims.session_id,
             expire_time=_timestamp(claims.expire_time),
             scopes=session.scopes,
@@ -254,9 +277,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 conflict = lost
                 continue
             return auth_pb2.RefreshResponse(
-                account_id=claims.account_id,
+                account_id=claims.subject,
                 session_id=claims.session_id,
-                tokens=self._tokens(rotated, self._clock()),
+                tokens=await self._tokens(rotated, self._clock()),
             )
         assert conflict is not None
         raise conflict
@@ -270,12 +293,67 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             # Revoking another session takes a live one; repeating one's own logout does not.
             await self._open_session(context, claims)
         entry = await self._sessions.get(target) if _SESSION_ID.fullmatch(target) else None
-        if entry is None or SESSIONS.decode(entry.value).account_id != claims.account_id:
+        if entry is None or SESSIONS.decode(entry.value).account_id != claims.subject:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no session {target[:64]!r} on this account", "NO_SESSION")
         revoked = await self._revoke(target, "logout")
         if revoked is None:  # deleted between the read and the revocation
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no session {target[:64]!r} on this account", "NO_SESSION")
         return auth_pb2.LogoutResponse(session_id=target, revoke_time=_timestamp(revoked.revoke_time))
+
+    async def _get_verification_keys(self) -> auth_pb2.GetVerificationKeysResponse:
+        keys = sorted((await self._keys.verification_keys()).values(), key=lambda key: not key.active)
+        now = self._clock()
+        return auth_pb2.GetVerificationKeysResponse(
+            keys=[
+                auth_pb2.VerificationKey(
+                    kid=key.kid,
+                    public_key=key.raw(),
+                    valid_until=_timestamp(min(key.valid_until, now + REFRESH_TOKEN_TTL)),
+                    active=key.active,
+                )
+                for key in keys
+            ]
+        )
+
+    async def _list_revocations(self) -> auth_pb2.ListRevocationsResponse:
+        # The bucket's TTL forgets a revocation a little after ACCESS_TOKEN_TTL; the time check
+        # makes the answer exact on this replica's clock.
+        since = self._clock() - ACCESS_TOKEN_TTL
+        entries = await asyncio.gather(*(self._revocations.get(key) for key in await self._revocations.keys()))
+        recent = (REVOCATIONS.decode(entry.value) for entry in entries if entry is not None)
+        return auth_pb2.ListRevocationsResponse(
+            session_ids=sorted(r.session_id for r in recent if r.revoke_time >= since)
+        )
+
+    async def _issue_service_token(
+        self, request: auth_pb2.IssueServiceTokenRequest, context: Any
+    ) -> auth_pb2.IssueServiceTokenResponse:
+        target = request.target
+        if not proofs.TARGET.fullmatch(target):
+            await abort_invalid(context, "target", "must be 1 to 64 characters of a-z, 0-9, _ and -")
+        now = self._clock()
+        if self._service_keys is not None:
+            if target not in self._service_keys:
+                await abort(
+                    context, grpc.StatusCode.PERMISSION_DENIED, f"no key is configured for {target!r}", "UNKNOWN_TARGET"
+                )
+            issued_at = request.issued_at.seconds
+            if not proofs.proof_holds(self._service_keys, target, issued_at, request.signature):
+                await abort(context, grpc.StatusCode.UNAUTHENTICATED, "bad proof signature", "BAD_PROOF")
+            if abs(now - issued_at) > proofs.MAX_SKEW:
+                await abort(
+                    context, grpc.StatusCode.UNAUTHENTICATED, "issued_at is too far from server time", "STALE_PROOF"
+                )
+        claims = Claims(
+            kind=TokenKind.ACCESS,
+            subject=f"service:{target}",
+            session_id="",
+            scopes=(SERVICE_SCOPE,),
+            issue_time=now,
+            expire_time=math.floor(now + SERVICE_TOKEN_TTL),
+        )
+        token = (await self._keys.signer()).issue(claims)
+        return auth_pb2.IssueServiceTokenResponse(access_token=token, expire_time=_timestamp(claims.expire_time))
 
     # -- pieces --------------------------------------------------------------------------
 
@@ -297,7 +375,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def _verified(self, context: Any, token: str, kind: TokenKind) -> Claims:
         try:
-            return self._signer.verify(token, kind, self._clock())
+            keys = await self._keys.public_keys(key_id_of(token))
+            return verify_token(token, keys, kind, self._clock())
         except InvalidToken as problem:
             message, reason = _TOKEN_PROBLEMS[problem.reason]
             await abort(context, grpc.StatusCode.UNAUTHENTICATED, message, reason)
@@ -315,6 +394,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 return None
             session = SESSIONS.decode(entry.value)
             if session.revoke_time:
+                # Written again: the first attempt may have stopped before its revocation record.
+                await self._publish_revocation(session)
                 return session
             revoked = replace(session, revoke_time=self._clock(), revoke_reason=reason)
             try:
@@ -322,21 +403,22 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             except RevisionConflict as lost:
                 conflict = lost
                 continue
+            await self._publish_revocation(revoked)
             return revoked
         assert conflict is not None
         raise conflict
+
+    async def _publish_revocation(self, session: Session) -> None:
+        """Tell other services' verifiers (through ListRevocations) to refuse the session's tokens."""
+        if self._clock() - session.revoke_time < ACCESS_TOKEN_TTL:
+            record = Revocation(session_id=session.session_id, revoke_time=session.revoke_time)
+            await self._revocations.put(session.session_id, REVOCATIONS.encode(record))
 
     async def _record_failure(self, key: str, now: float) -> None:
         for _ in range(CAS_ATTEMPTS):
             entry = await self._failures.get(key)
             previous = FAILURES.decode(entry.value) if entry is not None else None
-            recent = previous is not None and now - previous.last_failure_time <= FAILURE_WINDOW
-            count = previous.count + 1 if previous is not None and recent else 1
-            locked_until = 0.0
-            if count >= MAX_FAILURES:
-                delay = min(LOCKOUT_BASE * 2 ** min(count - MAX_FAILURES, 16), LOCKOUT_MAX)
-                locked_until = now + delay
-            record = Failures(count=count, last_failure_time=now, locked_until=locked_until)
+            record = next_failures(previous, now)
             try:
                 await self._failures.update(key, FAILURES.encode(record), entry.revision if entry else 0)
             except RevisionConflict:
@@ -344,24 +426,29 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             return
         log.warning("could not record a failed login after %d attempts", CAS_ATTEMPTS)
 
-    def _tokens(self, session: Session, now: float) -> auth_pb2.SessionTokens:
+    async def _tokens(self, session: Session, now: float) -> auth_pb2.SessionTokens:
+        signer = await self._keys.signer()
         access = Claims(
             kind=TokenKind.ACCESS,
-            account_id=session.account_id,
+            subject=session.account_id,
             session_id=session.session_id,
-            expire_time=now + ACCESS_TOKEN_TTL,
+            scopes=session.scopes,
+            issue_time=now,
+            expire_time=math.floor(now + ACCESS_TOKEN_TTL),
         )
         refresh = Claims(
             kind=TokenKind.REFRESH,
-            account_id=session.account_id,
+            subject=session.account_id,
             session_id=session.session_id,
-            expire_time=session.refresh_expire_time,  # rotation never extends the session
+            scopes=session.scopes,
+            issue_time=now,
+            expire_time=math.floor(session.refresh_expire_time),  # rotation never extends the session
             generation=session.refresh_generation,
         )
         return auth_pb2.SessionTokens(
-            access_token=self._signer.issue(access),
+            access_token=signer.issue(access),
             access_token_expire_time=_timestamp(access.expire_time),
-            refresh_token=self._signer.issue(refresh),
+            refresh_token=signer.issue(refresh),
             refresh_token_expire_time=_timestamp(refresh.expire_time),
         )
 
@@ -370,24 +457,8 @@ async def _live_session(context: Any, claims: Claims, entry: Entry | None) -> Se
     """The session stored as ``entry``; UNAUTHENTICATED unless it exists, belongs to the token's
     account and is not revoked."""
     session = SESSIONS.decode(entry.value) if entry is not None else None
-    if session is None or session.account_id != claims.account_id:
+    if session is None or session.account_id != claims.subject:
         await abort(context, grpc.StatusCode.UNAUTHENTICATED, "session not found", "SESSION_NOT_FOUND")
     if session.revoke_time:
         await abort(context, grpc.StatusCode.UNAUTHENTICATED, "session revoked", "SESSION_REVOKED")
     return session
-
-
-async def _abort_locked(context: Any, delay: float) -> NoReturn:
-    """RESOURCE_EXHAUSTED with a RetryInfo: ``servicers.errors.abort`` carries only ErrorInfo."""
-    details = []
-    for detail in (
-        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=math.ceil(delay))),
-        error_details_pb2.ErrorInfo(reason="TOO_MANY_FAILED_LOGINS", domain=DOMAIN),
-    ):
-        holder = any_pb2.Any()
-        holder.Pack(detail)
-        details.append(holder)
-    message = f"too many failed logins; retry in {math.ceil(delay)} s"
-    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=details)
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover - abort always raises

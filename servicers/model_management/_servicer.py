@@ -12,6 +12,7 @@ from gaming.model_management.v1 import model_management_pb2 as mm
 from gaming.model_management.v1 import model_management_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from servicers.auth.call_identity import audit_actor
 from servicers.errors import abort, abort_conflict, abort_invalid
 from servicers.model_management import _paging, _ranking
 from servicers.model_management._rules import (
@@ -35,9 +36,6 @@ DEFAULT_CANDIDATES = 5
 MAX_CANDIDATES = 20
 MAX_PREFERRED = 10
 MAX_EXCLUDED = 50
-# The metadata key naming who makes a change, for the audit field. The auth interceptor (which
-# checks operator tokens, per the proto's UNAUTHENTICATED) is the one meant to set it.
-ACTOR_METADATA = "x-actor-id"
 
 
 class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceServicer):
@@ -60,7 +58,8 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
         """Create or replace a model, unconditionally or guarded by ``expected_revision``."""
         model = await _checked(context, checked_model, request.model)
         key = model_key(model.name)
-        model.audit.actor_id = _actor(context)
+        # Who makes the change: the verified caller (Register is for operators), never metadata.
+        model.audit.actor_id = audit_actor()
         model.audit.update_time.CopyFrom(self._now())
         if request.HasField("expected_revision") and request.expected_revision.value == 0:
             model.create_time.CopyFrom(model.audit.update_time)
@@ -251,13 +250,6 @@ def _model_of(entry: Entry) -> mm.Model:
 def _registered(model: mm.Model, revision: int, *, created: bool) -> mm.RegisterResponse:
     model.revision.value = revision
     return mm.RegisterResponse(model=model, created=created)
-
-
-def _actor(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == ACTOR_METADATA and isinstance(value, str):
-            return value[:128]
-    return ""
 
 
 async def _checked(context: grpc.aio.ServicerContext, check: Callable[..., _T], *args: object, **kwargs: object) -> _T:

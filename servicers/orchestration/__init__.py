@@ -21,10 +21,9 @@ from gaming.orchestration.v1 import orchestration_pb2_grpc
 from servicers.dependencies import Dependencies
 from servicers.orchestration._records import WORKFLOW_TTL
 from servicers.orchestration._schema import Schemas
-from servicers.orchestration._servicer import ACTOR_METADATA_KEY, OrchestrationServicer
+from servicers.orchestration._servicer import OrchestrationServicer
 
 __all__ = [
-    "ACTOR_METADATA_KEY",
     "SERVICE_NAMES",
     "TARGET",
     "OrchestrationServicer",

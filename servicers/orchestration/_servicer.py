@@ -14,6 +14,7 @@ from gaming.common.v1 import common_pb2
 from gaming.orchestration.v1 import orchestration_pb2 as pb
 from gaming.orchestration.v1 import orchestration_pb2_grpc
 
+from servicers.auth.call_identity import audit_actor
 from servicers.errors import abort, abort_invalid
 from servicers.orchestration._definition import InvalidInput, StepPlan, fingerprint, plan
 from servicers.orchestration._records import (
@@ -32,9 +33,6 @@ from servicers.storage import KeyValue, RevisionConflict
 
 _log = logging.getLogger(__name__)
 
-# Who started a workflow: the proto has no field for it, so it comes from call metadata (what an
-# authenticating interceptor would set); empty when absent.
-ACTOR_METADATA_KEY = "actor-id"
 # grpcio's time_remaining() when the call has no deadline (CONVENTIONS.md): treat as none.
 _NO_DEADLINE = 1e9
 # The transport's inherited-deadline context variable, found by name: servicers may not import
@@ -110,7 +108,7 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
         except Exception:
             _log.exception("RunWorkflow: could not claim the idempotency key")
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the workflow store is unavailable", "STORE_UNAVAILABLE")
-        workflow = _new_workflow(workflow_id, request, steps, timestamp(now), _actor(context))
+        workflow = _new_workflow(workflow_id, request, steps, timestamp(now), audit_actor())
         try:
             await self._save(workflow)
         except Exception:
@@ -279,13 +277,6 @@ def _response(workflow: pb.Workflow) -> pb.RunWorkflowResponse:
     return pb.RunWorkflowResponse(
         workflow_id=workflow.workflow_id, state=workflow.state, step_results=workflow.step_results
     )
-
-
-def _actor(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == ACTOR_METADATA_KEY and isinstance(value, str):
-            return value
-    return ""
 
 
 def _give_up(context: grpc.aio.ServicerContext) -> float | None:

@@ -12,11 +12,11 @@
 - GetStory returns the story with its revision (the KV revision of its value: it changes with
   every beat, and is what Continue compares).
 
-Ownership: TellStory on an existing story must name its player (else PERMISSION_DENIED). When
-the host protects these methods with ``servicers.auth.RequireToken`` (which answers
-UNAUTHENTICATED to calls without a valid token), the caller's account id must also be the
-story's player id, for all three calls (else PERMISSION_DENIED). Without the interceptor, callers
-are trusted as the rest of the mesh is.
+Ownership: TellStory on an existing story must name its player (else PERMISSION_DENIED). The
+access interceptor admits only tokens with scope player, operator or service (story_teller.proto;
+UNAUTHENTICATED without one), and a caller holding only "player" must also be the story's player,
+for all three calls (else PERMISSION_DENIED). Without the interceptor (a bare test server),
+callers are trusted as the rest of the mesh is.
 
 ai-integration down, failing, or slower than ``beat_timeout_s``: UNAVAILABLE naming it (reason
 AI_INTEGRATION_UNAVAILABLE). There are no canned "degraded" beats: a stored story is the player's

@@ -17,7 +17,7 @@ from gaming.story_teller.v1 import story_teller_pb2_grpc
 from google.protobuf import timestamp_pb2
 
 from servicers._guarded_storage import GuardedKeyValue, StorageUnavailable, abort_unavailable, key_token
-from servicers.auth.interceptor import caller
+from servicers.auth.call_identity import acts_for, caller
 from servicers.errors import abort, abort_conflict, abort_invalid
 from servicers.storage import Entry, RevisionConflict
 from servicers.story_teller import _narration
@@ -221,7 +221,7 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
         story.beats.append(beat)
         story.ended = beat.kind == st.BEAT_KIND_RESOLUTION
         identity = caller()
-        story.audit.actor_id = identity.account_id if identity is not None else story.player_id
+        story.audit.actor_id = identity.subject if identity is not None else story.player_id
         story.audit.update_time.CopyFrom(beat.create_time)
         try:
             return await self._stories.update(key_token(story.story_id), story.SerializeToString(), revision)
@@ -250,10 +250,10 @@ async def _check_id(context: grpc.aio.ServicerContext, field: str, value: str) -
 
 
 async def _check_caller(context: grpc.aio.ServicerContext, story: st.Story) -> None:
-    """PERMISSION_DENIED when the call is authenticated (``RequireToken`` protects the method)
-    as another account than the story's player. Unprotected calls are not checked here."""
-    identity = caller()
-    if identity is not None and identity.account_id != story.player_id:
+    """PERMISSION_DENIED when the caller is a player other than the story's (operators and
+    services act for every player). A call without a verified caller is not checked here: the
+    access policy admits none to these methods, and a bare server without it trusts its callers."""
+    if caller() is not None and not acts_for(story.player_id):
         await abort(context, grpc.StatusCode.PERMISSION_DENIED,
                     f"story {story.story_id!r} belongs to another player", "NOT_STORY_OWNER")
 

@@ -9,8 +9,8 @@ made through any replica reaches every stream at once.
 Where clocks come from: ``create()`` makes a clock (day 1, 00:00, running at the default scale)
 for each configured world that has none, and SetScale with ``expected_revision`` 0 (the common
 Revision's "must not exist yet") creates one for a new world. Otherwise a world without a clock
-is NOT_FOUND. Who may call SetScale is the auth interceptor's business (``PROTECTED_METHODS``,
-UNAUTHENTICATED without an operator token); the servicer records the caller it names.
+is NOT_FOUND. Who may call SetScale is declared in time_manager.proto (operators only) and
+enforced by the access interceptor; the servicer records the verified caller as the actor.
 
 Interpretations of the proto: ``time_scale`` 0 (unset) in SetScale keeps the current scale, so
 pausing or resuming need not restate it; other values outside (0, 10000] are INVALID_ARGUMENT.
@@ -36,12 +36,10 @@ from servicers.storage import RevisionConflict
 from servicers.time_manager._clock import ClockState, valid_scale
 from servicers.time_manager._servicer import STORE_CHECK_SECONDS, WORLD_ID, TimeManagerServicer, clock_key
 
-__all__ = ["PROTECTED_METHODS", "SERVICE_NAMES", "TARGET", "TimeManagerServicer", "add_to_server", "create"]
+__all__ = ["SERVICE_NAMES", "TARGET", "TimeManagerServicer", "add_to_server", "create"]
 
 TARGET = "time-manager"
 SERVICE_NAMES = ("gaming.time_manager.v1.TimeManagerService",)
-# Methods the mesh should guard with ``servicers.auth.RequireToken`` (operators only).
-PROTECTED_METHODS = ("/gaming.time_manager.v1.TimeManagerService/SetScale",)
 
 CLOCKS_BUCKET = "time_manager_clocks"
 DEFAULT_WORLDS = "main"

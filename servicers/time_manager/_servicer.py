@@ -15,7 +15,7 @@ from gaming.common.v1 import common_pb2
 from gaming.time_manager.v1 import time_manager_pb2 as tm
 from gaming.time_manager.v1 import time_manager_pb2_grpc
 
-from servicers.auth.interceptor import caller
+from servicers.auth.call_identity import audit_actor
 from servicers.errors import abort, abort_conflict, abort_invalid
 from servicers.storage import Change, Entry, KeyValue, RevisionConflict
 from servicers.time_manager._clock import (
@@ -177,8 +177,7 @@ class TimeManagerServicer(time_manager_pb2_grpc.TimeManagerServiceServicer):
             except Exception as err:
                 await _unavailable(context, err)
             break
-        identity = caller()  # set by the auth interceptor when the mesh protects SetScale
-        actor = identity.account_id if identity is not None else ""
+        actor = audit_actor()  # the verified caller: SetScale is for operators only
         # The audit log: who changed which clock, to what, and why.
         _log.info("clock %s set to scale %g%s at revision %d by %s: %s", world, state.scale,
                   " (paused)" if state.paused else "", revision, actor or "an unauthenticated caller", request.reason)

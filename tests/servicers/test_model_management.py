@@ -176,11 +176,12 @@ async def test_register_creates_a_model_with_a_revision_create_time_and_audit(em
                       attributes=[common_pb2.Attribute(key="family", value="llama")])
     described.revision.value = 999  # output only: ignored
     described.audit.actor_id = "forged"
+    # A client's x-actor-id claims nothing: the actor is the verified caller (none here).
     reply = await empty.Register(register(described), metadata=(("x-actor-id", "ops-alice"),), timeout=5)
     assert reply.created
     assert reply.model.revision.value > 0
     assert reply.model.revision.value != 999
-    assert reply.model.audit.actor_id == "ops-alice"
+    assert reply.model.audit.actor_id == ""
     assert reply.model.create_time.ToNanoseconds() == reply.model.audit.update_time.ToNanoseconds()
     got = await empty.Get(mm.GetRequest(name="sage-13b"), timeout=5)
     assert got.model == reply.model

@@ -598,7 +598,7 @@ async def test_an_idempotency_key_reused_for_another_definition_fails_with_alrea
 
 async def test_get_workflow_returns_the_record_with_its_actor_and_times(stub, scripted):
     reply = await stub.RunWorkflow(workflow(step("a"), name="audited"), timeout=10,
-                                   metadata=((orchestration.ACTOR_METADATA_KEY, "ops-7"),))
+                                   metadata=(("actor-id", "ops-7"), ("x-actor-id", "ops-7")))
 
     got = (await stub.GetWorkflow(pb.GetWorkflowRequest(workflow_id=reply.workflow_id), timeout=5)).workflow
 
@@ -606,7 +606,7 @@ async def test_get_workflow_returns_the_record_with_its_actor_and_times(stub, sc
     assert got.workflow_name == "audited"
     assert got.state == pb.WORKFLOW_STATE_SUCCEEDED
     assert list(got.step_results) == list(reply.step_results)
-    assert got.audit.actor_id == "ops-7"
+    assert got.audit.actor_id == ""  # only a verified caller is an actor, never metadata
     assert got.create_time.ToNanoseconds() <= got.end_time.ToNanoseconds()
 
 

@@ -29,7 +29,7 @@ import nats_transport.aio
 from mesh.jetstream_storage import JetStreamStorage
 from nats_transport.testing import NatsServer
 from servicers import ai_integration, auth, story_teller
-from servicers.auth import RequireToken
+from servicers.auth import AccessPolicy, ValidateVerifier
 from servicers.dependencies import Dependencies
 from servicers.story_teller import _narration
 from tests._buckets import delete_buckets
@@ -553,7 +553,7 @@ GET = "/gaming.story_teller.v1.StoryTellerService/GetStory"
 
 @contextlib.asynccontextmanager
 async def guarded(nc: Client, storage: Any) -> AsyncIterator[tuple[Any, Any]]:
-    """(story-teller stub, auth stub): story-teller behind RequireToken, with the real auth and
+    """(story-teller stub, auth stub): story-teller behind its AccessPolicy, with the real auth and
     ai-integration services on test targets."""
     targets = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in (auth.TARGET, ai_integration.TARGET, "stories")}
     deps = Dependencies(storage=storage, channel=lambda name: nats_transport.aio.channel(nc, targets[name]),
@@ -563,7 +563,7 @@ async def guarded(nc: Client, storage: Any) -> AsyncIterator[tuple[Any, Any]]:
         (auth.TARGET, auth.add_to_server, await auth.create(deps), []),
         (ai_integration.TARGET, ai_integration.add_to_server, await ai_integration.create(deps), []),
         ("stories", story_teller.add_to_server, await story_teller.create(deps),
-         [RequireToken.over(deps.channel(auth.TARGET), [TELL, CONTINUE, GET])]),
+         [AccessPolicy.for_services(story_teller.SERVICE_NAMES, ValidateVerifier(deps.channel(auth.TARGET)))]),
     ]
     for name, add, servicer, interceptors in hosted:
         server = nats_transport.aio.server(nc, targets[name], interceptors=interceptors)

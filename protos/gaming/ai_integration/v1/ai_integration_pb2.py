@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gaming.common.v1 import common_pb2 as gaming_dot_common_dot_v1_dot_common__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-gaming/ai_integration/v1/ai_integration.proto\x12\x18gaming.ai_integration.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"T\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\xd0\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x07 \x03(\tB\x10\n\x0e_system_promptB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\x83\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12=\n\rfinish_reason\x18\x02 \x01(\x0e\x32&.gaming.ai_integration.v1.FinishReason\x12\x33\n\x05usage\x18\x03 \x01(\x0b\x32$.gaming.ai_integration.v1.TokenUsage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x32\n\x07\x62\x61\x63kend\x18\x05 \x01(\x0e\x32!.gaming.ai_integration.v1.Backend\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd6\x01\n\x15StreamGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x07 \x03(\tB\x10\n\x0e_system_promptB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\xec\x01\n\x16StreamGenerateResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x32\n\x07\x62\x61\x63kend\x18\x04 \x01(\x0e\x32!.gaming.ai_integration.v1.Backend\x12=\n\rfinish_reason\x18\x05 \x01(\x0e\x32&.gaming.ai_integration.v1.FinishReason\x12\x33\n\x05usage\x18\x06 \x01(\x0b\x32$.gaming.ai_integration.v1.TokenUsage*T\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x11\n\rBACKEND_LOCAL\x10\x01\x12\x1d\n\x19\x42\x41\x43KEND_OPENAI_COMPATIBLE\x10\x02*\xa2\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x32\xe6\x02\n\x14\x41iIntegrationService\x12\x98\x01\n\x08Generate\x12).gaming.ai_integration.v1.GenerateRequest\x1a*.gaming.ai_integration.v1.GenerateResponse\"5\x82\xd3\xe4\x93\x02/\"*/v1/ai-integration/models/{model}:generate:\x01*\x12\xb2\x01\n\x0eStreamGenerate\x12/.gaming.ai_integration.v1.StreamGenerateRequest\x1a\x30.gaming.ai_integration.v1.StreamGenerateResponse\";\x82\xd3\xe4\x93\x02\x35\"0/v1/ai-integration/models/{model}:streamGenerate:\x01*0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-gaming/ai_integration/v1/ai_integration.proto\x12\x18gaming.ai_integration.v1\x1a\x1dgaming/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"T\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\xd0\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x07 \x03(\tB\x10\n\x0e_system_promptB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\x83\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12=\n\rfinish_reason\x18\x02 \x01(\x0e\x32&.gaming.ai_integration.v1.FinishReason\x12\x33\n\x05usage\x18\x03 \x01(\x0b\x32$.gaming.ai_integration.v1.TokenUsage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x32\n\x07\x62\x61\x63kend\x18\x05 \x01(\x0e\x32!.gaming.ai_integration.v1.Backend\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd6\x01\n\x15StreamGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x07 \x03(\tB\x10\n\x0e_system_promptB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\xec\x01\n\x16StreamGenerateResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x32\n\x07\x62\x61\x63kend\x18\x04 \x01(\x0e\x32!.gaming.ai_integration.v1.Backend\x12=\n\rfinish_reason\x18\x05 \x01(\x0e\x32&.gaming.ai_integration.v1.FinishReason\x12\x33\n\x05usage\x18\x06 \x01(\x0b\x32$.gaming.ai_integration.v1.TokenUsage*T\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x11\n\rBACKEND_LOCAL\x10\x01\x12\x1d\n\x19\x42\x41\x43KEND_OPENAI_COMPATIBLE\x10\x02*\xa2\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x32\xa4\x03\n\x14\x41iIntegrationService\x12\xb7\x01\n\x08Generate\x12).gaming.ai_integration.v1.GenerateRequest\x1a*.gaming.ai_integration.v1.GenerateResponse\"T\xca\xf3\x18\x1b\x12\x06player\x12\x08operator\x12\x07service\x82\xd3\xe4\x93\x02/\"*/v1/ai-integration/models/{model}:generate:\x01*\x12\xd1\x01\n\x0eStreamGenerate\x12/.gaming.ai_integration.v1.StreamGenerateRequest\x1a\x30.gaming.ai_integration.v1.StreamGenerateResponse\"Z\xca\xf3\x18\x1b\x12\x06player\x12\x08operator\x12\x07service\x82\xd3\xe4\x93\x02\x35\"0/v1/ai-integration/models/{model}:streamGenerate:\x01*0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +35,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gaming.ai_integration.v1.ai
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AIINTEGRATIONSERVICE'].methods_by_name['Generate']._loaded_options = None
-  _globals['_AIINTEGRATIONSERVICE'].methods_by_name['Generate']._serialized_options = b'\202\323\344\223\002/\"*/v1/ai-integration/models/{model}:generate:\001*'
+  _globals['_AIINTEGRATIONSERVICE'].methods_by_name['Generate']._serialized_options = b'\312\363\030\033\022\006player\022\010operator\022\007service\202\323\344\223\002/\"*/v1/ai-integration/models/{model}:generate:\001*'
   _globals['_AIINTEGRATIONSERVICE'].methods_by_name['StreamGenerate']._loaded_options = None
-  _globals['_AIINTEGRATIONSERVICE'].methods_by_name['StreamGenerate']._serialized_options = b'\202\323\344\223\0025\"0/v1/ai-integration/models/{model}:streamGenerate:\001*'
-  _globals['_BACKEND']._serialized_start=1152
-  _globals['_BACKEND']._serialized_end=1236
-  _globals['_FINISHREASON']._serialized_start=1239
-  _globals['_FINISHREASON']._serialized_end=1401
-  _globals['_TOKENUSAGE']._serialized_start=137
-  _globals['_TOKENUSAGE']._serialized_end=221
-  _globals['_GENERATEREQUEST']._serialized_start=224
-  _globals['_GENERATEREQUEST']._serialized_end=432
-  _globals['_GENERATERESPONSE']._serialized_start=435
-  _globals['_GENERATERESPONSE']._serialized_end=694
-  _globals['_STREAMGENERATEREQUEST']._serialized_start=697
-  _globals['_STREAMGENERATEREQUEST']._serialized_end=911
-  _globals['_STREAMGENERATERESPONSE']._serialized_start=914
-  _globals['_STREAMGENERATERESPONSE']._serialized_end=1150
-  _globals['_AIINTEGRATIONSERVICE']._serialized_start=1404
-  _globals['_AIINTEGRATIONSERVICE']._serialized_end=1762
+  _globals['_AIINTEGRATIONSERVICE'].methods_by_name['StreamGenerate']._serialized_options = b'\312\363\030\033\022\006player\022\010operator\022\007service\202\323\344\223\0025\"0/v1/ai-integration/models/{model}:streamGenerate:\001*'
+  _globals['_BACKEND']._serialized_start=1183
+  _globals['_BACKEND']._serialized_end=1267
+  _globals['_FINISHREASON']._serialized_start=1270
+  _globals['_FINISHREASON']._serialized_end=1432
+  _globals['_TOKENUSAGE']._serialized_start=168
+  _globals['_TOKENUSAGE']._serialized_end=252
+  _globals['_GENERATEREQUEST']._serialized_start=255
+  _globals['_GENERATEREQUEST']._serialized_end=463
+  _globals['_GENERATERESPONSE']._serialized_start=466
+  _globals['_GENERATERESPONSE']._serialized_end=725
+  _globals['_STREAMGENERATEREQUEST']._serialized_start=728
+  _globals['_STREAMGENERATEREQUEST']._serialized_end=942
+  _globals['_STREAMGENERATERESPONSE']._serialized_start=945
+  _globals['_STREAMGENERATERESPONSE']._serialized_end=1181
+  _globals['_AIINTEGRATIONSERVICE']._serialized_start=1435
+  _globals['_AIINTEGRATIONSERVICE']._serialized_end=1855
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,8 @@ class AiIntegrationServiceServicer:
         backend serves `model`; RESOURCE_EXHAUSTED if the backend rate-limits the call;
         UNAVAILABLE if the backend cannot be reached or fails (safe to retry on another model);
         DEADLINE_EXCEEDED if generation does not finish within the call's deadline.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,6 +73,8 @@ class AiIntegrationServiceServicer:
         reason and token usage. A failure after the first chunk ends the stream with the status
         codes listed for Generate.
         Errors: as for Generate.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

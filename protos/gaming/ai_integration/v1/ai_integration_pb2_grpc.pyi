@@ -45,6 +45,8 @@ class AiIntegrationServiceStub:
     backend serves `model`; RESOURCE_EXHAUSTED if the backend rate-limits the call;
     UNAVAILABLE if the backend cannot be reached or fails (safe to retry on another model);
     DEADLINE_EXCEEDED if generation does not finish within the call's deadline.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     StreamGenerate: _grpc.UnaryStreamMultiCallable[_ai_integration_pb2.StreamGenerateRequest, _ai_integration_pb2.StreamGenerateResponse]
     """Generates a completion and streams it as it is produced, one chunk of one or more tokens per
@@ -52,6 +54,8 @@ class AiIntegrationServiceStub:
     reason and token usage. A failure after the first chunk ends the stream with the status
     codes listed for Generate.
     Errors: as for Generate.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -68,6 +72,8 @@ class AiIntegrationServiceAsyncStub(AiIntegrationServiceStub):
     backend serves `model`; RESOURCE_EXHAUSTED if the backend rate-limits the call;
     UNAVAILABLE if the backend cannot be reached or fails (safe to retry on another model);
     DEADLINE_EXCEEDED if generation does not finish within the call's deadline.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     StreamGenerate: _aio.UnaryStreamMultiCallable[_ai_integration_pb2.StreamGenerateRequest, _ai_integration_pb2.StreamGenerateResponse]  # type: ignore[assignment]
     """Generates a completion and streams it as it is produced, one chunk of one or more tokens per
@@ -75,6 +81,8 @@ class AiIntegrationServiceAsyncStub(AiIntegrationServiceStub):
     reason and token usage. A failure after the first chunk ends the stream with the status
     codes listed for Generate.
     Errors: as for Generate.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 class AiIntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -94,6 +102,8 @@ class AiIntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         backend serves `model`; RESOURCE_EXHAUSTED if the backend rate-limits the call;
         UNAVAILABLE if the backend cannot be reached or fails (safe to retry on another model);
         DEADLINE_EXCEEDED if generation does not finish within the call's deadline.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -107,6 +117,8 @@ class AiIntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         reason and token usage. A failure after the first chunk ends the stream with the status
         codes listed for Generate.
         Errors: as for Generate.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_AiIntegrationServiceServicer_to_server(servicer: AiIntegrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

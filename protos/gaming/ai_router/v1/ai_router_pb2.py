@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gaming.common.v1 import common_pb2 as gaming_dot_common_dot_v1_dot_common__pb2
 from gaming.ai_integration.v1 import ai_integration_pb2 as gaming_dot_ai__integration_dot_v1_dot_ai__integration__pb2
 from gaming.model_management.v1 import model_management_pb2 as gaming_dot_model__management_dot_v1_dot_model__management__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#gaming/ai_router/v1/ai_router.proto\x12\x13gaming.ai_router.v1\x1a-gaming/ai_integration/v1/ai_integration.proto\x1a\x31gaming/model_management/v1/model_management.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"q\n\x07\x41ttempt\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x16\n\x0estatus_message\x18\x03 \x01(\t\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xdd\x02\n\x0cRouteRequest\x12:\n\ncapability\x18\x01 \x01(\x0e\x32&.gaming.model_management.v1.Capability\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x0elatency_budget\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x18\n\x10preferred_models\x18\x06 \x03(\t\x12\x18\n\x0btemperature\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\t \x03(\t\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x42\x10\n\x0e_system_promptB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\x81\x02\n\rRouteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nmodel_used\x18\x02 \x01(\t\x12=\n\rfinish_reason\x18\x03 \x01(\x0e\x32&.gaming.ai_integration.v1.FinishReason\x12\x33\n\x05usage\x18\x04 \x01(\x0b\x32$.gaming.ai_integration.v1.TokenUsage\x12.\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32\x1c.gaming.ai_router.v1.Attempt\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe3\x02\n\x12StreamRouteRequest\x12:\n\ncapability\x18\x01 \x01(\x0e\x32&.gaming.model_management.v1.Capability\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x0elatency_budget\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x18\n\x10preferred_models\x18\x06 \x03(\t\x12\x18\n\x0btemperature\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\t \x03(\t\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x42\x10\n\x0e_system_promptB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\xea\x01\n\x13StreamRouteResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nmodel_used\x18\x03 \x01(\t\x12=\n\rfinish_reason\x18\x04 \x01(\x0e\x32&.gaming.ai_integration.v1.FinishReason\x12\x33\n\x05usage\x18\x05 \x01(\x0b\x32$.gaming.ai_integration.v1.TokenUsage\x12.\n\x08\x61ttempts\x18\x06 \x03(\x0b\x32\x1c.gaming.ai_router.v1.Attempt2\x9e\x02\n\x0f\x41iRouterService\x12w\n\x05Route\x12!.gaming.ai_router.v1.RouteRequest\x1a\".gaming.ai_router.v1.RouteResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/ai-router/requests:route:\x01*\x12\x91\x01\n\x0bStreamRoute\x12\'.gaming.ai_router.v1.StreamRouteRequest\x1a(.gaming.ai_router.v1.StreamRouteResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/ai-router/requests:streamRoute:\x01*0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#gaming/ai_router/v1/ai_router.proto\x12\x13gaming.ai_router.v1\x1a\x1dgaming/common/v1/common.proto\x1a-gaming/ai_integration/v1/ai_integration.proto\x1a\x31gaming/model_management/v1/model_management.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"q\n\x07\x41ttempt\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x16\n\x0estatus_message\x18\x03 \x01(\t\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xdd\x02\n\x0cRouteRequest\x12:\n\ncapability\x18\x01 \x01(\x0e\x32&.gaming.model_management.v1.Capability\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x0elatency_budget\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x18\n\x10preferred_models\x18\x06 \x03(\t\x12\x18\n\x0btemperature\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\t \x03(\t\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x42\x10\n\x0e_system_promptB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\x81\x02\n\rRouteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nmodel_used\x18\x02 \x01(\t\x12=\n\rfinish_reason\x18\x03 \x01(\x0e\x32&.gaming.ai_integration.v1.FinishReason\x12\x33\n\x05usage\x18\x04 \x01(\x0b\x32$.gaming.ai_integration.v1.TokenUsage\x12.\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32\x1c.gaming.ai_router.v1.Attempt\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe3\x02\n\x12StreamRouteRequest\x12:\n\ncapability\x18\x01 \x01(\x0e\x32&.gaming.model_management.v1.Capability\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x0elatency_budget\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x18\n\x10preferred_models\x18\x06 \x03(\t\x12\x18\n\x0btemperature\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\t \x03(\t\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x42\x10\n\x0e_system_promptB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"\xea\x01\n\x13StreamRouteResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nmodel_used\x18\x03 \x01(\t\x12=\n\rfinish_reason\x18\x04 \x01(\x0e\x32&.gaming.ai_integration.v1.FinishReason\x12\x33\n\x05usage\x18\x05 \x01(\x0b\x32$.gaming.ai_integration.v1.TokenUsage\x12.\n\x08\x61ttempts\x18\x06 \x03(\x0b\x32\x1c.gaming.ai_router.v1.Attempt2\xdd\x02\n\x0f\x41iRouterService\x12\x96\x01\n\x05Route\x12!.gaming.ai_router.v1.RouteRequest\x1a\".gaming.ai_router.v1.RouteResponse\"F\xca\xf3\x18\x1b\x12\x06player\x12\x08operator\x12\x07service\x82\xd3\xe4\x93\x02!\"\x1c/v1/ai-router/requests:route:\x01*\x12\xb0\x01\n\x0bStreamRoute\x12\'.gaming.ai_router.v1.StreamRouteRequest\x1a(.gaming.ai_router.v1.StreamRouteResponse\"L\xca\xf3\x18\x1b\x12\x06player\x12\x08operator\x12\x07service\x82\xd3\xe4\x93\x02\'\"\"/v1/ai-router/requests:streamRoute:\x01*0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +37,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gaming.ai_router.v1.ai_rout
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AIROUTERSERVICE'].methods_by_name['Route']._loaded_options = None
-  _globals['_AIROUTERSERVICE'].methods_by_name['Route']._serialized_options = b'\202\323\344\223\002!\"\034/v1/ai-router/requests:route:\001*'
+  _globals['_AIROUTERSERVICE'].methods_by_name['Route']._serialized_options = b'\312\363\030\033\022\006player\022\010operator\022\007service\202\323\344\223\002!\"\034/v1/ai-router/requests:route:\001*'
   _globals['_AIROUTERSERVICE'].methods_by_name['StreamRoute']._loaded_options = None
-  _globals['_AIROUTERSERVICE'].methods_by_name['StreamRoute']._serialized_options = b'\202\323\344\223\002\'\"\"/v1/ai-router/requests:streamRoute:\001*'
-  _globals['_ATTEMPT']._serialized_start=220
-  _globals['_ATTEMPT']._serialized_end=333
-  _globals['_ROUTEREQUEST']._serialized_start=336
-  _globals['_ROUTEREQUEST']._serialized_end=685
-  _globals['_ROUTERESPONSE']._serialized_start=688
-  _globals['_ROUTERESPONSE']._serialized_end=945
-  _globals['_STREAMROUTEREQUEST']._serialized_start=948
-  _globals['_STREAMROUTEREQUEST']._serialized_end=1303
-  _globals['_STREAMROUTERESPONSE']._serialized_start=1306
-  _globals['_STREAMROUTERESPONSE']._serialized_end=1540
-  _globals['_AIROUTERSERVICE']._serialized_start=1543
-  _globals['_AIROUTERSERVICE']._serialized_end=1829
+  _globals['_AIROUTERSERVICE'].methods_by_name['StreamRoute']._serialized_options = b'\312\363\030\033\022\006player\022\010operator\022\007service\202\323\344\223\002\'\"\"/v1/ai-router/requests:streamRoute:\001*'
+  _globals['_ATTEMPT']._serialized_start=251
+  _globals['_ATTEMPT']._serialized_end=364
+  _globals['_ROUTEREQUEST']._serialized_start=367
+  _globals['_ROUTEREQUEST']._serialized_end=716
+  _globals['_ROUTERESPONSE']._serialized_start=719
+  _globals['_ROUTERESPONSE']._serialized_end=976
+  _globals['_STREAMROUTEREQUEST']._serialized_start=979
+  _globals['_STREAMROUTEREQUEST']._serialized_end=1334
+  _globals['_STREAMROUTERESPONSE']._serialized_start=1337
+  _globals['_STREAMROUTERESPONSE']._serialized_end=1571
+  _globals['_AIROUTERSERVICE']._serialized_start=1574
+  _globals['_AIROUTERSERVICE']._serialized_end=1923
 # @@protoc_insertion_point(module_scope)

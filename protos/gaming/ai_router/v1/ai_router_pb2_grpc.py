@@ -67,6 +67,8 @@ class AiRouterServiceServicer:
         latency budget; UNAVAILABLE if model-management cannot be reached or every attempt failed
         with a retryable code (the last attempt's message is included); DEADLINE_EXCEEDED if the
         call's deadline or the latency budget ran out before a model answered.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +80,8 @@ class AiRouterServiceServicer:
         last carries the finish reason, token usage and the attempts made. A failure after the first
         chunk ends the stream with the failing model's status.
         Errors: as for Route.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

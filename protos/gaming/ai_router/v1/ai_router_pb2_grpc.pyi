@@ -49,6 +49,8 @@ class AiRouterServiceStub:
     latency budget; UNAVAILABLE if model-management cannot be reached or every attempt failed
     with a retryable code (the last attempt's message is included); DEADLINE_EXCEEDED if the
     call's deadline or the latency budget ran out before a model answered.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     StreamRoute: _grpc.UnaryStreamMultiCallable[_ai_router_pb2.StreamRouteRequest, _ai_router_pb2.StreamRouteResponse]
     """Routes a request and streams the completion as it is produced. Fallback to the next model
@@ -56,6 +58,8 @@ class AiRouterServiceStub:
     last carries the finish reason, token usage and the attempts made. A failure after the first
     chunk ends the stream with the failing model's status.
     Errors: as for Route.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -76,6 +80,8 @@ class AiRouterServiceAsyncStub(AiRouterServiceStub):
     latency budget; UNAVAILABLE if model-management cannot be reached or every attempt failed
     with a retryable code (the last attempt's message is included); DEADLINE_EXCEEDED if the
     call's deadline or the latency budget ran out before a model answered.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     StreamRoute: _aio.UnaryStreamMultiCallable[_ai_router_pb2.StreamRouteRequest, _ai_router_pb2.StreamRouteResponse]  # type: ignore[assignment]
     """Routes a request and streams the completion as it is produced. Fallback to the next model
@@ -83,6 +89,8 @@ class AiRouterServiceAsyncStub(AiRouterServiceStub):
     last carries the finish reason, token usage and the attempts made. A failure after the first
     chunk ends the stream with the failing model's status.
     Errors: as for Route.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 class AiRouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,6 +114,8 @@ class AiRouterServiceServicer(metaclass=_abc_1.ABCMeta):
         latency budget; UNAVAILABLE if model-management cannot be reached or every attempt failed
         with a retryable code (the last attempt's message is included); DEADLINE_EXCEEDED if the
         call's deadline or the latency budget ran out before a model answered.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -119,6 +129,8 @@ class AiRouterServiceServicer(metaclass=_abc_1.ABCMeta):
         last carries the finish reason, token usage and the attempts made. A failure after the first
         chunk ends the stream with the failing model's status.
         Errors: as for Route.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_AiRouterServiceServicer_to_server(servicer: AiRouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gaming.common.v1 import common_pb2 as gaming_dot_common_dot_v1_dot_common__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gaming/auth/v1/auth.proto\x12\x0egaming.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\rSessionTokens\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"W\n\x10RegisterResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x1a\n\x12\x63lient_description\x18\x04 \x01(\t\"v\n\rLoginResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12-\n\x06tokens\x18\x03 \x01(\x0b\x32\x1d.gaming.auth.v1.SessionTokens\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"\'\n\x0fValidateRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"{\n\x10ValidateResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"h\n\x0fRefreshResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12-\n\x06tokens\x18\x03 \x01(\x0b\x32\x1d.gaming.auth.v1.SessionTokens\"9\n\rLogoutRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"U\n\x0eLogoutResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x0brevoke_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb2\x04\n\x0b\x41uthService\x12k\n\x08Register\x12\x1f.gaming.auth.v1.RegisterRequest\x1a .gaming.auth.v1.RegisterResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/auth/accounts:\x01*\x12\x62\n\x05Login\x12\x1c.gaming.auth.v1.LoginRequest\x1a\x1d.gaming.auth.v1.LoginResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/auth/sessions:\x01*\x12r\n\x08Validate\x12\x1f.gaming.auth.v1.ValidateRequest\x1a .gaming.auth.v1.ValidateResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/auth/tokens:validate:\x01*\x12p\n\x07Refresh\x12\x1e.gaming.auth.v1.RefreshRequest\x1a\x1f.gaming.auth.v1.RefreshResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/auth/sessions:refresh:\x01*\x12l\n\x06Logout\x12\x1d.gaming.auth.v1.LogoutRequest\x1a\x1e.gaming.auth.v1.LogoutResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/auth/sessions:logout:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gaming/auth/v1/auth.proto\x12\x0egaming.auth.v1\x1a\x1dgaming/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\rSessionTokens\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"W\n\x10RegisterResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x1a\n\x12\x63lient_description\x18\x04 \x01(\t\"v\n\rLoginResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12-\n\x06tokens\x18\x03 \x01(\x0b\x32\x1d.gaming.auth.v1.SessionTokens\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"\'\n\x0fValidateRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"{\n\x10ValidateResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"h\n\x0fRefreshResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12-\n\x06tokens\x18\x03 \x01(\x0b\x32\x1d.gaming.auth.v1.SessionTokens\"9\n\rLogoutRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"U\n\x0eLogoutResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x0brevoke_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\x1aGetVerificationKeysRequest\"s\n\x0fVerificationKey\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\"L\n\x1bGetVerificationKeysResponse\x12-\n\x04keys\x18\x01 \x03(\x0b\x32\x1f.gaming.auth.v1.VerificationKey\"\x18\n\x16ListRevocationsRequest\".\n\x17ListRevocationsResponse\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\"l\n\x18IssueServiceTokenRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"b\n\x19IssueServiceTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xfc\x07\n\x0b\x41uthService\x12q\n\x08Register\x12\x1f.gaming.auth.v1.RegisterRequest\x1a .gaming.auth.v1.RegisterResponse\"\"\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x16\"\x11/v1/auth/accounts:\x01*\x12h\n\x05Login\x12\x1c.gaming.auth.v1.LoginRequest\x1a\x1d.gaming.auth.v1.LoginResponse\"\"\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x16\"\x11/v1/auth/sessions:\x01*\x12x\n\x08Validate\x12\x1f.gaming.auth.v1.ValidateRequest\x1a .gaming.auth.v1.ValidateResponse\")\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/auth/tokens:validate:\x01*\x12v\n\x07Refresh\x12\x1e.gaming.auth.v1.RefreshRequest\x1a\x1f.gaming.auth.v1.RefreshResponse\"*\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/auth/sessions:refresh:\x01*\x12r\n\x06Logout\x12\x1d.gaming.auth.v1.LogoutRequest\x1a\x1e.gaming.auth.v1.LogoutResponse\")\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/auth/sessions:logout:\x01*\x12\x8b\x01\n\x13GetVerificationKeys\x12*.gaming.auth.v1.GetVerificationKeysRequest\x1a+.gaming.auth.v1.GetVerificationKeysResponse\"\x1b\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/auth/keys\x12\x86\x01\n\x0fListRevocations\x12&.gaming.auth.v1.ListRevocationsRequest\x1a\'.gaming.auth.v1.ListRevocationsResponse\"\"\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/auth/revocations\x12\x92\x01\n\x11IssueServiceToken\x12(.gaming.auth.v1.IssueServiceTokenRequest\x1a).gaming.auth.v1.IssueServiceTokenResponse\"(\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/auth/service-tokens:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,37 +35,57 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gaming.auth.v1.auth_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['Register']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['Register']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/auth/accounts:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['Register']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\026\"\021/v1/auth/accounts:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['Login']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['Login']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/auth/sessions:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['Login']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\026\"\021/v1/auth/sessions:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['Validate']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['Validate']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/auth/tokens:validate:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['Validate']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\035\"\030/v1/auth/tokens:validate:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['Refresh']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['Refresh']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/auth/sessions:refresh:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['Refresh']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\036\"\031/v1/auth/sessions:refresh:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['Logout']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['Logout']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/auth/sessions:logout:\001*'
-  _globals['_SESSIONTOKENS']._serialized_start=109
-  _globals['_SESSIONTOKENS']._serialized_end=294
-  _globals['_REGISTERREQUEST']._serialized_start=296
-  _globals['_REGISTERREQUEST']._serialized_end=371
-  _globals['_REGISTERRESPONSE']._serialized_start=373
-  _globals['_REGISTERRESPONSE']._serialized_end=460
-  _globals['_LOGINREQUEST']._serialized_start=462
-  _globals['_LOGINREQUEST']._serialized_end=556
-  _globals['_LOGINRESPONSE']._serialized_start=558
-  _globals['_LOGINRESPONSE']._serialized_end=676
-  _globals['_VALIDATEREQUEST']._serialized_start=678
-  _globals['_VALIDATEREQUEST']._serialized_end=717
-  _globals['_VALIDATERESPONSE']._serialized_start=719
-  _globals['_VALIDATERESPONSE']._serialized_end=842
-  _globals['_REFRESHREQUEST']._serialized_start=844
-  _globals['_REFRESHREQUEST']._serialized_end=883
-  _globals['_REFRESHRESPONSE']._serialized_start=885
-  _globals['_REFRESHRESPONSE']._serialized_end=989
-  _globals['_LOGOUTREQUEST']._serialized_start=991
-  _globals['_LOGOUTREQUEST']._serialized_end=1048
-  _globals['_LOGOUTRESPONSE']._serialized_start=1050
-  _globals['_LOGOUTRESPONSE']._serialized_end=1135
-  _globals['_AUTHSERVICE']._serialized_start=1138
-  _globals['_AUTHSERVICE']._serialized_end=1700
+  _globals['_AUTHSERVICE'].methods_by_name['Logout']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\035\"\030/v1/auth/sessions:logout:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['GetVerificationKeys']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['GetVerificationKeys']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\017\022\r/v1/auth/keys'
+  _globals['_AUTHSERVICE'].methods_by_name['ListRevocations']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ListRevocations']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\026\022\024/v1/auth/revocations'
+  _globals['_AUTHSERVICE'].methods_by_name['IssueServiceToken']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['IssueServiceToken']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002\034\"\027/v1/auth/service-tokens:\001*'
+  _globals['_SESSIONTOKENS']._serialized_start=140
+  _globals['_SESSIONTOKENS']._serialized_end=325
+  _globals['_REGISTERREQUEST']._serialized_start=327
+  _globals['_REGISTERREQUEST']._serialized_end=402
+  _globals['_REGISTERRESPONSE']._serialized_start=404
+  _globals['_REGISTERRESPONSE']._serialized_end=491
+  _globals['_LOGINREQUEST']._serialized_start=493
+  _globals['_LOGINREQUEST']._serialized_end=587
+  _globals['_LOGINRESPONSE']._serialized_start=589
+  _globals['_LOGINRESPONSE']._serialized_end=707
+  _globals['_VALIDATEREQUEST']._serialized_start=709
+  _globals['_VALIDATEREQUEST']._serialized_end=748
+  _globals['_VALIDATERESPONSE']._serialized_start=750
+  _globals['_VALIDATERESPONSE']._serialized_end=873
+  _globals['_REFRESHREQUEST']._serialized_start=875
+  _globals['_REFRESHREQUEST']._serialized_end=914
+  _globals['_REFRESHRESPONSE']._serialized_start=916
+  _globals['_REFRESHRESPONSE']._serialized_end=1020
+  _globals['_LOGOUTREQUEST']._serialized_start=1022
+  _globals['_LOGOUTREQUEST']._serialized_end=1079
+  _globals['_LOGOUTRESPONSE']._serialized_start=1081
+  _globals['_LOGOUTRESPONSE']._serialized_end=1166
+  _globals['_GETVERIFICATIONKEYSREQUEST']._serialized_start=1168
+  _globals['_GETVERIFICATIONKEYSREQUEST']._serialized_end=1196
+  _globals['_VERIFICATIONKEY']._serialized_start=1198
+  _globals['_VERIFICATIONKEY']._serialized_end=1313
+  _globals['_GETVERIFICATIONKEYSRESPONSE']._serialized_start=1315
+  _globals['_GETVERIFICATIONKEYSRESPONSE']._serialized_end=1391
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1393
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=1417
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=1419
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=1465
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_start=1467
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_end=1575
+  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_start=1577
+  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_end=1675
+  _globals['_AUTHSERVICE']._serialized_start=1678
+  _globals['_AUTHSERVICE']._serialized_end=2698
 # @@protoc_insertion_point(module_scope)

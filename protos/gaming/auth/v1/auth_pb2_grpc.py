@@ -30,9 +30,17 @@ class AuthServiceStub:
     Passwords are hashed with scrypt (N=2^15, r=8, p=1, 16-byte random salt, 32-byte key) and are
     never stored or logged in clear. A session is represented by a short-lived signed access
     token (15 minutes) and a longer-lived refresh token (30 days) that is rotated on every use.
-    Revocation takes effect immediately: validation consults the session store, not only the
-    signature. Tokens are secrets, so every RPC is POST with the token in the body, never in a URL.
-    All RPCs return UNAVAILABLE when the account or session store is unreachable.
+
+    Tokens are JWTs (RFC 7519) signed with Ed25519 (JWS "alg": "EdDSA") and carry the signing
+    key's id in the "kid" header. Claims: "iss" ("gaming.auth"), "sub" (the account id, or
+    "service:<target>" for a service token), "sid" (session id, empty for service tokens),
+    "scope" (list of scopes), "typ" ("access" or "refresh"), "gen" (refresh generation), "iat"
+    and "exp" (Unix seconds). Any service can verify an access token itself with the keys from
+    GetVerificationKeys, and learn of logouts from ListRevocations; Validate answers from the
+    session store, so a revocation is effective there at once. The signing keys rotate; a retired
+    key is still listed until every token it signed has expired.
+    Tokens are secrets, so every RPC that carries one is POST with it in the body, never in a URL.
+    All RPCs return UNAVAILABLE when the store they read is unreachable.
     """
 
     def __init__(self, channel):
@@ -66,6 +74,21 @@ class AuthServiceStub:
                 request_serializer=gaming_dot_auth_dot_v1_dot_auth__pb2.LogoutRequest.SerializeToString,
                 response_deserializer=gaming_dot_auth_dot_v1_dot_auth__pb2.LogoutResponse.FromString,
                 _registered_method=True)
+        self.GetVerificationKeys = channel.unary_unary(
+                '/gaming.auth.v1.AuthService/GetVerificationKeys',
+                request_serializer=gaming_dot_auth_dot_v1_dot_auth__pb2.GetVerificationKeysRequest.SerializeToString,
+                response_deserializer=gaming_dot_auth_dot_v1_dot_auth__pb2.GetVerificationKeysResponse.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/gaming.auth.v1.AuthService/ListRevocations',
+                request_serializer=gaming_dot_auth_dot_v1_dot_auth__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=gaming_dot_auth_dot_v1_dot_auth__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
+        self.IssueServiceToken = channel.unary_unary(
+                '/gaming.auth.v1.AuthService/IssueServiceToken',
+                request_serializer=gaming_dot_auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.SerializeToString,
+                response_deserializer=gaming_dot_auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -73,9 +96,17 @@ class AuthServiceServicer:
     Passwords are hashed with scrypt (N=2^15, r=8, p=1, 16-byte random salt, 32-byte key) and are
     never stored or logged in clear. A session is represented by a short-lived signed access
     token (15 minutes) and a longer-lived refresh token (30 days) that is rotated on every use.
-    Revocation takes effect immediately: validation consults the session store, not only the
-    signature. Tokens are secrets, so every RPC is POST with the token in the body, never in a URL.
-    All RPCs return UNAVAILABLE when the account or session store is unreachable.
+
+    Tokens are JWTs (RFC 7519) signed with Ed25519 (JWS "alg": "EdDSA") and carry the signing
+    key's id in the "kid" header. Claims: "iss" ("gaming.auth"), "sub" (the account id, or
+    "service:<target>" for a service token), "sid" (session id, empty for service tokens),
+    "scope" (list of scopes), "typ" ("access" or "refresh"), "gen" (refresh generation), "iat"
+    and "exp" (Unix seconds). Any service can verify an access token itself with the keys from
+    GetVerificationKeys, and learn of logouts from ListRevocations; Validate answers from the
+    session store, so a revocation is effective there at once. The signing keys rotate; a retired
+    key is still listed until every token it signed has expired.
+    Tokens are secrets, so every RPC that carries one is POST with it in the body, never in a URL.
+    All RPCs return UNAVAILABLE when the store they read is unreachable.
     """
 
     def Register(self, request, context):
@@ -101,7 +132,9 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Validate(self, request, context):
-        """Validate checks an access token: signature, expiry, and that its session is not revoked.
+        """Validate checks an access token: signature, expiry, and that its session is not revoked
+        (read from the session store, so a revocation counts at once). A service token (which has
+        no session) validates with its subject "service:<target>" as the account id.
         Errors: INVALID_ARGUMENT for an empty token; UNAUTHENTICATED for a malformed, forged,
         expired or revoked token; UNAVAILABLE if the session store is down.
         """
@@ -126,6 +159,40 @@ class AuthServiceServicer:
         Errors: INVALID_ARGUMENT for an empty token; UNAUTHENTICATED for a malformed, forged or
         expired access token; NOT_FOUND if `session_id` names no session of the caller's account;
         UNAVAILABLE if the session store is down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVerificationKeys(self, request, context):
+        """GetVerificationKeys lists the public keys that verify tokens: the one signing now and those
+        retired less than 30 days ago. A verifier meeting a token whose "kid" it does not know
+        should fetch the keys again: a new key is listed here before it signs anything.
+        Errors: UNAVAILABLE if the key store is down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """ListRevocations lists the sessions revoked (by Logout or refresh-token reuse) in the last 15
+        minutes, the lifetime of an access token: the access tokens of a session revoked earlier
+        have all expired. Verifiers poll it and refuse the tokens of these sessions.
+        Errors: UNAVAILABLE if the revocation store is down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueServiceToken(self, request, context):
+        """IssueServiceToken gives a mesh target a 10-minute access token with scope "service" and
+        subject "service:<target>", to call other targets on its own behalf. The target proves who
+        it is by signing "<target>\n<issued_at in Unix seconds>" with its NATS nkey; auth checks the
+        signature against the target's public nkey from its configuration. (A mesh run without
+        configured service keys, on a trusted laptop, issues service tokens without proof.)
+        Errors: INVALID_ARGUMENT for a malformed target; UNAUTHENTICATED for a wrong signature or an
+        issued_at more than 60 seconds from the server's time; PERMISSION_DENIED for a target with
+        no configured key; UNAVAILABLE if the key store is down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +226,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=gaming_dot_auth_dot_v1_dot_auth__pb2.LogoutRequest.FromString,
                     response_serializer=gaming_dot_auth_dot_v1_dot_auth__pb2.LogoutResponse.SerializeToString,
             ),
+            'GetVerificationKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVerificationKeys,
+                    request_deserializer=gaming_dot_auth_dot_v1_dot_auth__pb2.GetVerificationKeysRequest.FromString,
+                    response_serializer=gaming_dot_auth_dot_v1_dot_auth__pb2.GetVerificationKeysResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=gaming_dot_auth_dot_v1_dot_auth__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=gaming_dot_auth_dot_v1_dot_auth__pb2.ListRevocationsResponse.SerializeToString,
+            ),
+            'IssueServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueServiceToken,
+                    request_deserializer=gaming_dot_auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.FromString,
+                    response_serializer=gaming_dot_auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'gaming.auth.v1.AuthService', rpc_method_handlers)
@@ -172,9 +254,17 @@ class AuthService:
     Passwords are hashed with scrypt (N=2^15, r=8, p=1, 16-byte random salt, 32-byte key) and are
     never stored or logged in clear. A session is represented by a short-lived signed access
     token (15 minutes) and a longer-lived refresh token (30 days) that is rotated on every use.
-    Revocation takes effect immediately: validation consults the session store, not only the
-    signature. Tokens are secrets, so every RPC is POST with the token in the body, never in a URL.
-    All RPCs return UNAVAILABLE when the account or session store is unreachable.
+
+    Tokens are JWTs (RFC 7519) signed with Ed25519 (JWS "alg": "EdDSA") and carry the signing
+    key's id in the "kid" header. Claims: "iss" ("gaming.auth"), "sub" (the account id, or
+    "service:<target>" for a service token), "sid" (session id, empty for service tokens),
+    "scope" (list of scopes), "typ" ("access" or "refresh"), "gen" (refresh generation), "iat"
+    and "exp" (Unix seconds). Any service can verify an access token itself with the keys from
+    GetVerificationKeys, and learn of logouts from ListRevocations; Validate answers from the
+    session store, so a revocation is effective there at once. The signing keys rotate; a retired
+    key is still listed until every token it signed has expired.
+    Tokens are secrets, so every RPC that carries one is POST with it in the body, never in a URL.
+    All RPCs return UNAVAILABLE when the store they read is unreachable.
     """
 
     @staticmethod
@@ -302,6 +392,87 @@ class AuthService:
             '/gaming.auth.v1.AuthService/Logout',
             gaming_dot_auth_dot_v1_dot_auth__pb2.LogoutRequest.SerializeToString,
             gaming_dot_auth_dot_v1_dot_auth__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVerificationKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gaming.auth.v1.AuthService/GetVerificationKeys',
+            gaming_dot_auth_dot_v1_dot_auth__pb2.GetVerificationKeysRequest.SerializeToString,
+            gaming_dot_auth_dot_v1_dot_auth__pb2.GetVerificationKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gaming.auth.v1.AuthService/ListRevocations',
+            gaming_dot_auth_dot_v1_dot_auth__pb2.ListRevocationsRequest.SerializeToString,
+            gaming_dot_auth_dot_v1_dot_auth__pb2.ListRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gaming.auth.v1.AuthService/IssueServiceToken',
+            gaming_dot_auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.SerializeToString,
+            gaming_dot_auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

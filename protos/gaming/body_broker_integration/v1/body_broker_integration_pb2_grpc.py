@@ -61,6 +61,8 @@ class BodyBrokerIntegrationServiceServicer:
         INVALID_ARGUMENT if sequences do not increase, RESOURCE_EXHAUSTED if the engine exceeds its
         credit, UNAUTHENTICATED without valid engine credentials, and UNAVAILABLE when the server is
         shutting down or world-state is down.
+        Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +72,8 @@ class BodyBrokerIntegrationServiceServicer:
         """Returns the AI core's current view of a player, for the engine to reconcile its own state.
         Errors: INVALID_ARGUMENT for an empty player_id; NOT_FOUND for an unknown player;
         UNAVAILABLE if world-state, quest-system or the economy service is down.
+        Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,11 +45,15 @@ class BodyBrokerIntegrationServiceStub:
     INVALID_ARGUMENT if sequences do not increase, RESOURCE_EXHAUSTED if the engine exceeds its
     credit, UNAUTHENTICATED without valid engine credentials, and UNAVAILABLE when the server is
     shutting down or world-state is down.
+    Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     SyncPlayer: _grpc.UnaryUnaryMultiCallable[_body_broker_integration_pb2.SyncPlayerRequest, _body_broker_integration_pb2.SyncPlayerResponse]
     """Returns the AI core's current view of a player, for the engine to reconcile its own state.
     Errors: INVALID_ARGUMENT for an empty player_id; NOT_FOUND for an unknown player;
     UNAVAILABLE if world-state, quest-system or the economy service is down.
+    Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -67,11 +71,15 @@ class BodyBrokerIntegrationServiceAsyncStub(BodyBrokerIntegrationServiceStub):
     INVALID_ARGUMENT if sequences do not increase, RESOURCE_EXHAUSTED if the engine exceeds its
     credit, UNAUTHENTICATED without valid engine credentials, and UNAVAILABLE when the server is
     shutting down or world-state is down.
+    Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     SyncPlayer: _aio.UnaryUnaryMultiCallable[_body_broker_integration_pb2.SyncPlayerRequest, _body_broker_integration_pb2.SyncPlayerResponse]  # type: ignore[assignment]
     """Returns the AI core's current view of a player, for the engine to reconcile its own state.
     Errors: INVALID_ARGUMENT for an empty player_id; NOT_FOUND for an unknown player;
     UNAVAILABLE if world-state, quest-system or the economy service is down.
+    Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 class BodyBrokerIntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +100,8 @@ class BodyBrokerIntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT if sequences do not increase, RESOURCE_EXHAUSTED if the engine exceeds its
         credit, UNAUTHENTICATED without valid engine credentials, and UNAVAILABLE when the server is
         shutting down or world-state is down.
+        Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -103,6 +113,8 @@ class BodyBrokerIntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the AI core's current view of a player, for the engine to reconcile its own state.
         Errors: INVALID_ARGUMENT for an empty player_id; NOT_FOUND for an unknown player;
         UNAVAILABLE if world-state, quest-system or the economy service is down.
+        Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
 def add_BodyBrokerIntegrationServiceServicer_to_server(servicer: BodyBrokerIntegrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

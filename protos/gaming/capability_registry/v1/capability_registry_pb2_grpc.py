@@ -76,6 +76,8 @@ class CapabilityRegistryServiceServicer:
         the feature exists; NOT_FOUND when `expected_revision` is above 0 and the feature does not
         exist; ABORTED when the stored revision differs from `expected_revision`; UNAVAILABLE if
         the store is down.
+        Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+        PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,6 +87,8 @@ class CapabilityRegistryServiceServicer:
         """Get returns one feature's definition.
         Errors: INVALID_ARGUMENT for an empty name; NOT_FOUND if no such feature; UNAVAILABLE if
         the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +98,8 @@ class CapabilityRegistryServiceServicer:
         """List returns one page of features, ordered by name.
         Errors: INVALID_ARGUMENT for a bad page size or a page token from another query;
         UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +110,8 @@ class CapabilityRegistryServiceServicer:
         with REASON_FEATURE_NOT_FOUND rather than as an error, so callers fail closed.
         Errors: INVALID_ARGUMENT for an empty feature name or subject id; UNAVAILABLE if the store
         is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,22 +47,30 @@ class CapabilityRegistryServiceStub:
     the feature exists; NOT_FOUND when `expected_revision` is above 0 and the feature does not
     exist; ABORTED when the stored revision differs from `expected_revision`; UNAVAILABLE if
     the store is down.
+    Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+    PERMISSION_DENIED without the scope.
     """
     Get: _grpc.UnaryUnaryMultiCallable[_capability_registry_pb2.GetRequest, _capability_registry_pb2.GetResponse]
     """Get returns one feature's definition.
     Errors: INVALID_ARGUMENT for an empty name; NOT_FOUND if no such feature; UNAVAILABLE if
     the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     List: _grpc.UnaryUnaryMultiCallable[_capability_registry_pb2.ListRequest, _capability_registry_pb2.ListResponse]
     """List returns one page of features, ordered by name.
     Errors: INVALID_ARGUMENT for a bad page size or a page token from another query;
     UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     IsEnabled: _grpc.UnaryUnaryMultiCallable[_capability_registry_pb2.IsEnabledRequest, _capability_registry_pb2.IsEnabledResponse]
     """IsEnabled evaluates a feature for one subject. An unknown feature is reported as disabled
     with REASON_FEATURE_NOT_FOUND rather than as an error, so callers fail closed.
     Errors: INVALID_ARGUMENT for an empty feature name or subject id; UNAVAILABLE if the store
     is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -82,22 +90,30 @@ class CapabilityRegistryServiceAsyncStub(CapabilityRegistryServiceStub):
     the feature exists; NOT_FOUND when `expected_revision` is above 0 and the feature does not
     exist; ABORTED when the stored revision differs from `expected_revision`; UNAVAILABLE if
     the store is down.
+    Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+    PERMISSION_DENIED without the scope.
     """
     Get: _aio.UnaryUnaryMultiCallable[_capability_registry_pb2.GetRequest, _capability_registry_pb2.GetResponse]  # type: ignore[assignment]
     """Get returns one feature's definition.
     Errors: INVALID_ARGUMENT for an empty name; NOT_FOUND if no such feature; UNAVAILABLE if
     the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     List: _aio.UnaryUnaryMultiCallable[_capability_registry_pb2.ListRequest, _capability_registry_pb2.ListResponse]  # type: ignore[assignment]
     """List returns one page of features, ordered by name.
     Errors: INVALID_ARGUMENT for a bad page size or a page token from another query;
     UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     IsEnabled: _aio.UnaryUnaryMultiCallable[_capability_registry_pb2.IsEnabledRequest, _capability_registry_pb2.IsEnabledResponse]  # type: ignore[assignment]
     """IsEnabled evaluates a feature for one subject. An unknown feature is reported as disabled
     with REASON_FEATURE_NOT_FOUND rather than as an error, so callers fail closed.
     Errors: INVALID_ARGUMENT for an empty feature name or subject id; UNAVAILABLE if the store
     is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 class CapabilityRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -120,6 +136,8 @@ class CapabilityRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         the feature exists; NOT_FOUND when `expected_revision` is above 0 and the feature does not
         exist; ABORTED when the stored revision differs from `expected_revision`; UNAVAILABLE if
         the store is down.
+        Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+        PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -131,6 +149,8 @@ class CapabilityRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Get returns one feature's definition.
         Errors: INVALID_ARGUMENT for an empty name; NOT_FOUND if no such feature; UNAVAILABLE if
         the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -142,6 +162,8 @@ class CapabilityRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """List returns one page of features, ordered by name.
         Errors: INVALID_ARGUMENT for a bad page size or a page token from another query;
         UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -154,6 +176,8 @@ class CapabilityRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         with REASON_FEATURE_NOT_FOUND rather than as an error, so callers fail closed.
         Errors: INVALID_ARGUMENT for an empty feature name or subject id; UNAVAILABLE if the store
         is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_CapabilityRegistryServiceServicer_to_server(servicer: CapabilityRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

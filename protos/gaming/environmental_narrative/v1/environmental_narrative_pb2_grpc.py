@@ -54,6 +54,8 @@ class EnvironmentalNarrativeServiceServicer:
     def Describe(self, request, context):
         """Describes a region as it is now. Errors: INVALID_ARGUMENT for an empty region_id or a bad
         locale; NOT_FOUND for an unknown region; UNAVAILABLE if world-state or ai-integration is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,6 +67,8 @@ class EnvironmentalNarrativeServiceServicer:
         runs until the client cancels it. Errors: INVALID_ARGUMENT for an empty region_id or an
         interval out of range; NOT_FOUND for an unknown region; UNAVAILABLE if a dependency is down
         (the stream ends; the client may reopen it).
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

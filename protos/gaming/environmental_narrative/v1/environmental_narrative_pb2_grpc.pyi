@@ -38,6 +38,8 @@ class EnvironmentalNarrativeServiceStub:
     Describe: _grpc.UnaryUnaryMultiCallable[_environmental_narrative_pb2.DescribeRequest, _environmental_narrative_pb2.DescribeResponse]
     """Describes a region as it is now. Errors: INVALID_ARGUMENT for an empty region_id or a bad
     locale; NOT_FOUND for an unknown region; UNAVAILABLE if world-state or ai-integration is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     StreamAmbience: _grpc.UnaryStreamMultiCallable[_environmental_narrative_pb2.StreamAmbienceRequest, _environmental_narrative_pb2.StreamAmbienceResponse]
     """Streams ambience lines for a region: one line when the stream opens, then one whenever the
@@ -45,6 +47,8 @@ class EnvironmentalNarrativeServiceStub:
     runs until the client cancels it. Errors: INVALID_ARGUMENT for an empty region_id or an
     interval out of range; NOT_FOUND for an unknown region; UNAVAILABLE if a dependency is down
     (the stream ends; the client may reopen it).
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -55,6 +59,8 @@ class EnvironmentalNarrativeServiceAsyncStub(EnvironmentalNarrativeServiceStub):
     Describe: _aio.UnaryUnaryMultiCallable[_environmental_narrative_pb2.DescribeRequest, _environmental_narrative_pb2.DescribeResponse]  # type: ignore[assignment]
     """Describes a region as it is now. Errors: INVALID_ARGUMENT for an empty region_id or a bad
     locale; NOT_FOUND for an unknown region; UNAVAILABLE if world-state or ai-integration is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     StreamAmbience: _aio.UnaryStreamMultiCallable[_environmental_narrative_pb2.StreamAmbienceRequest, _environmental_narrative_pb2.StreamAmbienceResponse]  # type: ignore[assignment]
     """Streams ambience lines for a region: one line when the stream opens, then one whenever the
@@ -62,6 +68,8 @@ class EnvironmentalNarrativeServiceAsyncStub(EnvironmentalNarrativeServiceStub):
     runs until the client cancels it. Errors: INVALID_ARGUMENT for an empty region_id or an
     interval out of range; NOT_FOUND for an unknown region; UNAVAILABLE if a dependency is down
     (the stream ends; the client may reopen it).
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 class EnvironmentalNarrativeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -75,6 +83,8 @@ class EnvironmentalNarrativeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_environmental_narrative_pb2.DescribeResponse, _abc.Awaitable[_environmental_narrative_pb2.DescribeResponse]]:
         """Describes a region as it is now. Errors: INVALID_ARGUMENT for an empty region_id or a bad
         locale; NOT_FOUND for an unknown region; UNAVAILABLE if world-state or ai-integration is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -88,6 +98,8 @@ class EnvironmentalNarrativeServiceServicer(metaclass=_abc_1.ABCMeta):
         runs until the client cancels it. Errors: INVALID_ARGUMENT for an empty region_id or an
         interval out of range; NOT_FOUND for an unknown region; UNAVAILABLE if a dependency is down
         (the stream ends; the client may reopen it).
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_EnvironmentalNarrativeServiceServicer_to_server(servicer: EnvironmentalNarrativeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -83,6 +83,8 @@ class EventBusServiceServicer:
         Errors: INVALID_ARGUMENT for a malformed topic (empty, wildcard, over 255 characters), a
         payload over 1 MiB, or more than 32 attributes; NOT_FOUND if no stream covers the topic;
         RESOURCE_EXHAUSTED if the stream is full; UNAVAILABLE if JetStream is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +95,8 @@ class EventBusServiceServicer:
         client half-closes. It is not atomic: events before a failure stay published, so clients
         set `message_id` on every event and resend the batch on error.
         Errors: as Publish, for the first event that fails; the rest of the batch is discarded.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +110,8 @@ class EventBusServiceServicer:
         10 min; FAILED_PRECONDITION if the consumer exists with a different topic filter (delete
         it or pick another name); ALREADY_EXISTS if another Subscribe for the consumer is open;
         UNAVAILABLE if JetStream is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +123,8 @@ class EventBusServiceServicer:
         Errors: INVALID_ARGUMENT for an empty consumer name or a zero sequence; NOT_FOUND if the
         consumer does not exist, or the sequence is not pending for it (already settled, or never
         delivered to it); UNAVAILABLE if JetStream is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

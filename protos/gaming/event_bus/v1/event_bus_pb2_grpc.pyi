@@ -50,12 +50,16 @@ class EventBusServiceStub:
     Errors: INVALID_ARGUMENT for a malformed topic (empty, wildcard, over 255 characters), a
     payload over 1 MiB, or more than 32 attributes; NOT_FOUND if no stream covers the topic;
     RESOURCE_EXHAUSTED if the stream is full; UNAVAILABLE if JetStream is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     PublishBatch: _grpc.StreamUnaryMultiCallable[_event_bus_pb2.PublishBatchRequest, _event_bus_pb2.PublishBatchResponse]
     """PublishBatch stores a stream of events sent by the client, in order, and answers once the
     client half-closes. It is not atomic: events before a failure stay published, so clients
     set `message_id` on every event and resend the batch on error.
     Errors: as Publish, for the first event that fails; the rest of the batch is discarded.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Subscribe: _grpc.UnaryStreamMultiCallable[_event_bus_pb2.SubscribeRequest, _event_bus_pb2.SubscribeResponse]
     """Subscribe creates or resumes a durable consumer and streams its events until the client
@@ -65,6 +69,8 @@ class EventBusServiceStub:
     10 min; FAILED_PRECONDITION if the consumer exists with a different topic filter (delete
     it or pick another name); ALREADY_EXISTS if another Subscribe for the consumer is open;
     UNAVAILABLE if JetStream is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Ack: _grpc.UnaryUnaryMultiCallable[_event_bus_pb2.AckRequest, _event_bus_pb2.AckResponse]
     """Ack settles one delivered event for a consumer: acknowledge it, request redelivery, or
@@ -72,6 +78,8 @@ class EventBusServiceStub:
     Errors: INVALID_ARGUMENT for an empty consumer name or a zero sequence; NOT_FOUND if the
     consumer does not exist, or the sequence is not pending for it (already settled, or never
     delivered to it); UNAVAILABLE if JetStream is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -94,12 +102,16 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     Errors: INVALID_ARGUMENT for a malformed topic (empty, wildcard, over 255 characters), a
     payload over 1 MiB, or more than 32 attributes; NOT_FOUND if no stream covers the topic;
     RESOURCE_EXHAUSTED if the stream is full; UNAVAILABLE if JetStream is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     PublishBatch: _aio.StreamUnaryMultiCallable[_event_bus_pb2.PublishBatchRequest, _event_bus_pb2.PublishBatchResponse]  # type: ignore[assignment]
     """PublishBatch stores a stream of events sent by the client, in order, and answers once the
     client half-closes. It is not atomic: events before a failure stay published, so clients
     set `message_id` on every event and resend the batch on error.
     Errors: as Publish, for the first event that fails; the rest of the batch is discarded.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_event_bus_pb2.SubscribeRequest, _event_bus_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Subscribe creates or resumes a durable consumer and streams its events until the client
@@ -109,6 +121,8 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     10 min; FAILED_PRECONDITION if the consumer exists with a different topic filter (delete
     it or pick another name); ALREADY_EXISTS if another Subscribe for the consumer is open;
     UNAVAILABLE if JetStream is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Ack: _aio.UnaryUnaryMultiCallable[_event_bus_pb2.AckRequest, _event_bus_pb2.AckResponse]  # type: ignore[assignment]
     """Ack settles one delivered event for a consumer: acknowledge it, request redelivery, or
@@ -116,6 +130,8 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     Errors: INVALID_ARGUMENT for an empty consumer name or a zero sequence; NOT_FOUND if the
     consumer does not exist, or the sequence is not pending for it (already settled, or never
     delivered to it); UNAVAILABLE if JetStream is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -141,6 +157,8 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT for a malformed topic (empty, wildcard, over 255 characters), a
         payload over 1 MiB, or more than 32 attributes; NOT_FOUND if no stream covers the topic;
         RESOURCE_EXHAUSTED if the stream is full; UNAVAILABLE if JetStream is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -153,6 +171,8 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
         client half-closes. It is not atomic: events before a failure stay published, so clients
         set `message_id` on every event and resend the batch on error.
         Errors: as Publish, for the first event that fails; the rest of the batch is discarded.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -168,6 +188,8 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
         10 min; FAILED_PRECONDITION if the consumer exists with a different topic filter (delete
         it or pick another name); ALREADY_EXISTS if another Subscribe for the consumer is open;
         UNAVAILABLE if JetStream is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -181,6 +203,8 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT for an empty consumer name or a zero sequence; NOT_FOUND if the
         consumer does not exist, or the sequence is not pending for it (already settled, or never
         delivered to it); UNAVAILABLE if JetStream is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
 def add_EventBusServiceServicer_to_server(servicer: EventBusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -71,6 +71,8 @@ class KnowledgeBaseServiceServicer:
         Errors: INVALID_ARGUMENT if a document lacks an id, collection or body, exceeds a size limit,
         or names a different collection than the first; RESOURCE_EXHAUSTED if the collection would
         exceed 100000 documents; UNAVAILABLE if the document store cannot be reached.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +86,8 @@ class KnowledgeBaseServiceServicer:
         Errors: INVALID_ARGUMENT if the query is empty or longer than 1024 characters, or `top_k` is
         out of range; NOT_FOUND if the collection does not exist; UNAVAILABLE if the index cannot be
         reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +97,8 @@ class KnowledgeBaseServiceServicer:
         """Returns one document.
         Errors: INVALID_ARGUMENT if an id is malformed; NOT_FOUND if the collection or document does
         not exist; UNAVAILABLE if the document store cannot be reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +109,8 @@ class KnowledgeBaseServiceServicer:
         Errors: INVALID_ARGUMENT if an id is malformed; NOT_FOUND if the collection or document does
         not exist; ABORTED if `expected_revision` is set and differs from the document's revision;
         UNAVAILABLE if the document store cannot be reached.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

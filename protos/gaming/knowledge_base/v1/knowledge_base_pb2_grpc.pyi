@@ -45,6 +45,8 @@ class KnowledgeBaseServiceStub:
     Errors: INVALID_ARGUMENT if a document lacks an id, collection or body, exceeds a size limit,
     or names a different collection than the first; RESOURCE_EXHAUSTED if the collection would
     exceed 100000 documents; UNAVAILABLE if the document store cannot be reached.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Search: _grpc.UnaryUnaryMultiCallable[_knowledge_base_pb2.SearchRequest, _knowledge_base_pb2.SearchResponse]
     """Ranks a collection's documents against a query and returns the best hits. The query is
@@ -54,17 +56,23 @@ class KnowledgeBaseServiceStub:
     Errors: INVALID_ARGUMENT if the query is empty or longer than 1024 characters, or `top_k` is
     out of range; NOT_FOUND if the collection does not exist; UNAVAILABLE if the index cannot be
     reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     GetDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_base_pb2.GetDocumentRequest, _knowledge_base_pb2.GetDocumentResponse]
     """Returns one document.
     Errors: INVALID_ARGUMENT if an id is malformed; NOT_FOUND if the collection or document does
     not exist; UNAVAILABLE if the document store cannot be reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_base_pb2.DeleteDocumentRequest, _knowledge_base_pb2.DeleteDocumentResponse]
     """Deletes one document and removes it from the index.
     Errors: INVALID_ARGUMENT if an id is malformed; NOT_FOUND if the collection or document does
     not exist; ABORTED if `expected_revision` is set and differs from the document's revision;
     UNAVAILABLE if the document store cannot be reached.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -82,6 +90,8 @@ class KnowledgeBaseServiceAsyncStub(KnowledgeBaseServiceStub):
     Errors: INVALID_ARGUMENT if a document lacks an id, collection or body, exceeds a size limit,
     or names a different collection than the first; RESOURCE_EXHAUSTED if the collection would
     exceed 100000 documents; UNAVAILABLE if the document store cannot be reached.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Search: _aio.UnaryUnaryMultiCallable[_knowledge_base_pb2.SearchRequest, _knowledge_base_pb2.SearchResponse]  # type: ignore[assignment]
     """Ranks a collection's documents against a query and returns the best hits. The query is
@@ -91,17 +101,23 @@ class KnowledgeBaseServiceAsyncStub(KnowledgeBaseServiceStub):
     Errors: INVALID_ARGUMENT if the query is empty or longer than 1024 characters, or `top_k` is
     out of range; NOT_FOUND if the collection does not exist; UNAVAILABLE if the index cannot be
     reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     GetDocument: _aio.UnaryUnaryMultiCallable[_knowledge_base_pb2.GetDocumentRequest, _knowledge_base_pb2.GetDocumentResponse]  # type: ignore[assignment]
     """Returns one document.
     Errors: INVALID_ARGUMENT if an id is malformed; NOT_FOUND if the collection or document does
     not exist; UNAVAILABLE if the document store cannot be reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     DeleteDocument: _aio.UnaryUnaryMultiCallable[_knowledge_base_pb2.DeleteDocumentRequest, _knowledge_base_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
     """Deletes one document and removes it from the index.
     Errors: INVALID_ARGUMENT if an id is malformed; NOT_FOUND if the collection or document does
     not exist; ABORTED if `expected_revision` is set and differs from the document's revision;
     UNAVAILABLE if the document store cannot be reached.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 class KnowledgeBaseServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -122,6 +138,8 @@ class KnowledgeBaseServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT if a document lacks an id, collection or body, exceeds a size limit,
         or names a different collection than the first; RESOURCE_EXHAUSTED if the collection would
         exceed 100000 documents; UNAVAILABLE if the document store cannot be reached.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -137,6 +155,8 @@ class KnowledgeBaseServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT if the query is empty or longer than 1024 characters, or `top_k` is
         out of range; NOT_FOUND if the collection does not exist; UNAVAILABLE if the index cannot be
         reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -148,6 +168,8 @@ class KnowledgeBaseServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns one document.
         Errors: INVALID_ARGUMENT if an id is malformed; NOT_FOUND if the collection or document does
         not exist; UNAVAILABLE if the document store cannot be reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -160,6 +182,8 @@ class KnowledgeBaseServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT if an id is malformed; NOT_FOUND if the collection or document does
         not exist; ABORTED if `expected_revision` is set and differs from the document's revision;
         UNAVAILABLE if the document store cannot be reached.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
 def add_KnowledgeBaseServiceServicer_to_server(servicer: KnowledgeBaseServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

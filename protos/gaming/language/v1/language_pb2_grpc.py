@@ -67,6 +67,7 @@ class LanguageServiceServicer:
         "pt-BR"); if all fail the text is returned unchanged with match kind NONE.
         Errors: INVALID_ARGUMENT if the text is empty or longer than 5000 characters, or a locale
         tag is malformed or not supported; UNAVAILABLE if the translation memory cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +78,7 @@ class LanguageServiceServicer:
         profiles of the supported languages, and returns the candidates ranked by score.
         Errors: INVALID_ARGUMENT if the text is empty or longer than 5000 characters, or
         `max_candidates` is out of range.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +92,7 @@ class LanguageServiceServicer:
         mapped to POST because the arguments map cannot travel in a query string.
         Errors: INVALID_ARGUMENT if the key or a locale tag is malformed; NOT_FOUND if no locale in
         the chain has the key; UNAVAILABLE if the message catalogue cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,12 +46,14 @@ class LanguageServiceStub:
     "pt-BR"); if all fail the text is returned unchanged with match kind NONE.
     Errors: INVALID_ARGUMENT if the text is empty or longer than 5000 characters, or a locale
     tag is malformed or not supported; UNAVAILABLE if the translation memory cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
     Detect: _grpc.UnaryUnaryMultiCallable[_language_pb2.DetectRequest, _language_pb2.DetectResponse]
     """Detects the language of a text by comparing its character 1- to 3-gram profile with the
     profiles of the supported languages, and returns the candidates ranked by score.
     Errors: INVALID_ARGUMENT if the text is empty or longer than 5000 characters, or
     `max_candidates` is out of range.
+    Access: public; anyone may call, with or without a token.
     """
     Localize: _grpc.UnaryUnaryMultiCallable[_language_pb2.LocalizeRequest, _language_pb2.LocalizeResponse]
     """Renders the message for a key in the best available locale. The chain tried is `locale`,
@@ -61,6 +63,7 @@ class LanguageServiceStub:
     mapped to POST because the arguments map cannot travel in a query string.
     Errors: INVALID_ARGUMENT if the key or a locale tag is malformed; NOT_FOUND if no locale in
     the chain has the key; UNAVAILABLE if the message catalogue cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
 
 @_typing.type_check_only
@@ -78,12 +81,14 @@ class LanguageServiceAsyncStub(LanguageServiceStub):
     "pt-BR"); if all fail the text is returned unchanged with match kind NONE.
     Errors: INVALID_ARGUMENT if the text is empty or longer than 5000 characters, or a locale
     tag is malformed or not supported; UNAVAILABLE if the translation memory cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
     Detect: _aio.UnaryUnaryMultiCallable[_language_pb2.DetectRequest, _language_pb2.DetectResponse]  # type: ignore[assignment]
     """Detects the language of a text by comparing its character 1- to 3-gram profile with the
     profiles of the supported languages, and returns the candidates ranked by score.
     Errors: INVALID_ARGUMENT if the text is empty or longer than 5000 characters, or
     `max_candidates` is out of range.
+    Access: public; anyone may call, with or without a token.
     """
     Localize: _aio.UnaryUnaryMultiCallable[_language_pb2.LocalizeRequest, _language_pb2.LocalizeResponse]  # type: ignore[assignment]
     """Renders the message for a key in the best available locale. The chain tried is `locale`,
@@ -93,6 +98,7 @@ class LanguageServiceAsyncStub(LanguageServiceStub):
     mapped to POST because the arguments map cannot travel in a query string.
     Errors: INVALID_ARGUMENT if the key or a locale tag is malformed; NOT_FOUND if no locale in
     the chain has the key; UNAVAILABLE if the message catalogue cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
 
 class LanguageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +119,7 @@ class LanguageServiceServicer(metaclass=_abc_1.ABCMeta):
         "pt-BR"); if all fail the text is returned unchanged with match kind NONE.
         Errors: INVALID_ARGUMENT if the text is empty or longer than 5000 characters, or a locale
         tag is malformed or not supported; UNAVAILABLE if the translation memory cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
 
     @_abc_1.abstractmethod
@@ -125,6 +132,7 @@ class LanguageServiceServicer(metaclass=_abc_1.ABCMeta):
         profiles of the supported languages, and returns the candidates ranked by score.
         Errors: INVALID_ARGUMENT if the text is empty or longer than 5000 characters, or
         `max_candidates` is out of range.
+        Access: public; anyone may call, with or without a token.
         """
 
     @_abc_1.abstractmethod
@@ -140,6 +148,7 @@ class LanguageServiceServicer(metaclass=_abc_1.ABCMeta):
         mapped to POST because the arguments map cannot travel in a query string.
         Errors: INVALID_ARGUMENT if the key or a locale tag is malformed; NOT_FOUND if no locale in
         the chain has the key; UNAVAILABLE if the message catalogue cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
 
 def add_LanguageServiceServicer_to_server(servicer: LanguageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -75,8 +75,10 @@ class ModelManagementServiceServicer:
         Errors: INVALID_ARGUMENT if a field is missing or out of range (e.g. no capabilities,
         context_tokens <= 0); ALREADY_EXISTS if `expected_revision` is 0 and the model exists;
         NOT_FOUND if `expected_revision` is non-zero and the model does not exist; ABORTED if the
-        model's revision differs from a non-zero `expected_revision`; UNAUTHENTICATED if the caller
-        carries no valid operator token; UNAVAILABLE if the registry store cannot be reached.
+        model's revision differs from a non-zero `expected_revision`; UNAVAILABLE if the registry store cannot
+        be reached.
+        Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+        PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +88,8 @@ class ModelManagementServiceServicer:
         """Returns one model by name.
         Errors: INVALID_ARGUMENT if `name` is malformed; NOT_FOUND if no such model is registered;
         UNAVAILABLE if the registry store cannot be reached.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +99,8 @@ class ModelManagementServiceServicer:
         """Lists registered models ordered by name, one page at a time, optionally filtered.
         Errors: INVALID_ARGUMENT if `page.page_token` is invalid or was issued for different
         filters; UNAVAILABLE if the registry store cannot be reached.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,6 +113,8 @@ class ModelManagementServiceServicer:
         error: it means no model qualifies.
         Errors: INVALID_ARGUMENT if `required_capability` is unspecified or a number is negative;
         UNAVAILABLE if the registry store cannot be reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,9 +123,11 @@ class ModelManagementServiceServicer:
     def Deregister(self, request, context):
         """Removes a model from the registry.
         Errors: INVALID_ARGUMENT if `name` is malformed; NOT_FOUND if no such model is registered;
-        ABORTED if `expected_revision` is set and differs from the model's revision;
-        UNAUTHENTICATED if the caller carries no valid operator token; UNAVAILABLE if the registry
+        ABORTED if `expected_revision` is set and differs from the model's revision; UNAVAILABLE if
+        the registry
         store cannot be reached.
+        Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+        PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,18 +45,24 @@ class ModelManagementServiceStub:
     Errors: INVALID_ARGUMENT if a field is missing or out of range (e.g. no capabilities,
     context_tokens <= 0); ALREADY_EXISTS if `expected_revision` is 0 and the model exists;
     NOT_FOUND if `expected_revision` is non-zero and the model does not exist; ABORTED if the
-    model's revision differs from a non-zero `expected_revision`; UNAUTHENTICATED if the caller
-    carries no valid operator token; UNAVAILABLE if the registry store cannot be reached.
+    model's revision differs from a non-zero `expected_revision`; UNAVAILABLE if the registry store cannot
+    be reached.
+    Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+    PERMISSION_DENIED without the scope.
     """
     Get: _grpc.UnaryUnaryMultiCallable[_model_management_pb2.GetRequest, _model_management_pb2.GetResponse]
     """Returns one model by name.
     Errors: INVALID_ARGUMENT if `name` is malformed; NOT_FOUND if no such model is registered;
     UNAVAILABLE if the registry store cannot be reached.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     List: _grpc.UnaryUnaryMultiCallable[_model_management_pb2.ListRequest, _model_management_pb2.ListResponse]
     """Lists registered models ordered by name, one page at a time, optionally filtered.
     Errors: INVALID_ARGUMENT if `page.page_token` is invalid or was issued for different
     filters; UNAVAILABLE if the registry store cannot be reached.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Select: _grpc.UnaryUnaryMultiCallable[_model_management_pb2.SelectRequest, _model_management_pb2.SelectResponse]
     """Ranks the models able to serve a task: models that lack the capability, are unavailable,
@@ -65,13 +71,17 @@ class ModelManagementServiceStub:
     error: it means no model qualifies.
     Errors: INVALID_ARGUMENT if `required_capability` is unspecified or a number is negative;
     UNAVAILABLE if the registry store cannot be reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     Deregister: _grpc.UnaryUnaryMultiCallable[_model_management_pb2.DeregisterRequest, _model_management_pb2.DeregisterResponse]
     """Removes a model from the registry.
     Errors: INVALID_ARGUMENT if `name` is malformed; NOT_FOUND if no such model is registered;
-    ABORTED if `expected_revision` is set and differs from the model's revision;
-    UNAUTHENTICATED if the caller carries no valid operator token; UNAVAILABLE if the registry
+    ABORTED if `expected_revision` is set and differs from the model's revision; UNAVAILABLE if
+    the registry
     store cannot be reached.
+    Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+    PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -88,18 +98,24 @@ class ModelManagementServiceAsyncStub(ModelManagementServiceStub):
     Errors: INVALID_ARGUMENT if a field is missing or out of range (e.g. no capabilities,
     context_tokens <= 0); ALREADY_EXISTS if `expected_revision` is 0 and the model exists;
     NOT_FOUND if `expected_revision` is non-zero and the model does not exist; ABORTED if the
-    model's revision differs from a non-zero `expected_revision`; UNAUTHENTICATED if the caller
-    carries no valid operator token; UNAVAILABLE if the registry store cannot be reached.
+    model's revision differs from a non-zero `expected_revision`; UNAVAILABLE if the registry store cannot
+    be reached.
+    Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+    PERMISSION_DENIED without the scope.
     """
     Get: _aio.UnaryUnaryMultiCallable[_model_management_pb2.GetRequest, _model_management_pb2.GetResponse]  # type: ignore[assignment]
     """Returns one model by name.
     Errors: INVALID_ARGUMENT if `name` is malformed; NOT_FOUND if no such model is registered;
     UNAVAILABLE if the registry store cannot be reached.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     List: _aio.UnaryUnaryMultiCallable[_model_management_pb2.ListRequest, _model_management_pb2.ListResponse]  # type: ignore[assignment]
     """Lists registered models ordered by name, one page at a time, optionally filtered.
     Errors: INVALID_ARGUMENT if `page.page_token` is invalid or was issued for different
     filters; UNAVAILABLE if the registry store cannot be reached.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Select: _aio.UnaryUnaryMultiCallable[_model_management_pb2.SelectRequest, _model_management_pb2.SelectResponse]  # type: ignore[assignment]
     """Ranks the models able to serve a task: models that lack the capability, are unavailable,
@@ -108,13 +124,17 @@ class ModelManagementServiceAsyncStub(ModelManagementServiceStub):
     error: it means no model qualifies.
     Errors: INVALID_ARGUMENT if `required_capability` is unspecified or a number is negative;
     UNAVAILABLE if the registry store cannot be reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     Deregister: _aio.UnaryUnaryMultiCallable[_model_management_pb2.DeregisterRequest, _model_management_pb2.DeregisterResponse]  # type: ignore[assignment]
     """Removes a model from the registry.
     Errors: INVALID_ARGUMENT if `name` is malformed; NOT_FOUND if no such model is registered;
-    ABORTED if `expected_revision` is set and differs from the model's revision;
-    UNAUTHENTICATED if the caller carries no valid operator token; UNAVAILABLE if the registry
+    ABORTED if `expected_revision` is set and differs from the model's revision; UNAVAILABLE if
+    the registry
     store cannot be reached.
+    Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+    PERMISSION_DENIED without the scope.
     """
 
 class ModelManagementServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,8 +154,10 @@ class ModelManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT if a field is missing or out of range (e.g. no capabilities,
         context_tokens <= 0); ALREADY_EXISTS if `expected_revision` is 0 and the model exists;
         NOT_FOUND if `expected_revision` is non-zero and the model does not exist; ABORTED if the
-        model's revision differs from a non-zero `expected_revision`; UNAUTHENTICATED if the caller
-        carries no valid operator token; UNAVAILABLE if the registry store cannot be reached.
+        model's revision differs from a non-zero `expected_revision`; UNAVAILABLE if the registry store cannot
+        be reached.
+        Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+        PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -147,6 +169,8 @@ class ModelManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns one model by name.
         Errors: INVALID_ARGUMENT if `name` is malformed; NOT_FOUND if no such model is registered;
         UNAVAILABLE if the registry store cannot be reached.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -158,6 +182,8 @@ class ModelManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists registered models ordered by name, one page at a time, optionally filtered.
         Errors: INVALID_ARGUMENT if `page.page_token` is invalid or was issued for different
         filters; UNAVAILABLE if the registry store cannot be reached.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -172,6 +198,8 @@ class ModelManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         error: it means no model qualifies.
         Errors: INVALID_ARGUMENT if `required_capability` is unspecified or a number is negative;
         UNAVAILABLE if the registry store cannot be reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -182,9 +210,11 @@ class ModelManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_model_management_pb2.DeregisterResponse, _abc.Awaitable[_model_management_pb2.DeregisterResponse]]:
         """Removes a model from the registry.
         Errors: INVALID_ARGUMENT if `name` is malformed; NOT_FOUND if no such model is registered;
-        ABORTED if `expected_revision` is set and differs from the model's revision;
-        UNAUTHENTICATED if the caller carries no valid operator token; UNAVAILABLE if the registry
+        ABORTED if `expected_revision` is set and differs from the model's revision; UNAVAILABLE if
+        the registry
         store cannot be reached.
+        Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+        PERMISSION_DENIED without the scope.
         """
 
 def add_ModelManagementServiceServicer_to_server(servicer: ModelManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -56,6 +56,8 @@ class NpcBehaviorServiceServicer:
         Stateless: the decision depends only on the request. Errors: INVALID_ARGUMENT for an empty
         npc_id, a value out of range, or more than 64 perceptions; UNAVAILABLE if the scoring model
         is not loaded.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,6 +70,8 @@ class NpcBehaviorServiceServicer:
         error_message and the stream continues. The stream itself ends with UNAVAILABLE when the
         server is shutting down and RESOURCE_EXHAUSTED when the client sends faster than it is answered
         (more than 256 requests outstanding).
+        Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,6 +40,8 @@ class NpcBehaviorServiceStub:
     Stateless: the decision depends only on the request. Errors: INVALID_ARGUMENT for an empty
     npc_id, a value out of range, or more than 64 perceptions; UNAVAILABLE if the scoring model
     is not loaded.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     DecisionStream: _grpc.StreamStreamMultiCallable[_npc_behavior_pb2.DecisionStreamRequest, _npc_behavior_pb2.DecisionStreamResponse]
     """Streams decisions for many NPCs over one connection (for example one game tick per request).
@@ -48,6 +50,8 @@ class NpcBehaviorServiceStub:
     error_message and the stream continues. The stream itself ends with UNAVAILABLE when the
     server is shutting down and RESOURCE_EXHAUSTED when the client sends faster than it is answered
     (more than 256 requests outstanding).
+    Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -60,6 +64,8 @@ class NpcBehaviorServiceAsyncStub(NpcBehaviorServiceStub):
     Stateless: the decision depends only on the request. Errors: INVALID_ARGUMENT for an empty
     npc_id, a value out of range, or more than 64 perceptions; UNAVAILABLE if the scoring model
     is not loaded.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     DecisionStream: _aio.StreamStreamMultiCallable[_npc_behavior_pb2.DecisionStreamRequest, _npc_behavior_pb2.DecisionStreamResponse]  # type: ignore[assignment]
     """Streams decisions for many NPCs over one connection (for example one game tick per request).
@@ -68,6 +74,8 @@ class NpcBehaviorServiceAsyncStub(NpcBehaviorServiceStub):
     error_message and the stream continues. The stream itself ends with UNAVAILABLE when the
     server is shutting down and RESOURCE_EXHAUSTED when the client sends faster than it is answered
     (more than 256 requests outstanding).
+    Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 class NpcBehaviorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +91,8 @@ class NpcBehaviorServiceServicer(metaclass=_abc_1.ABCMeta):
         Stateless: the decision depends only on the request. Errors: INVALID_ARGUMENT for an empty
         npc_id, a value out of range, or more than 64 perceptions; UNAVAILABLE if the scoring model
         is not loaded.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -97,6 +107,8 @@ class NpcBehaviorServiceServicer(metaclass=_abc_1.ABCMeta):
         error_message and the stream continues. The stream itself ends with UNAVAILABLE when the
         server is shutting down and RESOURCE_EXHAUSTED when the client sends faster than it is answered
         (more than 256 requests outstanding).
+        Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
 def add_NpcBehaviorServiceServicer_to_server(servicer: NpcBehaviorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

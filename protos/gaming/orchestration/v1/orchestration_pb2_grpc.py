@@ -66,6 +66,8 @@ class OrchestrationServiceServicer:
         steps, more than 32 steps, duplicate step names, an empty target or method, or a missing
         idempotency key; ALREADY_EXISTS if the idempotency key was used with a different workflow
         definition.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,6 +76,8 @@ class OrchestrationServiceServicer:
     def GetWorkflow(self, request, context):
         """Returns one workflow and its step results. Errors: INVALID_ARGUMENT for an empty workflow_id;
         NOT_FOUND for an unknown workflow (records are kept for 7 days).
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +86,8 @@ class OrchestrationServiceServicer:
     def ListWorkflows(self, request, context):
         """Lists workflows, newest first, optionally filtered by name and state. Errors:
         INVALID_ARGUMENT for a bad page token.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,14 +46,20 @@ class OrchestrationServiceStub:
     steps, more than 32 steps, duplicate step names, an empty target or method, or a missing
     idempotency key; ALREADY_EXISTS if the idempotency key was used with a different workflow
     definition.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetWorkflowRequest, _orchestration_pb2.GetWorkflowResponse]
     """Returns one workflow and its step results. Errors: INVALID_ARGUMENT for an empty workflow_id;
     NOT_FOUND for an unknown workflow (records are kept for 7 days).
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListWorkflowsRequest, _orchestration_pb2.ListWorkflowsResponse]
     """Lists workflows, newest first, optionally filtered by name and state. Errors:
     INVALID_ARGUMENT for a bad page token.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -71,14 +77,20 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     steps, more than 32 steps, duplicate step names, an empty target or method, or a missing
     idempotency key; ALREADY_EXISTS if the idempotency key was used with a different workflow
     definition.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetWorkflowRequest, _orchestration_pb2.GetWorkflowResponse]  # type: ignore[assignment]
     """Returns one workflow and its step results. Errors: INVALID_ARGUMENT for an empty workflow_id;
     NOT_FOUND for an unknown workflow (records are kept for 7 days).
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListWorkflowsRequest, _orchestration_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """Lists workflows, newest first, optionally filtered by name and state. Errors:
     INVALID_ARGUMENT for a bad page token.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -99,6 +111,8 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         steps, more than 32 steps, duplicate step names, an empty target or method, or a missing
         idempotency key; ALREADY_EXISTS if the idempotency key was used with a different workflow
         definition.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -109,6 +123,8 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestration_pb2.GetWorkflowResponse, _abc.Awaitable[_orchestration_pb2.GetWorkflowResponse]]:
         """Returns one workflow and its step results. Errors: INVALID_ARGUMENT for an empty workflow_id;
         NOT_FOUND for an unknown workflow (records are kept for 7 days).
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -119,6 +135,8 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestration_pb2.ListWorkflowsResponse, _abc.Awaitable[_orchestration_pb2.ListWorkflowsResponse]]:
         """Lists workflows, newest first, optionally filtered by name and state. Errors:
         INVALID_ARGUMENT for a bad page token.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -83,6 +83,8 @@ class PaymentServiceServicer:
         has a zero balance (not NOT_FOUND).
         Errors: INVALID_ARGUMENT for an empty account id or a malformed currency code;
         UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +95,8 @@ class PaymentServiceServicer:
         Errors: INVALID_ARGUMENT for an empty account id, a missing idempotency key, a
         non-positive amount or a malformed currency; ALREADY_EXISTS if the idempotency key was used
         with different parameters; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +108,8 @@ class PaymentServiceServicer:
         non-positive amount, a malformed currency or a description over 256 characters;
         FAILED_PRECONDITION for insufficient funds (nothing is recorded); ALREADY_EXISTS if the
         idempotency key was used with different parameters; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +123,8 @@ class PaymentServiceServicer:
         transaction does not exist; FAILED_PRECONDITION if it is not a charge, is already fully
         refunded, or the amount exceeds what remains refundable; ALREADY_EXISTS if the idempotency
         key was used with different parameters; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +134,8 @@ class PaymentServiceServicer:
         """ListTransactions returns one page of an account's ledger, newest first.
         Errors: INVALID_ARGUMENT for an empty account id, a bad page size or a page token from
         another query; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

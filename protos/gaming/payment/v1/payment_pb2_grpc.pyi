@@ -47,12 +47,16 @@ class PaymentServiceStub:
     has a zero balance (not NOT_FOUND).
     Errors: INVALID_ARGUMENT for an empty account id or a malformed currency code;
     UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     Deposit: _grpc.UnaryUnaryMultiCallable[_payment_pb2.DepositRequest, _payment_pb2.DepositResponse]
     """Deposit credits an account (a purchase of in-game currency, a reward, a grant).
     Errors: INVALID_ARGUMENT for an empty account id, a missing idempotency key, a
     non-positive amount or a malformed currency; ALREADY_EXISTS if the idempotency key was used
     with different parameters; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Charge: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ChargeRequest, _payment_pb2.ChargeResponse]
     """Charge debits an account, if its balance in that currency covers the amount.
@@ -60,6 +64,8 @@ class PaymentServiceStub:
     non-positive amount, a malformed currency or a description over 256 characters;
     FAILED_PRECONDITION for insufficient funds (nothing is recorded); ALREADY_EXISTS if the
     idempotency key was used with different parameters; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Refund: _grpc.UnaryUnaryMultiCallable[_payment_pb2.RefundRequest, _payment_pb2.RefundResponse]
     """Refund returns all or part of a charge to the account it was charged from. Several partial
@@ -69,11 +75,15 @@ class PaymentServiceStub:
     transaction does not exist; FAILED_PRECONDITION if it is not a charge, is already fully
     refunded, or the amount exceeds what remains refundable; ALREADY_EXISTS if the idempotency
     key was used with different parameters; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ListTransactionsRequest, _payment_pb2.ListTransactionsResponse]
     """ListTransactions returns one page of an account's ledger, newest first.
     Errors: INVALID_ARGUMENT for an empty account id, a bad page size or a page token from
     another query; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -93,12 +103,16 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     has a zero balance (not NOT_FOUND).
     Errors: INVALID_ARGUMENT for an empty account id or a malformed currency code;
     UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     Deposit: _aio.UnaryUnaryMultiCallable[_payment_pb2.DepositRequest, _payment_pb2.DepositResponse]  # type: ignore[assignment]
     """Deposit credits an account (a purchase of in-game currency, a reward, a grant).
     Errors: INVALID_ARGUMENT for an empty account id, a missing idempotency key, a
     non-positive amount or a malformed currency; ALREADY_EXISTS if the idempotency key was used
     with different parameters; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Charge: _aio.UnaryUnaryMultiCallable[_payment_pb2.ChargeRequest, _payment_pb2.ChargeResponse]  # type: ignore[assignment]
     """Charge debits an account, if its balance in that currency covers the amount.
@@ -106,6 +120,8 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     non-positive amount, a malformed currency or a description over 256 characters;
     FAILED_PRECONDITION for insufficient funds (nothing is recorded); ALREADY_EXISTS if the
     idempotency key was used with different parameters; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Refund: _aio.UnaryUnaryMultiCallable[_payment_pb2.RefundRequest, _payment_pb2.RefundResponse]  # type: ignore[assignment]
     """Refund returns all or part of a charge to the account it was charged from. Several partial
@@ -115,11 +131,15 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     transaction does not exist; FAILED_PRECONDITION if it is not a charge, is already fully
     refunded, or the amount exceeds what remains refundable; ALREADY_EXISTS if the idempotency
     key was used with different parameters; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     ListTransactions: _aio.UnaryUnaryMultiCallable[_payment_pb2.ListTransactionsRequest, _payment_pb2.ListTransactionsResponse]  # type: ignore[assignment]
     """ListTransactions returns one page of an account's ledger, newest first.
     Errors: INVALID_ARGUMENT for an empty account id, a bad page size or a page token from
     another query; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -142,6 +162,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         has a zero balance (not NOT_FOUND).
         Errors: INVALID_ARGUMENT for an empty account id or a malformed currency code;
         UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -154,6 +176,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT for an empty account id, a missing idempotency key, a
         non-positive amount or a malformed currency; ALREADY_EXISTS if the idempotency key was used
         with different parameters; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -167,6 +191,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         non-positive amount, a malformed currency or a description over 256 characters;
         FAILED_PRECONDITION for insufficient funds (nothing is recorded); ALREADY_EXISTS if the
         idempotency key was used with different parameters; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -182,6 +208,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         transaction does not exist; FAILED_PRECONDITION if it is not a charge, is already fully
         refunded, or the amount exceeds what remains refundable; ALREADY_EXISTS if the idempotency
         key was used with different parameters; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -193,6 +221,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListTransactions returns one page of an account's ledger, newest first.
         Errors: INVALID_ARGUMENT for an empty account id, a bad page size or a page token from
         another query; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -65,6 +65,8 @@ class PerformanceModeServiceServicer:
         default profile (AUTO, MEDIUM).
         Errors: INVALID_ARGUMENT if `client_id` is empty or malformed; UNAVAILABLE if the profile
         store cannot be reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +79,8 @@ class PerformanceModeServiceServicer:
         Errors: INVALID_ARGUMENT if `mode` is unspecified, if `manual_tier` is unspecified in MANUAL
         mode or set in AUTO mode; ABORTED if `expected_revision` is set and does not match;
         UNAVAILABLE if the profile store cannot be reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +96,8 @@ class PerformanceModeServiceServicer:
         different client; RESOURCE_EXHAUSTED
         after more than 10000 samples in one stream; UNAVAILABLE if the profile store cannot be
         reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,6 +43,8 @@ class PerformanceModeServiceStub:
     default profile (AUTO, MEDIUM).
     Errors: INVALID_ARGUMENT if `client_id` is empty or malformed; UNAVAILABLE if the profile
     store cannot be reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     SetMode: _grpc.UnaryUnaryMultiCallable[_performance_mode_pb2.SetModeRequest, _performance_mode_pb2.SetModeResponse]
     """Switches a client between AUTO and MANUAL mode. In MANUAL mode `manual_tier` is applied at
@@ -51,6 +53,8 @@ class PerformanceModeServiceStub:
     Errors: INVALID_ARGUMENT if `mode` is unspecified, if `manual_tier` is unspecified in MANUAL
     mode or set in AUTO mode; ABORTED if `expected_revision` is set and does not match;
     UNAVAILABLE if the profile store cannot be reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     ReportMetrics: _grpc.StreamUnaryMultiCallable[_performance_mode_pb2.ReportMetricsRequest, _performance_mode_pb2.ReportMetricsResponse]
     """Receives a stream of telemetry samples from one client and, when the client half-closes,
@@ -62,6 +66,8 @@ class PerformanceModeServiceStub:
     different client; RESOURCE_EXHAUSTED
     after more than 10000 samples in one stream; UNAVAILABLE if the profile store cannot be
     reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -77,6 +83,8 @@ class PerformanceModeServiceAsyncStub(PerformanceModeServiceStub):
     default profile (AUTO, MEDIUM).
     Errors: INVALID_ARGUMENT if `client_id` is empty or malformed; UNAVAILABLE if the profile
     store cannot be reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     SetMode: _aio.UnaryUnaryMultiCallable[_performance_mode_pb2.SetModeRequest, _performance_mode_pb2.SetModeResponse]  # type: ignore[assignment]
     """Switches a client between AUTO and MANUAL mode. In MANUAL mode `manual_tier` is applied at
@@ -85,6 +93,8 @@ class PerformanceModeServiceAsyncStub(PerformanceModeServiceStub):
     Errors: INVALID_ARGUMENT if `mode` is unspecified, if `manual_tier` is unspecified in MANUAL
     mode or set in AUTO mode; ABORTED if `expected_revision` is set and does not match;
     UNAVAILABLE if the profile store cannot be reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     ReportMetrics: _aio.StreamUnaryMultiCallable[_performance_mode_pb2.ReportMetricsRequest, _performance_mode_pb2.ReportMetricsResponse]  # type: ignore[assignment]
     """Receives a stream of telemetry samples from one client and, when the client half-closes,
@@ -96,6 +106,8 @@ class PerformanceModeServiceAsyncStub(PerformanceModeServiceStub):
     different client; RESOURCE_EXHAUSTED
     after more than 10000 samples in one stream; UNAVAILABLE if the profile store cannot be
     reached.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 class PerformanceModeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -114,6 +126,8 @@ class PerformanceModeServiceServicer(metaclass=_abc_1.ABCMeta):
         default profile (AUTO, MEDIUM).
         Errors: INVALID_ARGUMENT if `client_id` is empty or malformed; UNAVAILABLE if the profile
         store cannot be reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -128,6 +142,8 @@ class PerformanceModeServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT if `mode` is unspecified, if `manual_tier` is unspecified in MANUAL
         mode or set in AUTO mode; ABORTED if `expected_revision` is set and does not match;
         UNAVAILABLE if the profile store cannot be reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -145,6 +161,8 @@ class PerformanceModeServiceServicer(metaclass=_abc_1.ABCMeta):
         different client; RESOURCE_EXHAUSTED
         after more than 10000 samples in one stream; UNAVAILABLE if the profile store cannot be
         reached.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_PerformanceModeServiceServicer_to_server(servicer: PerformanceModeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

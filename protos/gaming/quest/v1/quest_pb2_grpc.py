@@ -73,6 +73,8 @@ class QuestServiceServicer:
         unknown player or region; FAILED_PRECONDITION if no template fits the region and difficulty
         or the player already holds the maximum of 25 open quests; UNAVAILABLE if story-teller,
         npc-behavior or world-state is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +83,8 @@ class QuestServiceServicer:
     def GetQuest(self, request, context):
         """Returns one quest. Errors: INVALID_ARGUMENT for an empty quest_id; NOT_FOUND for an unknown
         quest; PERMISSION_DENIED if the caller may not read it.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +96,8 @@ class QuestServiceServicer:
         unknown quest; PERMISSION_DENIED if the quest was generated for another player; ABORTED if
         expected_revision is not current; FAILED_PRECONDITION if the quest is not
         QUEST_STATUS_AVAILABLE (already accepted, completed or expired).
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +110,8 @@ class QuestServiceServicer:
         INVALID_ARGUMENT for a non-positive increment or missing key; NOT_FOUND for an unknown quest
         or objective; FAILED_PRECONDITION if the quest is not QUEST_STATUS_ACTIVE; UNAVAILABLE if the
         reward grant could not be made (nothing is applied).
+        Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +120,8 @@ class QuestServiceServicer:
     def List(self, request, context):
         """Lists a player's quests, newest first, optionally filtered by status. Errors:
         INVALID_ARGUMENT for an empty player_id or a bad page token; NOT_FOUND for an unknown player.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

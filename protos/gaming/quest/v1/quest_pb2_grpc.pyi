@@ -43,10 +43,14 @@ class QuestServiceStub:
     unknown player or region; FAILED_PRECONDITION if no template fits the region and difficulty
     or the player already holds the maximum of 25 open quests; UNAVAILABLE if story-teller,
     npc-behavior or world-state is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     GetQuest: _grpc.UnaryUnaryMultiCallable[_quest_pb2.GetQuestRequest, _quest_pb2.GetQuestResponse]
     """Returns one quest. Errors: INVALID_ARGUMENT for an empty quest_id; NOT_FOUND for an unknown
     quest; PERMISSION_DENIED if the caller may not read it.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     Accept: _grpc.UnaryUnaryMultiCallable[_quest_pb2.AcceptRequest, _quest_pb2.AcceptResponse]
     """Accepts an available quest for a player (compare-and-set on the quest revision); the quest
@@ -54,6 +58,8 @@ class QuestServiceStub:
     unknown quest; PERMISSION_DENIED if the quest was generated for another player; ABORTED if
     expected_revision is not current; FAILED_PRECONDITION if the quest is not
     QUEST_STATUS_AVAILABLE (already accepted, completed or expired).
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     UpdateProgress: _grpc.UnaryUnaryMultiCallable[_quest_pb2.UpdateProgressRequest, _quest_pb2.UpdateProgressResponse]
     """Adds progress to one objective of an active quest. When every objective reaches its required
@@ -62,10 +68,14 @@ class QuestServiceStub:
     INVALID_ARGUMENT for a non-positive increment or missing key; NOT_FOUND for an unknown quest
     or objective; FAILED_PRECONDITION if the quest is not QUEST_STATUS_ACTIVE; UNAVAILABLE if the
     reward grant could not be made (nothing is applied).
+    Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     List: _grpc.UnaryUnaryMultiCallable[_quest_pb2.ListRequest, _quest_pb2.ListResponse]
     """Lists a player's quests, newest first, optionally filtered by status. Errors:
     INVALID_ARGUMENT for an empty player_id or a bad page token; NOT_FOUND for an unknown player.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -80,10 +90,14 @@ class QuestServiceAsyncStub(QuestServiceStub):
     unknown player or region; FAILED_PRECONDITION if no template fits the region and difficulty
     or the player already holds the maximum of 25 open quests; UNAVAILABLE if story-teller,
     npc-behavior or world-state is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     GetQuest: _aio.UnaryUnaryMultiCallable[_quest_pb2.GetQuestRequest, _quest_pb2.GetQuestResponse]  # type: ignore[assignment]
     """Returns one quest. Errors: INVALID_ARGUMENT for an empty quest_id; NOT_FOUND for an unknown
     quest; PERMISSION_DENIED if the caller may not read it.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     Accept: _aio.UnaryUnaryMultiCallable[_quest_pb2.AcceptRequest, _quest_pb2.AcceptResponse]  # type: ignore[assignment]
     """Accepts an available quest for a player (compare-and-set on the quest revision); the quest
@@ -91,6 +105,8 @@ class QuestServiceAsyncStub(QuestServiceStub):
     unknown quest; PERMISSION_DENIED if the quest was generated for another player; ABORTED if
     expected_revision is not current; FAILED_PRECONDITION if the quest is not
     QUEST_STATUS_AVAILABLE (already accepted, completed or expired).
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     UpdateProgress: _aio.UnaryUnaryMultiCallable[_quest_pb2.UpdateProgressRequest, _quest_pb2.UpdateProgressResponse]  # type: ignore[assignment]
     """Adds progress to one objective of an active quest. When every objective reaches its required
@@ -99,10 +115,14 @@ class QuestServiceAsyncStub(QuestServiceStub):
     INVALID_ARGUMENT for a non-positive increment or missing key; NOT_FOUND for an unknown quest
     or objective; FAILED_PRECONDITION if the quest is not QUEST_STATUS_ACTIVE; UNAVAILABLE if the
     reward grant could not be made (nothing is applied).
+    Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     List: _aio.UnaryUnaryMultiCallable[_quest_pb2.ListRequest, _quest_pb2.ListResponse]  # type: ignore[assignment]
     """Lists a player's quests, newest first, optionally filtered by status. Errors:
     INVALID_ARGUMENT for an empty player_id or a bad page token; NOT_FOUND for an unknown player.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 class QuestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -120,6 +140,8 @@ class QuestServiceServicer(metaclass=_abc_1.ABCMeta):
         unknown player or region; FAILED_PRECONDITION if no template fits the region and difficulty
         or the player already holds the maximum of 25 open quests; UNAVAILABLE if story-teller,
         npc-behavior or world-state is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -130,6 +152,8 @@ class QuestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_quest_pb2.GetQuestResponse, _abc.Awaitable[_quest_pb2.GetQuestResponse]]:
         """Returns one quest. Errors: INVALID_ARGUMENT for an empty quest_id; NOT_FOUND for an unknown
         quest; PERMISSION_DENIED if the caller may not read it.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -143,6 +167,8 @@ class QuestServiceServicer(metaclass=_abc_1.ABCMeta):
         unknown quest; PERMISSION_DENIED if the quest was generated for another player; ABORTED if
         expected_revision is not current; FAILED_PRECONDITION if the quest is not
         QUEST_STATUS_AVAILABLE (already accepted, completed or expired).
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -157,6 +183,8 @@ class QuestServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT for a non-positive increment or missing key; NOT_FOUND for an unknown quest
         or objective; FAILED_PRECONDITION if the quest is not QUEST_STATUS_ACTIVE; UNAVAILABLE if the
         reward grant could not be made (nothing is applied).
+        Access: a bearer token with scope "service" or "operator"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -167,6 +195,8 @@ class QuestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_quest_pb2.ListResponse, _abc.Awaitable[_quest_pb2.ListResponse]]:
         """Lists a player's quests, newest first, optionally filtered by status. Errors:
         INVALID_ARGUMENT for an empty player_id or a bad page token; NOT_FOUND for an unknown player.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_QuestServiceServicer_to_server(servicer: QuestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgaming/router/v1/router.proto\x12\x10gaming.router.v1\x1a\x1dgaming/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x91\x01\n\x05Route\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x16\n\x0etarget_service\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"\x8b\x01\n\x0f\x44ispatchRequest\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x11\n\tplayer_id\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x06locale\x18\x04 \x01(\x0b\x32\x1b.gaming.common.v1.LocaleTag\"\xbe\x01\n\x10\x44ispatchResponse\x12\x16\n\x0etarget_service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12)\n\x08response\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\x12\x16\n\x0estatus_message\x18\x05 \x01(\t\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"+\n\x11ListRoutesRequest\x12\x16\n\x0etarget_service\x18\x01 \x01(\t\"=\n\x12ListRoutesResponse\x12\'\n\x06routes\x18\x01 \x03(\x0b\x32\x17.gaming.router.v1.Route2\x88\x02\n\rRouterService\x12\x82\x01\n\x08\x44ispatch\x12!.gaming.router.v1.DispatchRequest\x1a\".gaming.router.v1.DispatchResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/router/intents/{intent}:dispatch:\x01*\x12r\n\nListRoutes\x12#.gaming.router.v1.ListRoutesRequest\x1a$.gaming.router.v1.ListRoutesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/router/routesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgaming/router/v1/router.proto\x12\x10gaming.router.v1\x1a\x1dgaming/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x91\x01\n\x05Route\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x16\n\x0etarget_service\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"\x8b\x01\n\x0f\x44ispatchRequest\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x11\n\tplayer_id\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x06locale\x18\x04 \x01(\x0b\x32\x1b.gaming.common.v1.LocaleTag\"\xbe\x01\n\x10\x44ispatchResponse\x12\x16\n\x0etarget_service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12)\n\x08response\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\x12\x16\n\x0estatus_message\x18\x05 \x01(\t\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"+\n\x11ListRoutesRequest\x12\x16\n\x0etarget_service\x18\x01 \x01(\t\"=\n\x12ListRoutesResponse\x12\'\n\x06routes\x18\x01 \x03(\x0b\x32\x17.gaming.router.v1.Route2\xbf\x02\n\rRouterService\x12\xa1\x01\n\x08\x44ispatch\x12!.gaming.router.v1.DispatchRequest\x1a\".gaming.router.v1.DispatchResponse\"N\xca\xf3\x18\x1b\x12\x06player\x12\x08operator\x12\x07service\x82\xd3\xe4\x93\x02)\"$/v1/router/intents/{intent}:dispatch:\x01*\x12\x89\x01\n\nListRoutes\x12#.gaming.router.v1.ListRoutesRequest\x1a$.gaming.router.v1.ListRoutesResponse\"0\xca\xf3\x18\x13\x12\x08operator\x12\x07service\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/router/routesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gaming.router.v1.router_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['Dispatch']._loaded_options = None
-  _globals['_ROUTERSERVICE'].methods_by_name['Dispatch']._serialized_options = b'\202\323\344\223\002)\"$/v1/router/intents/{intent}:dispatch:\001*'
+  _globals['_ROUTERSERVICE'].methods_by_name['Dispatch']._serialized_options = b'\312\363\030\033\022\006player\022\010operator\022\007service\202\323\344\223\002)\"$/v1/router/intents/{intent}:dispatch:\001*'
   _globals['_ROUTERSERVICE'].methods_by_name['ListRoutes']._loaded_options = None
-  _globals['_ROUTERSERVICE'].methods_by_name['ListRoutes']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/router/routes'
+  _globals['_ROUTERSERVICE'].methods_by_name['ListRoutes']._serialized_options = b'\312\363\030\023\022\010operator\022\007service\202\323\344\223\002\023\022\021/v1/router/routes'
   _globals['_ROUTE']._serialized_start=175
   _globals['_ROUTE']._serialized_end=320
   _globals['_DISPATCHREQUEST']._serialized_start=323
@@ -50,5 +50,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTROUTESRESPONSE']._serialized_start=702
   _globals['_LISTROUTESRESPONSE']._serialized_end=763
   _globals['_ROUTERSERVICE']._serialized_start=766
-  _globals['_ROUTERSERVICE']._serialized_end=1030
+  _globals['_ROUTERSERVICE']._serialized_end=1085
 # @@protoc_insertion_point(module_scope)

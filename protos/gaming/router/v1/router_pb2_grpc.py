@@ -59,6 +59,8 @@ class RouterServiceServicer:
         FAILED_PRECONDITION if the route is disabled; UNAUTHENTICATED without valid credentials;
         UNAVAILABLE if the target service cannot be reached; DEADLINE_EXCEEDED if it does not answer
         within the route's timeout.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -67,6 +69,8 @@ class RouterServiceServicer:
     def ListRoutes(self, request, context):
         """Returns the route table (every intent and the service and method that own it), sorted by
         intent. The table is small (hundreds of entries) and is returned whole.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,10 +43,14 @@ class RouterServiceStub:
     FAILED_PRECONDITION if the route is disabled; UNAUTHENTICATED without valid credentials;
     UNAVAILABLE if the target service cannot be reached; DEADLINE_EXCEEDED if it does not answer
     within the route's timeout.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     ListRoutes: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListRoutesRequest, _router_pb2.ListRoutesResponse]
     """Returns the route table (every intent and the service and method that own it), sorted by
     intent. The table is small (hundreds of entries) and is returned whole.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -62,10 +66,14 @@ class RouterServiceAsyncStub(RouterServiceStub):
     FAILED_PRECONDITION if the route is disabled; UNAUTHENTICATED without valid credentials;
     UNAVAILABLE if the target service cannot be reached; DEADLINE_EXCEEDED if it does not answer
     within the route's timeout.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     ListRoutes: _aio.UnaryUnaryMultiCallable[_router_pb2.ListRoutesRequest, _router_pb2.ListRoutesResponse]  # type: ignore[assignment]
     """Returns the route table (every intent and the service and method that own it), sorted by
     intent. The table is small (hundreds of entries) and is returned whole.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -84,6 +92,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION if the route is disabled; UNAUTHENTICATED without valid credentials;
         UNAVAILABLE if the target service cannot be reached; DEADLINE_EXCEEDED if it does not answer
         within the route's timeout.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -94,6 +104,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_router_pb2.ListRoutesResponse, _abc.Awaitable[_router_pb2.ListRoutesResponse]]:
         """Returns the route table (every intent and the service and method that own it), sorted by
         intent. The table is small (hundreds of entries) and is returned whole.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -65,6 +65,8 @@ class SettingsServiceServicer:
         (not NOT_FOUND).
         Errors: INVALID_ARGUMENT for an unspecified scope kind or an empty scope id; UNAVAILABLE
         if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +80,8 @@ class SettingsServiceServicer:
         exceeded (256 keys per scope, 4 KiB per value); ABORTED when the stored revision differs
         from `expected_revision`, with a `RevisionConflict` (holding the current revision) in the
         google.rpc.Status details; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,6 +92,8 @@ class SettingsServiceServicer:
         message per later update, until the client cancels.
         Errors: INVALID_ARGUMENT for a bad scope; UNAVAILABLE if the store or change feed is down
         (clients reconnect and get a fresh snapshot).
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,6 +43,8 @@ class SettingsServiceStub:
     (not NOT_FOUND).
     Errors: INVALID_ARGUMENT for an unspecified scope kind or an empty scope id; UNAVAILABLE
     if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
     Update: _grpc.UnaryUnaryMultiCallable[_settings_pb2.UpdateRequest, _settings_pb2.UpdateResponse]
     """Update sets and removes keys of a scope in one atomic step, if the stored revision still
@@ -52,12 +54,16 @@ class SettingsServiceStub:
     exceeded (256 keys per scope, 4 KiB per value); ABORTED when the stored revision differs
     from `expected_revision`, with a `RevisionConflict` (holding the current revision) in the
     google.rpc.Status details; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
     Watch: _grpc.UnaryStreamMultiCallable[_settings_pb2.WatchRequest, _settings_pb2.WatchResponse]
     """Watch streams the settings of a scope: first a snapshot of the current values, then one
     message per later update, until the client cancels.
     Errors: INVALID_ARGUMENT for a bad scope; UNAVAILABLE if the store or change feed is down
     (clients reconnect and get a fresh snapshot).
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -73,6 +79,8 @@ class SettingsServiceAsyncStub(SettingsServiceStub):
     (not NOT_FOUND).
     Errors: INVALID_ARGUMENT for an unspecified scope kind or an empty scope id; UNAVAILABLE
     if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
     Update: _aio.UnaryUnaryMultiCallable[_settings_pb2.UpdateRequest, _settings_pb2.UpdateResponse]  # type: ignore[assignment]
     """Update sets and removes keys of a scope in one atomic step, if the stored revision still
@@ -82,12 +90,16 @@ class SettingsServiceAsyncStub(SettingsServiceStub):
     exceeded (256 keys per scope, 4 KiB per value); ABORTED when the stored revision differs
     from `expected_revision`, with a `RevisionConflict` (holding the current revision) in the
     google.rpc.Status details; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
     Watch: _aio.UnaryStreamMultiCallable[_settings_pb2.WatchRequest, _settings_pb2.WatchResponse]  # type: ignore[assignment]
     """Watch streams the settings of a scope: first a snapshot of the current values, then one
     message per later update, until the client cancels.
     Errors: INVALID_ARGUMENT for a bad scope; UNAVAILABLE if the store or change feed is down
     (clients reconnect and get a fresh snapshot).
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
 
 class SettingsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,6 +118,8 @@ class SettingsServiceServicer(metaclass=_abc_1.ABCMeta):
         (not NOT_FOUND).
         Errors: INVALID_ARGUMENT for an unspecified scope kind or an empty scope id; UNAVAILABLE
         if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -121,6 +135,8 @@ class SettingsServiceServicer(metaclass=_abc_1.ABCMeta):
         exceeded (256 keys per scope, 4 KiB per value); ABORTED when the stored revision differs
         from `expected_revision`, with a `RevisionConflict` (holding the current revision) in the
         google.rpc.Status details; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -133,6 +149,8 @@ class SettingsServiceServicer(metaclass=_abc_1.ABCMeta):
         message per later update, until the client cancels.
         Errors: INVALID_ARGUMENT for a bad scope; UNAVAILABLE if the store or change feed is down
         (clients reconnect and get a fresh snapshot).
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        player scope); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_SettingsServiceServicer_to_server(servicer: SettingsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

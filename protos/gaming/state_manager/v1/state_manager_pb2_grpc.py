@@ -69,6 +69,8 @@ class StateManagerServiceServicer:
         """Get returns the current state document of a player.
         Errors: INVALID_ARGUMENT if `player_id` is empty; NOT_FOUND if the player has no state
         (never written, or deleted); UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +83,8 @@ class StateManagerServiceServicer:
         invalid mask path, or a document larger than 1 MiB once serialized; ABORTED when the stored
         revision differs from `expected_revision`, with a `RevisionConflict` (holding the current
         revision) in the google.rpc.Status details; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +96,8 @@ class StateManagerServiceServicer:
         Errors: INVALID_ARGUMENT for an empty id or missing expected revision; NOT_FOUND if the
         player has no state; ABORTED on a revision mismatch, with a `RevisionConflict` in the
         status details; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +111,8 @@ class StateManagerServiceServicer:
         the retained change history (re-read with Get and watch from its revision);
         UNAVAILABLE if the store or change feed is down (clients reconnect from their last
         revision).
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,6 +42,8 @@ class StateManagerServiceStub:
     """Get returns the current state document of a player.
     Errors: INVALID_ARGUMENT if `player_id` is empty; NOT_FOUND if the player has no state
     (never written, or deleted); UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Update: _grpc.UnaryUnaryMultiCallable[_state_manager_pb2.UpdateRequest, _state_manager_pb2.UpdateResponse]
     """Update replaces (or, with `update_mask`, partially replaces) a player's document if the
@@ -50,6 +52,8 @@ class StateManagerServiceStub:
     invalid mask path, or a document larger than 1 MiB once serialized; ABORTED when the stored
     revision differs from `expected_revision`, with a `RevisionConflict` (holding the current
     revision) in the google.rpc.Status details; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Delete: _grpc.UnaryUnaryMultiCallable[_state_manager_pb2.DeleteRequest, _state_manager_pb2.DeleteResponse]
     """Delete removes a player's document if the stored revision still equals
@@ -57,6 +61,8 @@ class StateManagerServiceStub:
     Errors: INVALID_ARGUMENT for an empty id or missing expected revision; NOT_FOUND if the
     player has no state; ABORTED on a revision mismatch, with a `RevisionConflict` in the
     status details; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Watch: _grpc.UnaryStreamMultiCallable[_state_manager_pb2.WatchRequest, _state_manager_pb2.WatchResponse]
     """Watch streams every change to one player's state, in revision order, until the client
@@ -66,6 +72,8 @@ class StateManagerServiceStub:
     the retained change history (re-read with Get and watch from its revision);
     UNAVAILABLE if the store or change feed is down (clients reconnect from their last
     revision).
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -80,6 +88,8 @@ class StateManagerServiceAsyncStub(StateManagerServiceStub):
     """Get returns the current state document of a player.
     Errors: INVALID_ARGUMENT if `player_id` is empty; NOT_FOUND if the player has no state
     (never written, or deleted); UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Update: _aio.UnaryUnaryMultiCallable[_state_manager_pb2.UpdateRequest, _state_manager_pb2.UpdateResponse]  # type: ignore[assignment]
     """Update replaces (or, with `update_mask`, partially replaces) a player's document if the
@@ -88,6 +98,8 @@ class StateManagerServiceAsyncStub(StateManagerServiceStub):
     invalid mask path, or a document larger than 1 MiB once serialized; ABORTED when the stored
     revision differs from `expected_revision`, with a `RevisionConflict` (holding the current
     revision) in the google.rpc.Status details; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Delete: _aio.UnaryUnaryMultiCallable[_state_manager_pb2.DeleteRequest, _state_manager_pb2.DeleteResponse]  # type: ignore[assignment]
     """Delete removes a player's document if the stored revision still equals
@@ -95,6 +107,8 @@ class StateManagerServiceAsyncStub(StateManagerServiceStub):
     Errors: INVALID_ARGUMENT for an empty id or missing expected revision; NOT_FOUND if the
     player has no state; ABORTED on a revision mismatch, with a `RevisionConflict` in the
     status details; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     Watch: _aio.UnaryStreamMultiCallable[_state_manager_pb2.WatchRequest, _state_manager_pb2.WatchResponse]  # type: ignore[assignment]
     """Watch streams every change to one player's state, in revision order, until the client
@@ -104,6 +118,8 @@ class StateManagerServiceAsyncStub(StateManagerServiceStub):
     the retained change history (re-read with Get and watch from its revision);
     UNAVAILABLE if the store or change feed is down (clients reconnect from their last
     revision).
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
 
 class StateManagerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -121,6 +137,8 @@ class StateManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Get returns the current state document of a player.
         Errors: INVALID_ARGUMENT if `player_id` is empty; NOT_FOUND if the player has no state
         (never written, or deleted); UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -135,6 +153,8 @@ class StateManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         invalid mask path, or a document larger than 1 MiB once serialized; ABORTED when the stored
         revision differs from `expected_revision`, with a `RevisionConflict` (holding the current
         revision) in the google.rpc.Status details; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -148,6 +168,8 @@ class StateManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT for an empty id or missing expected revision; NOT_FOUND if the
         player has no state; ABORTED on a revision mismatch, with a `RevisionConflict` in the
         status details; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -163,6 +185,8 @@ class StateManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         the retained change history (re-read with Get and watch from its revision);
         UNAVAILABLE if the store or change feed is down (clients reconnect from their last
         revision).
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
 def add_StateManagerServiceServicer_to_server(servicer: StateManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

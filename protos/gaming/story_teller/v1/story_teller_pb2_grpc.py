@@ -62,6 +62,8 @@ class StoryTellerServiceServicer:
         of range; NOT_FOUND if story_id is set but unknown; PERMISSION_DENIED if the story belongs to
         another player; UNAUTHENTICATED without valid credentials; UNAVAILABLE if ai-integration is
         down (the stream ends after the beats already sent, which are stored).
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +74,8 @@ class StoryTellerServiceServicer:
         story revision). Errors: INVALID_ARGUMENT for an empty or too long choice; NOT_FOUND for an
         unknown story; ABORTED if expected_revision is not the current revision (re-read and retry);
         FAILED_PRECONDITION if the story has already ended; UNAVAILABLE if ai-integration is down.
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +84,8 @@ class StoryTellerServiceServicer:
     def GetStory(self, request, context):
         """Returns a story with all its beats. Errors: INVALID_ARGUMENT for an empty story_id;
         NOT_FOUND for an unknown story; PERMISSION_DENIED if the caller may not read it.
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

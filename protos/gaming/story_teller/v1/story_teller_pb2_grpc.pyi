@@ -41,16 +41,22 @@ class StoryTellerServiceStub:
     of range; NOT_FOUND if story_id is set but unknown; PERMISSION_DENIED if the story belongs to
     another player; UNAUTHENTICATED without valid credentials; UNAVAILABLE if ai-integration is
     down (the stream ends after the beats already sent, which are stored).
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
     Continue: _grpc.UnaryUnaryMultiCallable[_story_teller_pb2.ContinueRequest, _story_teller_pb2.ContinueResponse]
     """Continues a story with the player's choice and returns the next beat (compare-and-set on the
     story revision). Errors: INVALID_ARGUMENT for an empty or too long choice; NOT_FOUND for an
     unknown story; ABORTED if expected_revision is not the current revision (re-read and retry);
     FAILED_PRECONDITION if the story has already ended; UNAVAILABLE if ai-integration is down.
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
     GetStory: _grpc.UnaryUnaryMultiCallable[_story_teller_pb2.GetStoryRequest, _story_teller_pb2.GetStoryResponse]
     """Returns a story with all its beats. Errors: INVALID_ARGUMENT for an empty story_id;
     NOT_FOUND for an unknown story; PERMISSION_DENIED if the caller may not read it.
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -64,16 +70,22 @@ class StoryTellerServiceAsyncStub(StoryTellerServiceStub):
     of range; NOT_FOUND if story_id is set but unknown; PERMISSION_DENIED if the story belongs to
     another player; UNAUTHENTICATED without valid credentials; UNAVAILABLE if ai-integration is
     down (the stream ends after the beats already sent, which are stored).
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
     Continue: _aio.UnaryUnaryMultiCallable[_story_teller_pb2.ContinueRequest, _story_teller_pb2.ContinueResponse]  # type: ignore[assignment]
     """Continues a story with the player's choice and returns the next beat (compare-and-set on the
     story revision). Errors: INVALID_ARGUMENT for an empty or too long choice; NOT_FOUND for an
     unknown story; ABORTED if expected_revision is not the current revision (re-read and retry);
     FAILED_PRECONDITION if the story has already ended; UNAVAILABLE if ai-integration is down.
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
     GetStory: _aio.UnaryUnaryMultiCallable[_story_teller_pb2.GetStoryRequest, _story_teller_pb2.GetStoryResponse]  # type: ignore[assignment]
     """Returns a story with all its beats. Errors: INVALID_ARGUMENT for an empty story_id;
     NOT_FOUND for an unknown story; PERMISSION_DENIED if the caller may not read it.
+    Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+    stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
     """
 
 class StoryTellerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -90,6 +102,8 @@ class StoryTellerServiceServicer(metaclass=_abc_1.ABCMeta):
         of range; NOT_FOUND if story_id is set but unknown; PERMISSION_DENIED if the story belongs to
         another player; UNAUTHENTICATED without valid credentials; UNAVAILABLE if ai-integration is
         down (the stream ends after the beats already sent, which are stored).
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -102,6 +116,8 @@ class StoryTellerServiceServicer(metaclass=_abc_1.ABCMeta):
         story revision). Errors: INVALID_ARGUMENT for an empty or too long choice; NOT_FOUND for an
         unknown story; ABORTED if expected_revision is not the current revision (re-read and retry);
         FAILED_PRECONDITION if the story has already ended; UNAVAILABLE if ai-integration is down.
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -112,6 +128,8 @@ class StoryTellerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_story_teller_pb2.GetStoryResponse, _abc.Awaitable[_story_teller_pb2.GetStoryResponse]]:
         """Returns a story with all its beats. Errors: INVALID_ARGUMENT for an empty story_id;
         NOT_FOUND for an unknown story; PERMISSION_DENIED if the caller may not read it.
+        Access: a bearer token with scope "player", "operator" or "service" (a player only their own
+        stories); UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_StoryTellerServiceServicer_to_server(servicer: StoryTellerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -64,6 +64,7 @@ class TimeManagerServiceServicer:
         """Returns the current state of a world's clock.
         Errors: INVALID_ARGUMENT if `world_id` is empty or malformed; NOT_FOUND if the world has no
         clock; UNAVAILABLE if the clock store cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,8 +75,9 @@ class TimeManagerServiceServicer:
         time is preserved: only the rate at which it advances from now on changes.
         Errors: INVALID_ARGUMENT if `time_scale` is out of range; NOT_FOUND if the world has no
         clock; ABORTED if `expected_revision` is set and does not match the clock's revision;
-        UNAUTHENTICATED if the caller carries no valid operator token; UNAVAILABLE if the clock
-        store cannot be reached.
+        UNAVAILABLE if the clock store cannot be reached.
+        Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+        PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +89,7 @@ class TimeManagerServiceServicer:
         changes. The first message describes the clock at the moment the stream opens.
         Errors: INVALID_ARGUMENT if `tick_interval` is out of range; NOT_FOUND if the world has no
         clock; UNAVAILABLE if the clock store is lost mid-stream.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,14 +42,16 @@ class TimeManagerServiceStub:
     """Returns the current state of a world's clock.
     Errors: INVALID_ARGUMENT if `world_id` is empty or malformed; NOT_FOUND if the world has no
     clock; UNAVAILABLE if the clock store cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
     SetScale: _grpc.UnaryUnaryMultiCallable[_time_manager_pb2.SetScaleRequest, _time_manager_pb2.SetScaleResponse]
     """Changes the time scale of a world's clock and/or pauses or resumes it. The current game
     time is preserved: only the rate at which it advances from now on changes.
     Errors: INVALID_ARGUMENT if `time_scale` is out of range; NOT_FOUND if the world has no
     clock; ABORTED if `expected_revision` is set and does not match the clock's revision;
-    UNAUTHENTICATED if the caller carries no valid operator token; UNAVAILABLE if the clock
-    store cannot be reached.
+    UNAVAILABLE if the clock store cannot be reached.
+    Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+    PERMISSION_DENIED without the scope.
     """
     StreamTicks: _grpc.UnaryStreamMultiCallable[_time_manager_pb2.StreamTicksRequest, _time_manager_pb2.StreamTicksResponse]
     """Streams a tick every `tick_interval` of game time until the client cancels. While the clock
@@ -57,6 +59,7 @@ class TimeManagerServiceStub:
     changes. The first message describes the clock at the moment the stream opens.
     Errors: INVALID_ARGUMENT if `tick_interval` is out of range; NOT_FOUND if the world has no
     clock; UNAVAILABLE if the clock store is lost mid-stream.
+    Access: public; anyone may call, with or without a token.
     """
 
 @_typing.type_check_only
@@ -71,14 +74,16 @@ class TimeManagerServiceAsyncStub(TimeManagerServiceStub):
     """Returns the current state of a world's clock.
     Errors: INVALID_ARGUMENT if `world_id` is empty or malformed; NOT_FOUND if the world has no
     clock; UNAVAILABLE if the clock store cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
     SetScale: _aio.UnaryUnaryMultiCallable[_time_manager_pb2.SetScaleRequest, _time_manager_pb2.SetScaleResponse]  # type: ignore[assignment]
     """Changes the time scale of a world's clock and/or pauses or resumes it. The current game
     time is preserved: only the rate at which it advances from now on changes.
     Errors: INVALID_ARGUMENT if `time_scale` is out of range; NOT_FOUND if the world has no
     clock; ABORTED if `expected_revision` is set and does not match the clock's revision;
-    UNAUTHENTICATED if the caller carries no valid operator token; UNAVAILABLE if the clock
-    store cannot be reached.
+    UNAVAILABLE if the clock store cannot be reached.
+    Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+    PERMISSION_DENIED without the scope.
     """
     StreamTicks: _aio.UnaryStreamMultiCallable[_time_manager_pb2.StreamTicksRequest, _time_manager_pb2.StreamTicksResponse]  # type: ignore[assignment]
     """Streams a tick every `tick_interval` of game time until the client cancels. While the clock
@@ -86,6 +91,7 @@ class TimeManagerServiceAsyncStub(TimeManagerServiceStub):
     changes. The first message describes the clock at the moment the stream opens.
     Errors: INVALID_ARGUMENT if `tick_interval` is out of range; NOT_FOUND if the world has no
     clock; UNAVAILABLE if the clock store is lost mid-stream.
+    Access: public; anyone may call, with or without a token.
     """
 
 class TimeManagerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -103,6 +109,7 @@ class TimeManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the current state of a world's clock.
         Errors: INVALID_ARGUMENT if `world_id` is empty or malformed; NOT_FOUND if the world has no
         clock; UNAVAILABLE if the clock store cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
 
     @_abc_1.abstractmethod
@@ -115,8 +122,9 @@ class TimeManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         time is preserved: only the rate at which it advances from now on changes.
         Errors: INVALID_ARGUMENT if `time_scale` is out of range; NOT_FOUND if the world has no
         clock; ABORTED if `expected_revision` is set and does not match the clock's revision;
-        UNAUTHENTICATED if the caller carries no valid operator token; UNAVAILABLE if the clock
-        store cannot be reached.
+        UNAVAILABLE if the clock store cannot be reached.
+        Access: a bearer token with scope "operator"; UNAUTHENTICATED without a valid token,
+        PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -130,6 +138,7 @@ class TimeManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         changes. The first message describes the clock at the moment the stream opens.
         Errors: INVALID_ARGUMENT if `tick_interval` is out of range; NOT_FOUND if the world has no
         clock; UNAVAILABLE if the clock store is lost mid-stream.
+        Access: public; anyone may call, with or without a token.
         """
 
 def add_TimeManagerServiceServicer_to_server(servicer: TimeManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

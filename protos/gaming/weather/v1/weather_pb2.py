@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gaming.common.v1 import common_pb2 as gaming_dot_common_dot_v1_dot_common__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgaming/weather/v1/weather.proto\x12\x11gaming.weather.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x04Wind\x12\x11\n\tspeed_mps\x18\x01 \x01(\x01\x12\x10\n\x08gust_mps\x18\x02 \x01(\x01\x12\x19\n\x11\x64irection_degrees\x18\x03 \x01(\x01\"\xbc\x02\n\x07Weather\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12-\n\tgame_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\tcondition\x18\x03 \x01(\x0e\x32#.gaming.weather.v1.WeatherCondition\x12\x1b\n\x13temperature_celsius\x18\x04 \x01(\x01\x12%\n\x04wind\x18\x05 \x01(\x0b\x32\x17.gaming.weather.v1.Wind\x12!\n\x19precipitation_mm_per_hour\x18\x06 \x01(\x01\x12\x18\n\x10humidity_percent\x18\x07 \x01(\x01\x12\x1b\n\x13\x63loud_cover_percent\x18\x08 \x01(\x01\x12\x19\n\x11visibility_meters\x18\t \x01(\x01\"_\n\rForecastPoint\x12+\n\x07weather\x18\x01 \x01(\x0b\x32\x1a.gaming.weather.v1.Weather\x12!\n\x19precipitation_probability\x18\x02 \x01(\x01\"&\n\x11GetWeatherRequest\x12\x11\n\tregion_id\x18\x01 \x01(\t\"O\n\x12GetWeatherResponse\x12+\n\x07weather\x18\x01 \x01(\x0b\x32\x1a.gaming.weather.v1.Weather\x12\x0c\n\x04seed\x18\x02 \x01(\x04\"b\n\x0f\x46orecastRequest\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x13\n\x0bhours_ahead\x18\x02 \x01(\x05\x12\'\n\x04step\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x95\x01\n\x10\x46orecastResponse\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12.\n\nissue_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06points\x18\x03 \x03(\x0b\x32 .gaming.weather.v1.ForecastPoint\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"*\n\x14StreamWeatherRequest\x12\x12\n\nregion_ids\x18\x01 \x03(\t\"\xa0\x01\n\x15StreamWeatherResponse\x12+\n\x07weather\x18\x01 \x01(\x0b\x32\x1a.gaming.weather.v1.Weather\x12\x19\n\x11\x63ondition_changed\x18\x02 \x01(\x08\x12?\n\x12previous_condition\x18\x03 \x01(\x0e\x32#.gaming.weather.v1.WeatherCondition*\xe0\x01\n\x10WeatherCondition\x12!\n\x1dWEATHER_CONDITION_UNSPECIFIED\x10\x00\x12\x1b\n\x17WEATHER_CONDITION_CLEAR\x10\x01\x12\x1c\n\x18WEATHER_CONDITION_CLOUDY\x10\x02\x12\x1a\n\x16WEATHER_CONDITION_RAIN\x10\x03\x12\x1b\n\x17WEATHER_CONDITION_STORM\x10\x04\x12\x1a\n\x16WEATHER_CONDITION_SNOW\x10\x05\x12\x19\n\x15WEATHER_CONDITION_FOG\x10\x06\x32\xc8\x03\n\x0eWeatherService\x12\x92\x01\n\nGetWeather\x12$.gaming.weather.v1.GetWeatherRequest\x1a%.gaming.weather.v1.GetWeatherResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/weather-manager/regions/{region_id}/weather\x12\x8d\x01\n\x08\x46orecast\x12\".gaming.weather.v1.ForecastRequest\x1a#.gaming.weather.v1.ForecastResponse\"8\x82\xd3\xe4\x93\x02\x32\x12\x30/v1/weather-manager/regions/{region_id}/forecast\x12\x90\x01\n\rStreamWeather\x12\'.gaming.weather.v1.StreamWeatherRequest\x1a(.gaming.weather.v1.StreamWeatherResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/weather-manager/weather:stream0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgaming/weather/v1/weather.proto\x12\x11gaming.weather.v1\x1a\x1dgaming/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x04Wind\x12\x11\n\tspeed_mps\x18\x01 \x01(\x01\x12\x10\n\x08gust_mps\x18\x02 \x01(\x01\x12\x19\n\x11\x64irection_degrees\x18\x03 \x01(\x01\"\xbc\x02\n\x07Weather\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12-\n\tgame_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\tcondition\x18\x03 \x01(\x0e\x32#.gaming.weather.v1.WeatherCondition\x12\x1b\n\x13temperature_celsius\x18\x04 \x01(\x01\x12%\n\x04wind\x18\x05 \x01(\x0b\x32\x17.gaming.weather.v1.Wind\x12!\n\x19precipitation_mm_per_hour\x18\x06 \x01(\x01\x12\x18\n\x10humidity_percent\x18\x07 \x01(\x01\x12\x1b\n\x13\x63loud_cover_percent\x18\x08 \x01(\x01\x12\x19\n\x11visibility_meters\x18\t \x01(\x01\"_\n\rForecastPoint\x12+\n\x07weather\x18\x01 \x01(\x0b\x32\x1a.gaming.weather.v1.Weather\x12!\n\x19precipitation_probability\x18\x02 \x01(\x01\"&\n\x11GetWeatherRequest\x12\x11\n\tregion_id\x18\x01 \x01(\t\"O\n\x12GetWeatherResponse\x12+\n\x07weather\x18\x01 \x01(\x0b\x32\x1a.gaming.weather.v1.Weather\x12\x0c\n\x04seed\x18\x02 \x01(\x04\"b\n\x0f\x46orecastRequest\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x13\n\x0bhours_ahead\x18\x02 \x01(\x05\x12\'\n\x04step\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x95\x01\n\x10\x46orecastResponse\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12.\n\nissue_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06points\x18\x03 \x03(\x0b\x32 .gaming.weather.v1.ForecastPoint\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"*\n\x14StreamWeatherRequest\x12\x12\n\nregion_ids\x18\x01 \x03(\t\"\xa0\x01\n\x15StreamWeatherResponse\x12+\n\x07weather\x18\x01 \x01(\x0b\x32\x1a.gaming.weather.v1.Weather\x12\x19\n\x11\x63ondition_changed\x18\x02 \x01(\x08\x12?\n\x12previous_condition\x18\x03 \x01(\x0e\x32#.gaming.weather.v1.WeatherCondition*\xe0\x01\n\x10WeatherCondition\x12!\n\x1dWEATHER_CONDITION_UNSPECIFIED\x10\x00\x12\x1b\n\x17WEATHER_CONDITION_CLEAR\x10\x01\x12\x1c\n\x18WEATHER_CONDITION_CLOUDY\x10\x02\x12\x1a\n\x16WEATHER_CONDITION_RAIN\x10\x03\x12\x1b\n\x17WEATHER_CONDITION_STORM\x10\x04\x12\x1a\n\x16WEATHER_CONDITION_SNOW\x10\x05\x12\x19\n\x15WEATHER_CONDITION_FOG\x10\x06\x32\xda\x03\n\x0eWeatherService\x12\x98\x01\n\nGetWeather\x12$.gaming.weather.v1.GetWeatherRequest\x1a%.gaming.weather.v1.GetWeatherResponse\"=\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x31\x12//v1/weather-manager/regions/{region_id}/weather\x12\x93\x01\n\x08\x46orecast\x12\".gaming.weather.v1.ForecastRequest\x1a#.gaming.weather.v1.ForecastResponse\">\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x32\x12\x30/v1/weather-manager/regions/{region_id}/forecast\x12\x96\x01\n\rStreamWeather\x12\'.gaming.weather.v1.StreamWeatherRequest\x1a(.gaming.weather.v1.StreamWeatherResponse\"0\xca\xf3\x18\x02\x08\x01\x82\xd3\xe4\x93\x02$\x12\"/v1/weather-manager/weather:stream0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,31 +36,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gaming.weather.v1.weather_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WEATHERSERVICE'].methods_by_name['GetWeather']._loaded_options = None
-  _globals['_WEATHERSERVICE'].methods_by_name['GetWeather']._serialized_options = b'\202\323\344\223\0021\022//v1/weather-manager/regions/{region_id}/weather'
+  _globals['_WEATHERSERVICE'].methods_by_name['GetWeather']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\0021\022//v1/weather-manager/regions/{region_id}/weather'
   _globals['_WEATHERSERVICE'].methods_by_name['Forecast']._loaded_options = None
-  _globals['_WEATHERSERVICE'].methods_by_name['Forecast']._serialized_options = b'\202\323\344\223\0022\0220/v1/weather-manager/regions/{region_id}/forecast'
+  _globals['_WEATHERSERVICE'].methods_by_name['Forecast']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\0022\0220/v1/weather-manager/regions/{region_id}/forecast'
   _globals['_WEATHERSERVICE'].methods_by_name['StreamWeather']._loaded_options = None
-  _globals['_WEATHERSERVICE'].methods_by_name['StreamWeather']._serialized_options = b'\202\323\344\223\002$\022\"/v1/weather-manager/weather:stream'
-  _globals['_WEATHERCONDITION']._serialized_start=1218
-  _globals['_WEATHERCONDITION']._serialized_end=1442
-  _globals['_WIND']._serialized_start=149
-  _globals['_WIND']._serialized_end=219
-  _globals['_WEATHER']._serialized_start=222
-  _globals['_WEATHER']._serialized_end=538
-  _globals['_FORECASTPOINT']._serialized_start=540
-  _globals['_FORECASTPOINT']._serialized_end=635
-  _globals['_GETWEATHERREQUEST']._serialized_start=637
-  _globals['_GETWEATHERREQUEST']._serialized_end=675
-  _globals['_GETWEATHERRESPONSE']._serialized_start=677
-  _globals['_GETWEATHERRESPONSE']._serialized_end=756
-  _globals['_FORECASTREQUEST']._serialized_start=758
-  _globals['_FORECASTREQUEST']._serialized_end=856
-  _globals['_FORECASTRESPONSE']._serialized_start=859
-  _globals['_FORECASTRESPONSE']._serialized_end=1008
-  _globals['_STREAMWEATHERREQUEST']._serialized_start=1010
-  _globals['_STREAMWEATHERREQUEST']._serialized_end=1052
-  _globals['_STREAMWEATHERRESPONSE']._serialized_start=1055
-  _globals['_STREAMWEATHERRESPONSE']._serialized_end=1215
-  _globals['_WEATHERSERVICE']._serialized_start=1445
-  _globals['_WEATHERSERVICE']._serialized_end=1901
+  _globals['_WEATHERSERVICE'].methods_by_name['StreamWeather']._serialized_options = b'\312\363\030\002\010\001\202\323\344\223\002$\022\"/v1/weather-manager/weather:stream'
+  _globals['_WEATHERCONDITION']._serialized_start=1249
+  _globals['_WEATHERCONDITION']._serialized_end=1473
+  _globals['_WIND']._serialized_start=180
+  _globals['_WIND']._serialized_end=250
+  _globals['_WEATHER']._serialized_start=253
+  _globals['_WEATHER']._serialized_end=569
+  _globals['_FORECASTPOINT']._serialized_start=571
+  _globals['_FORECASTPOINT']._serialized_end=666
+  _globals['_GETWEATHERREQUEST']._serialized_start=668
+  _globals['_GETWEATHERREQUEST']._serialized_end=706
+  _globals['_GETWEATHERRESPONSE']._serialized_start=708
+  _globals['_GETWEATHERRESPONSE']._serialized_end=787
+  _globals['_FORECASTREQUEST']._serialized_start=789
+  _globals['_FORECASTREQUEST']._serialized_end=887
+  _globals['_FORECASTRESPONSE']._serialized_start=890
+  _globals['_FORECASTRESPONSE']._serialized_end=1039
+  _globals['_STREAMWEATHERREQUEST']._serialized_start=1041
+  _globals['_STREAMWEATHERREQUEST']._serialized_end=1083
+  _globals['_STREAMWEATHERRESPONSE']._serialized_start=1086
+  _globals['_STREAMWEATHERRESPONSE']._serialized_end=1246
+  _globals['_WEATHERSERVICE']._serialized_start=1476
+  _globals['_WEATHERSERVICE']._serialized_end=1950
 # @@protoc_insertion_point(module_scope)

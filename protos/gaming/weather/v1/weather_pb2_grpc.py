@@ -62,6 +62,7 @@ class WeatherServiceServicer:
         """Returns the current weather of one region, at the current game time.
         Errors: INVALID_ARGUMENT if `region_id` is empty or malformed; NOT_FOUND if the region is
         unknown; UNAVAILABLE if the time-manager (the source of game time) cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,6 +75,7 @@ class WeatherServiceServicer:
         Errors: INVALID_ARGUMENT if `hours_ahead` is outside [1, 168] or `step` is outside
         [15 minutes, 24 hours]; NOT_FOUND if the region is unknown; UNAVAILABLE if the
         time-manager cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +88,7 @@ class WeatherServiceServicer:
         Errors: INVALID_ARGUMENT if `region_ids` is empty, has more than 100 entries or has
         duplicates; NOT_FOUND if any region is unknown; UNAVAILABLE if the time-manager stream is
         lost.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,6 +42,7 @@ class WeatherServiceStub:
     """Returns the current weather of one region, at the current game time.
     Errors: INVALID_ARGUMENT if `region_id` is empty or malformed; NOT_FOUND if the region is
     unknown; UNAVAILABLE if the time-manager (the source of game time) cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
     Forecast: _grpc.UnaryUnaryMultiCallable[_weather_pb2.ForecastRequest, _weather_pb2.ForecastResponse]
     """Forecasts a region's weather from the current game time up to `hours_ahead` game hours
@@ -50,6 +51,7 @@ class WeatherServiceStub:
     Errors: INVALID_ARGUMENT if `hours_ahead` is outside [1, 168] or `step` is outside
     [15 minutes, 24 hours]; NOT_FOUND if the region is unknown; UNAVAILABLE if the
     time-manager cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
     StreamWeather: _grpc.UnaryStreamMultiCallable[_weather_pb2.StreamWeatherRequest, _weather_pb2.StreamWeatherResponse]
     """Streams weather updates for a set of regions until the client cancels. The first message
@@ -58,6 +60,7 @@ class WeatherServiceStub:
     Errors: INVALID_ARGUMENT if `region_ids` is empty, has more than 100 entries or has
     duplicates; NOT_FOUND if any region is unknown; UNAVAILABLE if the time-manager stream is
     lost.
+    Access: public; anyone may call, with or without a token.
     """
 
 @_typing.type_check_only
@@ -71,6 +74,7 @@ class WeatherServiceAsyncStub(WeatherServiceStub):
     """Returns the current weather of one region, at the current game time.
     Errors: INVALID_ARGUMENT if `region_id` is empty or malformed; NOT_FOUND if the region is
     unknown; UNAVAILABLE if the time-manager (the source of game time) cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
     Forecast: _aio.UnaryUnaryMultiCallable[_weather_pb2.ForecastRequest, _weather_pb2.ForecastResponse]  # type: ignore[assignment]
     """Forecasts a region's weather from the current game time up to `hours_ahead` game hours
@@ -79,6 +83,7 @@ class WeatherServiceAsyncStub(WeatherServiceStub):
     Errors: INVALID_ARGUMENT if `hours_ahead` is outside [1, 168] or `step` is outside
     [15 minutes, 24 hours]; NOT_FOUND if the region is unknown; UNAVAILABLE if the
     time-manager cannot be reached.
+    Access: public; anyone may call, with or without a token.
     """
     StreamWeather: _aio.UnaryStreamMultiCallable[_weather_pb2.StreamWeatherRequest, _weather_pb2.StreamWeatherResponse]  # type: ignore[assignment]
     """Streams weather updates for a set of regions until the client cancels. The first message
@@ -87,6 +92,7 @@ class WeatherServiceAsyncStub(WeatherServiceStub):
     Errors: INVALID_ARGUMENT if `region_ids` is empty, has more than 100 entries or has
     duplicates; NOT_FOUND if any region is unknown; UNAVAILABLE if the time-manager stream is
     lost.
+    Access: public; anyone may call, with or without a token.
     """
 
 class WeatherServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -103,6 +109,7 @@ class WeatherServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the current weather of one region, at the current game time.
         Errors: INVALID_ARGUMENT if `region_id` is empty or malformed; NOT_FOUND if the region is
         unknown; UNAVAILABLE if the time-manager (the source of game time) cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
 
     @_abc_1.abstractmethod
@@ -117,6 +124,7 @@ class WeatherServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT if `hours_ahead` is outside [1, 168] or `step` is outside
         [15 minutes, 24 hours]; NOT_FOUND if the region is unknown; UNAVAILABLE if the
         time-manager cannot be reached.
+        Access: public; anyone may call, with or without a token.
         """
 
     @_abc_1.abstractmethod
@@ -131,6 +139,7 @@ class WeatherServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT if `region_ids` is empty, has more than 100 entries or has
         duplicates; NOT_FOUND if any region is unknown; UNAVAILABLE if the time-manager stream is
         lost.
+        Access: public; anyone may call, with or without a token.
         """
 
 def add_WeatherServiceServicer_to_server(servicer: WeatherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

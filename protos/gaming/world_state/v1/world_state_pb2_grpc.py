@@ -69,6 +69,7 @@ class WorldStateServiceServicer:
         """GetRegion returns a region's metadata and current revision.
         Errors: INVALID_ARGUMENT if `region_id` is empty; NOT_FOUND if the region does not exist;
         UNAVAILABLE if the store is down.
+        Access: public; anyone may call, with or without a token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +79,8 @@ class WorldStateServiceServicer:
         """ListEntities returns one page of the entities in a region, ordered by entity id.
         Errors: INVALID_ARGUMENT for an empty region id, a bad page size or a page token from
         another query; NOT_FOUND if the region does not exist; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +95,8 @@ class WorldStateServiceServicer:
         FAILED_PRECONDITION if the event breaks a world rule (position outside the region's
         bounds, region entity limit reached); ABORTED if `expected_region_revision` is set and
         differs from the region's revision; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +108,8 @@ class WorldStateServiceServicer:
         Errors: INVALID_ARGUMENT for an empty region id; NOT_FOUND if the region does not exist;
         OUT_OF_RANGE if `after_revision` is older than the retained history (re-list the
         entities and watch from the returned revision); UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,11 +42,14 @@ class WorldStateServiceStub:
     """GetRegion returns a region's metadata and current revision.
     Errors: INVALID_ARGUMENT if `region_id` is empty; NOT_FOUND if the region does not exist;
     UNAVAILABLE if the store is down.
+    Access: public; anyone may call, with or without a token.
     """
     ListEntities: _grpc.UnaryUnaryMultiCallable[_world_state_pb2.ListEntitiesRequest, _world_state_pb2.ListEntitiesResponse]
     """ListEntities returns one page of the entities in a region, ordered by entity id.
     Errors: INVALID_ARGUMENT for an empty region id, a bad page size or a page token from
     another query; NOT_FOUND if the region does not exist; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     ApplyEvent: _grpc.UnaryUnaryMultiCallable[_world_state_pb2.ApplyEventRequest, _world_state_pb2.ApplyEventResponse]
     """ApplyEvent validates one world event and applies it atomically to a region. Retrying with
@@ -57,6 +60,8 @@ class WorldStateServiceStub:
     FAILED_PRECONDITION if the event breaks a world rule (position outside the region's
     bounds, region entity limit reached); ABORTED if `expected_region_revision` is set and
     differs from the region's revision; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     WatchRegion: _grpc.UnaryStreamMultiCallable[_world_state_pb2.WatchRegionRequest, _world_state_pb2.WatchRegionResponse]
     """WatchRegion streams every event applied to a region, in revision order, until the
@@ -64,6 +69,8 @@ class WorldStateServiceStub:
     Errors: INVALID_ARGUMENT for an empty region id; NOT_FOUND if the region does not exist;
     OUT_OF_RANGE if `after_revision` is older than the retained history (re-list the
     entities and watch from the returned revision); UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 @_typing.type_check_only
@@ -78,11 +85,14 @@ class WorldStateServiceAsyncStub(WorldStateServiceStub):
     """GetRegion returns a region's metadata and current revision.
     Errors: INVALID_ARGUMENT if `region_id` is empty; NOT_FOUND if the region does not exist;
     UNAVAILABLE if the store is down.
+    Access: public; anyone may call, with or without a token.
     """
     ListEntities: _aio.UnaryUnaryMultiCallable[_world_state_pb2.ListEntitiesRequest, _world_state_pb2.ListEntitiesResponse]  # type: ignore[assignment]
     """ListEntities returns one page of the entities in a region, ordered by entity id.
     Errors: INVALID_ARGUMENT for an empty region id, a bad page size or a page token from
     another query; NOT_FOUND if the region does not exist; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
     ApplyEvent: _aio.UnaryUnaryMultiCallable[_world_state_pb2.ApplyEventRequest, _world_state_pb2.ApplyEventResponse]  # type: ignore[assignment]
     """ApplyEvent validates one world event and applies it atomically to a region. Retrying with
@@ -93,6 +103,8 @@ class WorldStateServiceAsyncStub(WorldStateServiceStub):
     FAILED_PRECONDITION if the event breaks a world rule (position outside the region's
     bounds, region entity limit reached); ABORTED if `expected_region_revision` is set and
     differs from the region's revision; UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+    token, PERMISSION_DENIED without the scope.
     """
     WatchRegion: _aio.UnaryStreamMultiCallable[_world_state_pb2.WatchRegionRequest, _world_state_pb2.WatchRegionResponse]  # type: ignore[assignment]
     """WatchRegion streams every event applied to a region, in revision order, until the
@@ -100,6 +112,8 @@ class WorldStateServiceAsyncStub(WorldStateServiceStub):
     Errors: INVALID_ARGUMENT for an empty region id; NOT_FOUND if the region does not exist;
     OUT_OF_RANGE if `after_revision` is older than the retained history (re-list the
     entities and watch from the returned revision); UNAVAILABLE if the store is down.
+    Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+    a valid token, PERMISSION_DENIED without the scope.
     """
 
 class WorldStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -117,6 +131,7 @@ class WorldStateServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetRegion returns a region's metadata and current revision.
         Errors: INVALID_ARGUMENT if `region_id` is empty; NOT_FOUND if the region does not exist;
         UNAVAILABLE if the store is down.
+        Access: public; anyone may call, with or without a token.
         """
 
     @_abc_1.abstractmethod
@@ -128,6 +143,8 @@ class WorldStateServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListEntities returns one page of the entities in a region, ordered by entity id.
         Errors: INVALID_ARGUMENT for an empty region id, a bad page size or a page token from
         another query; NOT_FOUND if the region does not exist; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -144,6 +161,8 @@ class WorldStateServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION if the event breaks a world rule (position outside the region's
         bounds, region entity limit reached); ABORTED if `expected_region_revision` is set and
         differs from the region's revision; UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "operator" or "service"; UNAUTHENTICATED without a valid
+        token, PERMISSION_DENIED without the scope.
         """
 
     @_abc_1.abstractmethod
@@ -157,6 +176,8 @@ class WorldStateServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT for an empty region id; NOT_FOUND if the region does not exist;
         OUT_OF_RANGE if `after_revision` is older than the retained history (re-list the
         entities and watch from the returned revision); UNAVAILABLE if the store is down.
+        Access: a bearer token with scope "player", "operator" or "service"; UNAUTHENTICATED without
+        a valid token, PERMISSION_DENIED without the scope.
         """
 
 def add_WorldStateServiceServicer_to_server(servicer: WorldStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
