@@ -236,7 +236,7 @@ def _cluster(spec: EdgeSpec) -> Message:
     if spec.upstream_ca is not None:
         upstream = tls_pb2.UpstreamTlsContext(
             sni=spec.upstream_server_name,
-            common_tls_context=common_pb2.CommonTlsContext(
+            common_tls_context=tls_pb2.CommonTlsContext(
                 alpn_protocols=["h2"],
                 validation_context=common_pb2.CertificateValidationContext(
                     trusted_ca=base_pb2.DataSource(filename=str(spec.upstream_ca)),
@@ -320,7 +320,7 @@ def _listener(spec: EdgeSpec, transcoded: tuple[str, ...], descriptors: descript
         )])],
     )
     if spec.tls is not None:
-        downstream = tls_pb2.DownstreamTlsContext(common_tls_context=common_pb2.CommonTlsContext(
+        downstream = tls_pb2.DownstreamTlsContext(common_tls_context=tls_pb2.CommonTlsContext(
             alpn_protocols=["h2", "http/1.1"],
             tls_certificates=[common_pb2.TlsCertificate(
                 certificate_chain=base_pb2.DataSource(filename=str(spec.tls.cert)),

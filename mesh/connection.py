@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -26,6 +27,15 @@ from nats.aio.client import Client
 from nats_transport import WATCHDOG_CONNECT_OPTIONS, guard_connection
 
 IDENTITY_FILES = ("ca.pem", "cert.pem", "key.pem", "nkey.seed")
+
+
+def _not_tls_eof_noise(record: logging.LogRecord) -> bool:
+    # nats-py's TLS transport makes asyncio log this once per TLS connection; it says nothing
+    # an operator can act on.
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_not_tls_eof_noise)
 
 
 class AccessDenied(Exception):

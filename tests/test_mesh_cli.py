@@ -17,7 +17,7 @@ import grpc
 import nats
 import nats.errors
 import pytest
-from gaming.settings.v1 import settings_pb2, settings_pb2_grpc
+from gaming.language.v1 import language_pb2, language_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -127,7 +127,8 @@ async def test_mesh_up_prints_where_everything_runs_and_what_is_not_built(mesh_u
 
 
 async def test_mesh_up_answers_http_json_through_its_envoy_edge(mesh_up: MeshUp) -> None:
-    path = "/v1/settings/scopes/SCOPE_KIND_PLAYER/through-envoy"
+    # A public method: this is about the edge, not the access policy.
+    path = "/v1/weather-manager/regions/through-envoy/weather"
     answers: list[tuple[int, str]] = []
 
     async def routed() -> bool:
@@ -137,7 +138,7 @@ async def test_mesh_up_answers_http_json_through_its_envoy_edge(mesh_up: MeshUp)
 
     await wait_for(routed, timeout=20)
     body = json.loads(answers[-1][1])
-    assert body["settings"]["scope"]["id"] == "through-envoy"
+    assert "weather" in body, body
     status, _ = await http_get("127.0.0.1", mesh_up.http_port, "/v1/no-such-thing", limit=10)
     assert status == 404
 
@@ -150,13 +151,12 @@ async def test_mesh_up_serves_every_service_through_its_grpc_ingress(mesh_up: Me
         await listing.write(reflection_pb2.ServerReflectionRequest(list_services=""))
         listed = {service.name for service in (await listing.read()).list_services_response.service}
         listing.cancel()
-        scope = settings_pb2.Scope(kind=settings_pb2.SCOPE_KIND_PLAYER, id="through-the-ingress")
-        stub = settings_pb2_grpc.SettingsServiceStub(channel)
-        reply = await stub.Get(settings_pb2.GetRequest(scope=scope), timeout=5)
+        stub = language_pb2_grpc.LanguageServiceStub(channel)
+        reply = await stub.Detect(language_pb2.DetectRequest(text="the quick brown fox jumps over the dog"), timeout=5)
 
     expected = {name for target in built_targets() for name in catalogue.load(target).SERVICE_NAMES}
     assert expected <= listed
-    assert reply.settings.scope == scope
+    assert reply.candidates
 
 
 async def test_mesh_up_is_ready_with_every_target_serving_and_discoverable(mesh_up: MeshUp) -> None:
@@ -177,17 +177,16 @@ async def test_mesh_up_is_ready_with_every_target_serving_and_discoverable(mesh_
             return names >= set(built_targets())
 
         await wait_for(all_answered, timeout=10)
-        stub = settings_pb2_grpc.SettingsServiceStub(nats_transport.aio.channel(nc, "settings"))
-        scope = settings_pb2.Scope(kind=settings_pb2.SCOPE_KIND_PLAYER, id="p1")
-        await stub.Get(settings_pb2.GetRequest(scope=scope), timeout=5)
+        stub = language_pb2_grpc.LanguageServiceStub(nats_transport.aio.channel(nc, "language-system"))
+        await stub.Detect(language_pb2.DetectRequest(text="the quick brown fox"), timeout=5)
     finally:
         await nc.close()
 
     async def call_counted() -> bool:
         _, metrics = await http_get("127.0.0.1", mesh_up.admin_port, "/metrics")
         return any(
-            line.startswith("grpc_server_handled_total{") and 'grpc_method="Get"' in line
-            and "gaming.settings.v1.SettingsService" in line
+            line.startswith("grpc_server_handled_total{") and 'grpc_method="Detect"' in line
+            and "gaming.language.v1.LanguageService" in line
             for line in metrics.splitlines()
         )
 
