@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--profile | --no-profile]``: the DESIGN.md figures, measured.
+"""``python -m benchmarks [--quick] [--profile | --no-profile]``: the design targets, measured.
 
 grpcio sync and grpc.aio over HTTP/2, raw nats-py and nats_transport (asyncio and sync channels,
 async and sync servicers): servers in subprocesses, each transport's client in a subprocess
@@ -158,7 +158,7 @@ def _wants_profile(args: argparse.Namespace, settings: Settings) -> tuple[bool, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Measure the DESIGN.md figures (grpcio vs raw nats-py vs nats_transport) and write "
+        description="Measure the design targets (grpcio vs raw nats-py vs nats_transport) and write "
         "benchmarks/RESULTS.md with its plots. Full mode: 3 interleaved runs and a profile, about 6 minutes.",
     )
     parser.add_argument("--quick", action="store_true", help="0.5 s warm-up, 2 s per case, 1 run, no profile")

@@ -1,4 +1,4 @@
-"""Summaries: the measurement of one window, spreads over runs, DESIGN.md ratios, Markdown tables."""
+"""Summaries: the measurement of one window, spreads over runs, target ratios, Markdown tables."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class Spread:
 
 @dataclass(frozen=True, slots=True)
 class Ratio:
-    """A DESIGN.md figure (ratio of medians, per-run range) and its target; no target = reference."""
+    """A design target figure (ratio of medians, per-run range) and its target; no target = reference."""
 
     name: str
     value: Spread
@@ -124,14 +124,14 @@ def case_name(key: str, n: int) -> str:
     return f"{BY_KEY[key].label}, {concurrency(key, n)}"
 
 
-# (what, numerator case, denominator case, metric, target, at least): DESIGN.md's unary figures.
+# (what, numerator case, denominator case, metric, target, at least): the design targets for unary calls.
 _FIGURES: tuple[tuple[str, tuple[str, int], tuple[str, int], Metric, float | None, bool], ...] = (
     ("throughput", ("ours", 64), ("grpc-aio", 64), rate, 5.0, True),
     ("throughput", ("ours", 64), ("raw", 64), rate, 0.9, True),
     ("p50 latency", ("ours", 1), ("grpc-aio", 1), p50, 0.6, False),
     ("p99 latency", ("ours", 1), ("grpc-aio", 1), p99, 0.6, False),
     ("throughput", ("ours-sync", 16), ("grpc-sync", 16), rate, 2.5, True),
-    # References: no target in DESIGN.md, shown to place the figures above.
+    # References: no design target, shown to place the figures above.
     ("throughput", ("ours", 256), ("raw", 256), rate, None, True),
     ("throughput", ("ours-sync-servicer", 64), ("ours", 64), rate, None, True),
     ("p50 latency", ("ours-sync", 1), ("grpc-sync", 1), p50, None, True),

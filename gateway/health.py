@@ -2,7 +2,7 @@
 
 ``""`` (and the ingress's own services) is the ingress itself: SERVING while it runs and its NATS
 connection is up. Any other name is a mesh service, asked of the target serving it over NATS.
-Unknown names follow CONVENTIONS.md: ``Check`` fails with NOT_FOUND, ``Watch`` sends
+Unknown names follow grpc.health.v1: ``Check`` fails with NOT_FOUND, ``Watch`` sends
 SERVICE_UNKNOWN and stays open, so a service deployed later is reported on the same stream. A
 service whose targets are all gone is NOT_SERVING (it is known, just not there).
 """

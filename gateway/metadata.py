@@ -71,7 +71,7 @@ def remaining_timeout(time_remaining: float | None) -> float | None:
     """The NATS hop's timeout from the HTTP/2 call's ``time_remaining()``.
 
     grpcio reports no deadline as None on the asyncio server, and as ~9.2e18 s elsewhere: both
-    mean none (CONVENTIONS.md). A deadline already past still travels, as a tiny positive value,
+    mean none. A deadline already past still travels, as a tiny positive value,
     so the target answers DEADLINE_EXCEEDED rather than running without one.
     """
     if time_remaining is None or time_remaining > 1e9:

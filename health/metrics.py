@@ -1,4 +1,4 @@
-"""Prometheus metrics for gRPC calls, with the grpc-ecosystem names (CONVENTIONS.md).
+"""Prometheus metrics for gRPC calls, with the grpc-ecosystem names.
 
 ``ServerMetrics`` is a ``grpc.aio.ServerInterceptor``; ``client_interceptors()`` returns the four
 ``grpc.aio`` client interceptor kinds. Both report through one :class:`Reporter` (the "call

@@ -1,4 +1,4 @@
-"""The service catalogue: every target of DESIGN.md and the servicer module that implements it."""
+"""The service catalogue: every target of the mesh and the servicer module that implements it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rich gRPC errors every servicer uses, per CONVENTIONS.md: bad input -> INVALID_ARGUMENT with a
+"""Rich gRPC errors every servicer uses: bad input -> INVALID_ARGUMENT with a
 ``BadRequest`` naming the field; a lost compare-and-set -> ABORTED with the current revision."""
 
 from __future__ import annotations

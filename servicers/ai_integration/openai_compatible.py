@@ -4,7 +4,7 @@
 prompt, if any); ``stream: true`` for streams, read as Server-Sent Events (``data:`` lines, ending
 with ``data: [DONE]``). Works with OpenAI and with vLLM, llama.cpp's server, Ollama, LM Studio...
 
-Failures become ``BackendError`` with the code CONVENTIONS.md's HTTP <-> gRPC table gives, so the
+Failures become ``BackendError`` with the code of the usual HTTP <-> gRPC mapping, so the
 caller can tell "retry elsewhere" (UNAVAILABLE) from "fix your request" (INVALID_ARGUMENT):
 
 - no connection, reset, malformed answer, 5xx: UNAVAILABLE (the proto: safe to retry on

@@ -32,7 +32,7 @@ TIME = "time-manager"
 # Each dependency call gets this share of the caller's remaining time. They run in parallel, so
 # the whole wait is one share; the rest is left for composing and for the reply's trip back.
 DEPENDENCY_SHARE = 0.75
-# grpcio's time_remaining() when a call has no deadline is ~9.2e18 (CONVENTIONS.md): none.
+# grpcio's time_remaining() when a call has no deadline is ~9.2e18: none.
 _NO_DEADLINE = 1e9
 MAX_REGION_ID = 128  # world-state's limit on region ids
 MAX_INTERVAL = 600.0

@@ -10,7 +10,7 @@ Policy, as data below:
 - ``RETRYABLE`` codes are retried up to the call's ``max_attempts``, waiting
   random(0, min(0.1 s * 2^(n-1), 5 s)) before attempt n+1 (gRPC's backoff, with full jitter), or
   what the server asked for in ``grpc-retry-pushback-ms`` (negative or malformed: no retry). The
-  codes CONVENTIONS.md names as never retried are never in ``RETRYABLE``.
+  codes gRPC names as never to retry are never in ``RETRYABLE``.
 - When a step finally fails, the later steps are SKIPPED and the compensations of the steps that
   succeeded run in reverse order, each with the same retry policy. Every compensation is tried,
   even after one fails. The workflow ends COMPENSATED when all of them succeeded (also when
@@ -48,7 +48,7 @@ RETRYABLE = frozenset({
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
 })
-# CONVENTIONS.md: never retried, whatever a policy says.
+# gRPC practice: never retried, whatever a policy says.
 NEVER_RETRIED = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,

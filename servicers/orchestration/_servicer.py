@@ -33,7 +33,7 @@ from servicers.storage import KeyValue, RevisionConflict
 
 _log = logging.getLogger(__name__)
 
-# grpcio's time_remaining() when the call has no deadline (CONVENTIONS.md): treat as none.
+# grpcio's time_remaining() when the call has no deadline: treat as none.
 _NO_DEADLINE = 1e9
 # The transport's inherited-deadline context variable, found by name: servicers may not import
 # the transport (see _detached).

@@ -26,7 +26,7 @@ LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 MAX_LOCALE = 35
 # Call metadata passed on to the target, so a protected target authenticates the original caller.
 FORWARDED_METADATA = ("authorization",)
-# grpcio's time_remaining() when a call has no deadline is ~9.2e18 (CONVENTIONS.md): none.
+# grpcio's time_remaining() when a call has no deadline is ~9.2e18: none.
 _NO_DEADLINE = 1e9
 # The target's own status travels in the response, except these: they say the target was not
 # reached, or not in time, and the proto gives each its own error of Dispatch.

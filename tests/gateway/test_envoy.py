@@ -46,7 +46,7 @@ from tests.gateway._upstream import StatusSettings, grpc_upstream
 
 SETTINGS_SERVICE = "gaming.settings.v1.SettingsService"
 PLAYER = "/v1/settings/scopes/SCOPE_KIND_PLAYER/p1"
-# CONVENTIONS.md, "Status codes": what an HTTP/JSON client must see for each gRPC status.
+# The gRPC -> HTTP status table (Envoy, grpc-gateway): what an HTTP/JSON client must see for each gRPC status.
 HTTP_STATUS = {
     "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
     "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,

@@ -1,5 +1,5 @@
 """grpc.health.v1 at the ingress: "" is the ingress itself, any other name is asked of the
-target serving it, and unknown names behave as CONVENTIONS.md says."""
+target serving it, and unknown names behave as grpc.health.v1 says."""
 
 from __future__ import annotations
 
