@@ -85,6 +85,17 @@ async def mesh(nats_server: NatsServer) -> AsyncIterator[Mesh]:
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await server.start()
     stub = health_pb2_grpc.HealthStub(nats_transport.aio.channel(client_nc, target))
+
+    async def answers() -> bool:
+        try:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    # A precondition, not the behaviour under test: on a loaded machine the first call can
+    # still find no responder for a moment after start().
+    await wait_for(answers, 10)
     try:
         yield Mesh(target, server_nc, client_nc, server, stub, nats_server.url)
     finally:
