@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import socket
 import uuid
+from typing import Any
 
 import nats
+import nats.js.errors
 from nats.aio.client import Client
 
 from nats_transport.testing import NatsCluster, NatsServer
+from tests._waiting import wait_for
 
 
 def _unique(prefix: str) -> str:
@@ -40,8 +43,19 @@ async def test_cluster_replicates_a_stream_to_a_client_on_another_node(nats_clus
     writer = await nats.connect(nats_cluster.urls[0], max_reconnect_attempts=0)
     reader = await nats.connect(nats_cluster.urls[2], max_reconnect_attempts=0)
     try:
-        info = await writer.jetstream().add_stream(name=stream, subjects=[subject], num_replicas=3)
-        assert info.config.num_replicas == 3
+        created: list[Any] = []
+
+        async def stream_created() -> bool:
+            # A fresh cluster can answer 503 for a moment after its meta leader is elected,
+            # while the peers catch up; creating an R3 stream is what waits on that.
+            try:
+                created.append(await writer.jetstream().add_stream(name=stream, subjects=[subject], num_replicas=3))
+            except nats.js.errors.ServiceUnavailableError:
+                return False
+            return True
+
+        await wait_for(stream_created, timeout=15)
+        assert created[0].config.num_replicas == 3
         await writer.jetstream().publish(subject, b"replicated")
 
         consumer = await reader.jetstream().pull_subscribe(subject, stream=stream)
