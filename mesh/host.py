@@ -29,6 +29,9 @@ from mesh.call_credentials import forwarding_interceptors
 from mesh.connection import NatsAccess, connect
 from mesh.jetstream_event_log import JetStreamEventLog
 from mesh.jetstream_storage import JetStreamStorage
+from mesh.replication import ReplicaChoice, choose_replicas
+from mesh.storage_gate import StorageGate
+from mesh.storage_health import StorageHealth
 from nats_transport import ServerOptions, connection_problem
 from servicers.auth import AccessPolicy, LocalVerifier, ServiceTokenSource
 from servicers.dependencies import Dependencies
@@ -53,7 +56,8 @@ class HostConfig:
             0 picks a free port.
         grace: seconds in-flight calls get to finish on SIGTERM.
         drain_pause: seconds between NOT_SERVING and refusing calls, so probes notice first.
-        replicas: JetStream replica count for buckets and streams (1 locally, 3 on a cluster).
+        replicas: JetStream replica count for buckets and streams; None (auto): 3 when NATS runs
+            a cluster of at least three servers, else 1 (``mesh.replication``).
         max_concurrent_rpcs: per target; more calls get RESOURCE_EXHAUSTED.
         settings: per-target settings handed to servicers (``MESH_<TARGET>_<NAME>``).
     """
@@ -65,7 +69,7 @@ class HostConfig:
     admin_port: int | None = 8080
     grace: float = 10.0
     drain_pause: float = 1.0
-    replicas: int = 1
+    replicas: int | None = None
     max_concurrent_rpcs: int | None = None
     settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -86,6 +90,7 @@ class _Hosted:
     server: Any
     health: Any
     services: tuple[str, ...]
+    storage: StorageHealth
     serving: bool = False
     error: str = "starting"
     servicer: Any = None
@@ -102,10 +107,12 @@ class Host:
         self._transport_metrics = TransportMetrics(registry)
         self._admin: AdminServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._bring_ups: list[asyncio.Task[None]] = []
         self._channels: dict[tuple[str, str], Any] = {}
         self._event_logs: dict[str, JetStreamEventLog] = {}
         self._verifier: LocalVerifier | None = None
         self._service_tokens: dict[str, ServiceTokenSource] = {}
+        self.replicas = ReplicaChoice(1, "not connected yet")
         self.draining = False
         self._started = time.monotonic()
 
@@ -139,6 +146,8 @@ class Host:
                 self._connections[key] = await self._connect(key, self.config.access_of(target))
             self._service_tokens[target] = ServiceTokenSource(
                 self._auth_channel(target), target, self._seed_of(target))
+        self.replicas = choose_replicas(next(iter(self._connections.values())), self.config.replicas)
+        log.info("JetStream replicas", extra={"replicas": self.replicas.replicas, "reason": self.replicas.reason})
         # Started in the background: auth may be hosted here, or start later elsewhere; until
         # the keys arrive, scoped calls get UNAVAILABLE (and the verifier keeps asking).
         self._verifier = LocalVerifier(self._auth_channel(next(iter(modules))))
@@ -194,7 +203,10 @@ class Host:
         return self._connections[self.config.connection_key(target)]
 
     async def _start_target(self, target: str, module: Any) -> _Hosted:
-        interceptors: list[Any] = [ServerMetrics(), CallLog(target)]
+        storage = StorageHealth(self.connection_of(target), target)
+        # Metrics and logs see refusals too; the storage check comes before the access policy so
+        # an outage answers at once, even before a token is verified.
+        interceptors: list[Any] = [ServerMetrics(), CallLog(target), StorageGate(storage)]
         # Who may call each method is declared in the protos (gaming.common.v1.access); tokens
         # are verified locally with auth's public keys (one verifier per host). Auth's own
         # methods are all public and carry their own proof, so auth does not verify tokens on
@@ -213,9 +225,13 @@ class Host:
             await health.set(name, NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
-        await server.start()
-        hosted = _Hosted(target, server, health, services)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._bring_up(hosted, module)))
+        # Not started here: the server joins its queue group in _bring_up, once the servicer is
+        # attached, so no call reaches a replica that would answer UNIMPLEMENTED.
+        hosted = _Hosted(target, server, health, services, storage)
+        storage.on_change(lambda problem: self._storage_changed(hosted, problem))
+        loop = asyncio.get_running_loop()
+        self._bring_ups.append(loop.create_task(self._bring_up(hosted, module)))
+        self._tasks.append(loop.create_task(storage.run()))
         return hosted
 
     async def _bring_up(self, hosted: _Hosted, module: Any) -> None:
@@ -224,7 +240,7 @@ class Host:
         delay = 0.1
         while not self.draining:
             try:
-                servicer = await module.create(self._dependencies(hosted.target))
+                servicer = await module.create(self._dependencies(hosted))
                 break
             except Exception as exc:
                 hosted.error = f"{hosted.target}: {exc}"
@@ -235,24 +251,39 @@ class Host:
             return
         hosted.servicer = servicer
         module.add_to_server(servicer, hosted.server)
-        for name in ("", *hosted.services):
-            await hosted.health.set(name, SERVING)
+        if hosted.storage.problem is None:
+            await self._set_health(hosted, SERVING)
+        if self.draining:
+            return
+        await hosted.server.start()  # joins the queue group: calls may arrive from now on
         hosted.serving, hosted.error = True, ""
         log.info("target serving", extra={"target": hosted.target})
 
-    def _dependencies(self, target: str) -> Dependencies:
+    async def _storage_changed(self, hosted: _Hosted, problem: str | None) -> None:
+        # Calls are refused by StorageGate the moment the problem is known; health follows here.
+        if hosted.servicer is not None and not self.draining:
+            await self._set_health(hosted, NOT_SERVING if problem else SERVING)
+
+    @staticmethod
+    async def _set_health(hosted: _Hosted, status: int) -> None:
+        for name in ("", *hosted.services):
+            await hosted.health.set(name, status)
+
+    def _dependencies(self, hosted: _Hosted) -> Dependencies:
         # Storage, the event log and channels all ride on the target's own connection, so its
-        # NATS permissions (its buckets, the targets it may call) are what bound them.
+        # NATS permissions (its buckets, the targets it may call) are what bound them; storage
+        # reports to the target's own health, so one target's outage does not stop another.
+        target = hosted.target
         nc = self.connection_of(target)
-        key = self.config.connection_key(target)
-        if key not in self._event_logs:
-            self._event_logs[key] = JetStreamEventLog(nc, replicas=self.config.replicas)
+        replicas = self.replicas.replicas
+        if target not in self._event_logs:
+            self._event_logs[target] = JetStreamEventLog(nc, replicas=replicas, health=hosted.storage)
         return Dependencies(
-            storage=JetStreamStorage(nc, replicas=self.config.replicas),
+            storage=JetStreamStorage(nc, replicas=replicas, health=hosted.storage),
             channel=lambda other: self.channel(other, caller=target),
             settings=dict(self.config.settings.get(target, {})),
-            replicas=self.config.replicas,
-            event_log=self._event_logs[key],
+            replicas=replicas,
+            event_log=self._event_logs[target],
         )
 
     def channel(self, target: str, *, caller: str) -> Any:
@@ -289,6 +320,9 @@ class Host:
         waiting = [h.error or h.target for h in self._hosted if not h.serving]
         if waiting or len(self._hosted) < len(self.config.targets):
             return False, "not serving: " + "; ".join(waiting or ["starting"])
+        outages = [f"{h.target}: {h.storage.problem}" for h in self._hosted if h.storage.problem]
+        if outages:
+            return False, "storage unavailable: " + "; ".join(outages)
         return True, "ready: " + ", ".join(h.target for h in self._hosted)
 
     def metrics_text(self) -> tuple[bytes, str]:
@@ -315,6 +349,8 @@ class Host:
             return
         self.draining = True
         log.info("draining", extra={"grace_s": self.config.grace})
+        for task in self._bring_ups:
+            task.cancel()  # a target still coming up never joins its queue group now
         for hosted in self._hosted:
             await hosted.health.enter_graceful_shutdown()
         if self.config.drain_pause > 0:

@@ -36,6 +36,8 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from mesh.replication import VALID_REPLICAS, ensure_replicas
+from mesh.storage_health import StorageHealth
 from servicers.event_log import (
     Appended,
     ConsumerBusy,
@@ -141,6 +143,9 @@ class JetStreamEventLog:
         pull_batch: events one pull request may bring; they count as delivered (their ack wait
             runs) from then on, so keep it small.
         timeout: seconds to wait for a JetStream answer.
+        health: where the stream is probed and its failures reported (``mesh.storage_health``).
+
+    A stream that exists with fewer replicas than ``replicas`` is scaled up (``mesh.replication``).
     """
 
     def __init__(
@@ -158,8 +163,9 @@ class JetStreamEventLog:
         pull_expires: float = 5.0,
         pull_batch: int = 16,
         timeout: float = 5.0,
+        health: StorageHealth | None = None,
     ) -> None:
-        if replicas not in (1, 3, 5):
+        if replicas not in VALID_REPLICAS:
             raise ValueError("replicas must be 1, 3 or 5")
         self.nc = nc
         self.timeout = timeout
@@ -183,6 +189,7 @@ class JetStreamEventLog:
         self._pull_batch = pull_batch
         self._stream_ready = False
         self._readers: dict[str, _Reader] = {}
+        self._health = health
 
     def __repr__(self) -> str:
         return f"<JetStreamEventLog stream={self._stream!r} readers={sorted(self._readers)}>"
@@ -190,10 +197,13 @@ class JetStreamEventLog:
     async def _ensure_stream(self) -> None:
         with _unavailable_on_nats_errors():
             try:
-                await self._js.stream_info(self._stream)
+                info = await self._js.stream_info(self._stream)
+                await ensure_replicas(self._js, info, self._config.num_replicas or 1)
             except nats.js.errors.NotFoundError:
                 # Creating with an identical config is idempotent, so racing replicas both succeed.
                 await self._js.add_stream(self._config)
+        if self._health is not None:
+            self._health.track(self._stream)
         self._stream_ready = True
 
     # -- append -----------------------------------------------------------------------------
@@ -216,14 +226,33 @@ class JetStreamEventLog:
         try:
             ack = await self._js.publish(f"{self._prefix}.{topic}", data, headers=sent or None)
         except nats.js.errors.NoStreamResponseError as err:
-            raise TopicNotCovered(f"no stream stores topic {topic!r}") from err
+            # Nobody stored it: the stream is gone, or (on a cluster) it has no leader right now.
+            if await self._stream_missing():
+                raise TopicNotCovered(f"no stream stores topic {topic!r}") from err
+            self._failed("append", err)
+            raise EventLogUnavailable(f"stream {self._stream!r} has no leader") from err
         except nats.js.errors.APIError as err:
             if err.err_code == _STORE_LIMIT:
                 raise LogFull(err.description or "the event log is full") from err
+            self._failed("append", err)
             raise EventLogUnavailable(str(err)) from err
         except nats.errors.Error as err:
+            self._failed("append", err)
             raise EventLogUnavailable(str(err) or type(err).__name__) from err
         return Appended(sequence=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _stream_missing(self) -> bool:
+        try:
+            await self._js.stream_info(self._stream)
+        except nats.js.errors.NotFoundError:
+            return True
+        except nats.errors.Error:
+            return False
+        return False
+
+    def _failed(self, what: str, error: BaseException) -> None:
+        if self._health is not None:
+            self._health.failed(f"stream {self._stream} {what}", error)
 
     # -- consume ----------------------------------------------------------------------------
 

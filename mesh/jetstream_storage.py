@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -13,12 +14,18 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.kv import KeyValue as NatsKeyValue
 
+import nats_transport
+from mesh.replication import VALID_REPLICAS, ensure_replicas
+from mesh.storage_health import StorageHealth
 from servicers.storage import Change, Entry, RevisionConflict, StorageUnavailable, ValueTooLarge
 
 # JetStream's "wrong last sequence" API errors: a compare-and-set that lost.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _DELETED = ("DEL", "PURGE")
 
+
+# Time kept back from the caller's remaining time for the answer to reach it.
+_DEADLINE_MARGIN = 0.1
 
 # Room kept for the headers JetStream and KV add to a write (they count against max_payload).
 _HEADER_ROOM = 1024
@@ -31,8 +38,14 @@ R = TypeVar("R")
 def _storage_call(method: Callable[Concatenate[JetStreamKeyValue, P], Coroutine[Any, Any, R]]
                   ) -> Callable[Concatenate[JetStreamKeyValue, P], Coroutine[Any, Any, R]]:
     async def call(self: JetStreamKeyValue, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        async with _unavailable_on_failure(f"{method.__name__} {args[0] if args else ''}"):
-            return await method(self, *args, **kwargs)
+        what = f"{method.__name__} {args[0] if args else ''}"
+        budget, own_limit = self._budget()
+        try:
+            async with _unavailable_on_failure(what):
+                return await asyncio.wait_for(method(self, *args, **kwargs), budget)
+        except StorageUnavailable as error:
+            self._report(what, error, own_limit)
+            raise
 
     return call
 
@@ -51,10 +64,31 @@ async def _unavailable_on_failure(what: str) -> AsyncIterator[None]:
 class JetStreamKeyValue:
     """One JetStream KV bucket behind the ``KeyValue`` protocol."""
 
-    def __init__(self, kv: NatsKeyValue, max_payload: int, js: JetStreamContext) -> None:
+    def __init__(self, kv: NatsKeyValue, max_payload: int, js: JetStreamContext, *, timeout: float = 2.0,
+                 health: StorageHealth | None = None) -> None:
         self._kv = kv
         self._js = js
         self.max_value = max_payload - _HEADER_ROOM
+        self.timeout = timeout
+        self._health = health
+
+    def _budget(self) -> tuple[float, bool]:
+        # A call's storage work ends before the caller's deadline, so an unanswered store gives
+        # the caller UNAVAILABLE (retryable, says what happened) rather than DEADLINE_EXCEEDED.
+        # The flag says whether the limit is our own (then a timeout says the store is down).
+        remaining = nats_transport.time_remaining()
+        if remaining is None:
+            return self.timeout, True
+        budget = max(remaining - _DEADLINE_MARGIN, remaining * 0.8)
+        return (self.timeout, True) if budget >= self.timeout else (budget, False)
+
+    def _report(self, what: str, error: StorageUnavailable, own_limit: bool) -> None:
+        if self._health is None:
+            return
+        if own_limit or not isinstance(error.__cause__, TimeoutError):
+            self._health.failed(f"bucket {self._kv._name} {what}", error.__cause__ or error)
+        else:
+            self._health.suspect()
 
     def _check_size(self, key: str, value: bytes) -> None:
         # A write over max_payload would make nats-server drop the whole connection, cutting off
@@ -128,9 +162,13 @@ class JetStreamKeyValue:
         return sorted(found)
 
     async def watch(self, pattern: str, *, include_current: bool = True) -> AsyncGenerator[Change, None]:
-        async with _unavailable_on_failure(f"watch {pattern}"):
-            async for change in self._watch(pattern, include_current):
-                yield change
+        try:
+            async with _unavailable_on_failure(f"watch {pattern}"):
+                async for change in self._watch(pattern, include_current):
+                    yield change
+        except StorageUnavailable as error:
+            self._report(f"watch {pattern}", error, True)
+            raise
 
     async def _watch(self, pattern: str, include_current: bool) -> AsyncGenerator[Change, None]:
         watcher = await self._kv.watch(pattern)
@@ -151,16 +189,22 @@ class JetStreamKeyValue:
 class JetStreamStorage:
     """Opens (and creates) KV buckets with a fixed replica count: 1 locally, 3 on a cluster.
 
-    ``prefix`` is prepended to bucket names, so tests or tenants can share one NATS.
+    ``prefix`` is prepended to bucket names, so tests or tenants can share one NATS. A bucket that
+    exists with fewer replicas than asked is scaled up (``mesh.replication``). Each storage call
+    gives up after ``timeout`` seconds, or sooner if the caller's deadline is nearer. With
+    ``health``, the buckets opened are probed and failures reported there.
     """
 
-    def __init__(self, nc: Client, *, replicas: int = 1, prefix: str = "") -> None:
-        if replicas not in (1, 3, 5):
+    def __init__(self, nc: Client, *, replicas: int = 1, prefix: str = "", timeout: float = 2.0,
+                 health: StorageHealth | None = None) -> None:
+        if replicas not in VALID_REPLICAS:
             raise ValueError("replicas must be 1, 3 or 5")
-        self._js = nc.jetstream()
+        self._js = nc.jetstream(timeout=timeout)
         self._nc = nc
         self._replicas = replicas
         self._prefix = prefix
+        self._timeout = timeout
+        self._health = health
 
     async def key_value(
         self, name: str, *, history: int = 1, ttl: float | None = None, max_bytes: int = -1
@@ -168,10 +212,14 @@ class JetStreamStorage:
         bucket = f"{self._prefix}{name}"
         try:
             kv = await self._js.key_value(bucket)
+            await ensure_replicas(self._js, await self._js.stream_info(f"KV_{bucket}"), self._replicas,
+                                  kind="bucket")
         except nats.js.errors.BucketNotFoundError:
             kv = await self._js.create_key_value(
                 KeyValueConfig(
                     bucket=bucket, history=history, ttl=ttl, max_bytes=max_bytes, replicas=self._replicas
                 )
             )
-        return JetStreamKeyValue(kv, self._nc.max_payload, self._js)
+        if self._health is not None:
+            self._health.track(f"KV_{bucket}")
+        return JetStreamKeyValue(kv, self._nc.max_payload, self._js, timeout=self._timeout, health=self._health)

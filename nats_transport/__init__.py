@@ -25,6 +25,7 @@ from nats_transport._connection_guard import (
     dropped_messages,
     guard_connection,
 )
+from nats_transport._context import time_remaining
 from nats_transport._options import ChannelOptions, ServerOptions, TransportOptions
 from nats_transport._sync_channel import Channel, RpcError, channel
 
@@ -40,6 +41,7 @@ __all__ = [
     "connection_problem",
     "dropped_messages",
     "guard_connection",
+    "time_remaining",
 ]
 
 WIRE_PROTOCOL_VERSION = 1

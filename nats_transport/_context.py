@@ -30,6 +30,17 @@ current_trace: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars
 )
 
 
+def time_remaining() -> float | None:
+    """Seconds left before the deadline of the call being handled (inherited by the tasks and
+    calls it starts), 0.0 once it has passed; None outside a call or when the call has none.
+
+    Work a handler hands to something slow (a store, another service) can stop short of the
+    caller's deadline with this and still answer with a status of its own.
+    """
+    deadline = current_deadline.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 class AbortError(Exception):
     """Raised by ``abort`` to unwind the handler; the status is already in the call state."""
 

@@ -52,11 +52,12 @@ _JETSTREAM_ACCOUNT = ("$JS.API.INFO",)
 # The JetStream API subjects a KV bucket's stream S needs, for what mesh.jetstream_storage does
 # with nats-py 2.16. Each was shown necessary by running the storage without it under a real
 # nats-server (a missing grant is a timeout), except the two marked "kept". Not granted, as
-# nothing of ours sends them: STREAM.UPDATE/DELETE/PURGE, CONSUMER.DELETE (ephemeral consumers
-# are removed by the server once unused), CONSUMER.LIST, $JS.ACK (KV consumers do not ack).
+# nothing of ours sends them: STREAM.DELETE/PURGE, CONSUMER.DELETE (ephemeral consumers are
+# removed by the server once unused), CONSUMER.LIST, $JS.ACK (KV consumers do not ack).
 _KV_API = (
-    "$JS.API.STREAM.INFO.{s}",  # key_value() looks the bucket up
+    "$JS.API.STREAM.INFO.{s}",  # key_value() looks the bucket up; the storage probe asks it too
     "$JS.API.STREAM.CREATE.{s}",  # ... and creates it on first use
+    "$JS.API.STREAM.UPDATE.{s}",  # scales a bucket created with fewer replicas up (mesh.replication)
     "$JS.API.STREAM.MSG.GET.{s}",  # get()
     "$JS.API.DIRECT.GET.{s}.>",  # kept: get() on a bucket created with direct get (nats CLI)
     "$JS.API.CONSUMER.CREATE.{s}",  # watch(): an unnamed ordered consumer
@@ -70,6 +71,7 @@ _KV_API = (
 _STREAM_API = (
     "$JS.API.STREAM.INFO.{s}",
     "$JS.API.STREAM.CREATE.{s}",
+    "$JS.API.STREAM.UPDATE.{s}",  # scaling up, as for buckets
     "$JS.API.CONSUMER.CREATE.{s}.>",  # durable consumers, created and updated by name
     "$JS.API.CONSUMER.INFO.{s}.>",
     "$JS.API.CONSUMER.MSG.NEXT.{s}.>",

@@ -186,14 +186,18 @@ def _with_identity(handler: Any, identity: Identity | None, token: str | None) -
 
 
 def _refusing(handler: Any, refusal: _Refusal) -> Any:
+    return refusing_handler(handler, refusal.code, refusal.message, refusal.reason)
+
+
+def refusing_handler(handler: Any, code: grpc.StatusCode, message: str, reason: str | None = None) -> Any:
     """A handler of the same kind as ``handler`` (so streaming calls fail cleanly) that only
-    refuses the call."""
+    refuses the call, with an ErrorInfo ``reason`` when given; for server interceptors."""
 
     async def refuse(_request: Any, context: Any) -> None:
-        await abort(context, refusal.code, refusal.message, refusal.reason)
+        await abort(context, code, message, reason)
 
     async def refuse_stream(_request: Any, context: Any) -> AsyncIterator[Any]:
-        await abort(context, refusal.code, refusal.message, refusal.reason)
+        await abort(context, code, message, reason)
         yield  # pragma: no cover - never reached; makes this an async generator
 
     return _handler_like(handler, refuse_stream if handler.response_streaming else refuse)

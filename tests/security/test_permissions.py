@@ -42,12 +42,12 @@ def test_a_targets_permissions_follow_its_calls_its_callers_and_its_storage(targ
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("things", ("$KV.things.>", "$JS.API.STREAM.INFO.KV_things", "$JS.API.STREAM.CREATE.KV_things",
-                "$JS.API.STREAM.MSG.GET.KV_things", "$JS.API.DIRECT.GET.KV_things.>",
+                "$JS.API.STREAM.UPDATE.KV_things", "$JS.API.STREAM.MSG.GET.KV_things", "$JS.API.DIRECT.GET.KV_things.>",
                 "$JS.API.CONSUMER.CREATE.KV_things", "$JS.API.CONSUMER.CREATE.KV_things.>",
                 "$JS.API.CONSUMER.INFO.KV_things.>", "$JS.API.CONSUMER.MSG.NEXT.KV_things.>",
                 "$JS.FC.KV_things.>")),
     ("EVENTS", ("events.>", "_EVLOG.EVENTS.>", "$JS.API.STREAM.INFO.EVENTS", "$JS.API.STREAM.CREATE.EVENTS",
-                "$JS.API.CONSUMER.CREATE.EVENTS.>", "$JS.API.CONSUMER.INFO.EVENTS.>",
+                "$JS.API.STREAM.UPDATE.EVENTS", "$JS.API.CONSUMER.CREATE.EVENTS.>", "$JS.API.CONSUMER.INFO.EVENTS.>",
                 "$JS.API.CONSUMER.MSG.NEXT.EVENTS.>", "$JS.ACK.EVENTS.>")),
 ])
 def test_jetstream_grants_name_one_bucket_or_stream_verb_by_verb(name, expected):
