@@ -39,7 +39,8 @@ def _storage_call(method: Callable[Concatenate[JetStreamKeyValue, P], Coroutine[
                   ) -> Callable[Concatenate[JetStreamKeyValue, P], Coroutine[Any, Any, R]]:
     async def call(self: JetStreamKeyValue, /, *args: P.args, **kwargs: P.kwargs) -> R:
         what = f"{method.__name__} {args[0] if args else ''}"
-        budget, own_limit = self._budget()
+        # keys() reads a whole bucket in batches: it gets several request timeouts, not one.
+        budget, own_limit = self._budget(self.timeout * (5 if method.__name__ == "keys" else 1))
         try:
             async with _unavailable_on_failure(what):
                 return await asyncio.wait_for(method(self, *args, **kwargs), budget)
@@ -72,15 +73,15 @@ class JetStreamKeyValue:
         self.timeout = timeout
         self._health = health
 
-    def _budget(self) -> tuple[float, bool]:
+    def _budget(self, limit: float) -> tuple[float, bool]:
         # A call's storage work ends before the caller's deadline, so an unanswered store gives
         # the caller UNAVAILABLE (retryable, says what happened) rather than DEADLINE_EXCEEDED.
         # The flag says whether the limit is our own (then a timeout says the store is down).
         remaining = nats_transport.time_remaining()
         if remaining is None:
-            return self.timeout, True
+            return limit, True
         budget = max(remaining - _DEADLINE_MARGIN, remaining * 0.8)
-        return (self.timeout, True) if budget >= self.timeout else (budget, False)
+        return (limit, True) if budget >= limit else (budget, False)
 
     def _report(self, what: str, error: StorageUnavailable, own_limit: bool) -> None:
         if self._health is None:
