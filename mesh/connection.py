@@ -38,6 +38,10 @@ def _not_tls_eof_noise(record: logging.LogRecord) -> bool:
 logging.getLogger("asyncio").addFilter(_not_tls_eof_noise)
 
 
+class NatsUnreachable(ConnectionError):
+    """No NATS server could be reached in the time given; the message says where and why."""
+
+
 class AccessDenied(Exception):
     """NATS refused who we are (bad credentials, a certificate it does not trust, no permission
     to connect). Retrying will not help: the message is one line for the operator."""
@@ -126,15 +130,42 @@ ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
 async def connect(access: NatsAccess, *, name: str, error_cb: ErrorCallback | None = None,
-                  **options: Any) -> Client:
+                  give_up_after: float | None = None, **options: Any) -> Client:
     """A connected, guarded client with the watchdog's PING settings.
 
-    ``options`` go to ``nats.connect`` (reconnect settings, callbacks).
+    ``options`` go to ``nats.connect`` (reconnect settings, callbacks). nats-py keeps trying a
+    first connection that fails; ``give_up_after`` bounds that (seconds), for commands that
+    should end rather than wait for NATS to appear.
 
     Raises:
         AccessDenied: the server refused our credentials or certificate.
+        NatsUnreachable: no server answered within ``give_up_after`` seconds.
         OSError, nats.errors.NoServersError, TimeoutError: the server could not be reached.
     """
+    if give_up_after is None:
+        return await _connect(access, name, error_cb, options)
+    failures: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        failures.append(exc)
+        if error_cb is not None:
+            await error_cb(exc)
+
+    try:
+        return await asyncio.wait_for(_connect(access, name, remember, options), give_up_after)
+    except TimeoutError:
+        last = f": {_describe(failures[-1])}" if failures else ""
+        where = ", ".join(access.urls)
+        raise NatsUnreachable(f"cannot reach NATS at {where} within {give_up_after:g} s{last}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+async def _connect(access: NatsAccess, name: str, error_cb: ErrorCallback | None, options: dict[str, Any]) -> Client:
     # nats-py retries a refused first connection forever when reconnects are unlimited, handing
     # each failure to error_cb: a refusal (bad credentials, an untrusted certificate) is final,
     # so it ends the attempt here instead of looping silently.
@@ -150,7 +181,14 @@ async def connect(access: NatsAccess, *, name: str, error_cb: ErrorCallback | No
     attempt = asyncio.ensure_future(nats.connect(**access.connect_options(), name=name, error_cb=on_error,
                                                  **{**WATCHDOG_CONNECT_OPTIONS, **options}))
     waiters: set[asyncio.Future[Any]] = {attempt, refused}
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # Given up on (a bound, SIGTERM): nats-py's retry loop must not live on unseen.
+        attempt.cancel()
+        with contextlib.suppress(BaseException):
+            await attempt
+        raise
     if not attempt.done():
         attempt.cancel()
         with contextlib.suppress(BaseException):

@@ -38,6 +38,9 @@ from servicers.dependencies import Dependencies
 
 log = logging.getLogger("mesh.host")
 
+# Seconds between two warnings about the same NATS connection failing.
+_WARN_EVERY = 30.0
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -113,6 +116,7 @@ class Host:
         self._verifier: LocalVerifier | None = None
         self._service_tokens: dict[str, ServiceTokenSource] = {}
         self.replicas = ReplicaChoice(1, "not connected yet")
+        self._connect_problem = ""
         self.draining = False
         self._started = time.monotonic()
 
@@ -140,6 +144,11 @@ class Host:
             if module is None:
                 raise catalogue.UnknownTarget(f"target {target!r} has no servicer yet")
             modules[target] = module
+        # Probes first: while NATS is away the process is alive and says why it is not ready.
+        if self.config.admin_port is not None:
+            self._admin = AdminServer(self.readiness, self.metrics_text, host=self.config.admin_host,
+                                      port=self.config.admin_port, liveness=self.liveness)
+            await self._admin.start()
         for target in modules:
             key = self.config.connection_key(target)
             if key not in self._connections:
@@ -152,19 +161,22 @@ class Host:
         # the keys arrive, scoped calls get UNAVAILABLE (and the verifier keeps asking).
         self._verifier = LocalVerifier(self._auth_channel(next(iter(modules))))
         self._tasks.append(asyncio.get_running_loop().create_task(self._verifier.start()))
-        if self.config.admin_port is not None:
-            self._admin = AdminServer(self.readiness, self.metrics_text, host=self.config.admin_host,
-                                      port=self.config.admin_port, liveness=self.liveness)
-            await self._admin.start()
         for target, module in modules.items():
             self._hosted.append(await self._start_target(target, module))
         self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_metrics()))
 
     async def _connect(self, key: str, access: NatsAccess) -> Client:
         name = key or "shared"
+        last_warning = 0.0
 
         async def on_error(exc: Exception) -> None:
-            log.warning("NATS error", extra={"connection": name, "error": str(exc)})
+            # nats-py reports each failed attempt (every 0.5 s while NATS is away): say it once
+            # in a while, and keep the latest for /readyz.
+            nonlocal last_warning
+            self._connect_problem = f"{', '.join(access.urls)}: {exc or type(exc).__name__}"
+            if time.monotonic() - last_warning >= _WARN_EVERY:
+                last_warning = time.monotonic()
+                log.warning("NATS error", extra={"connection": name, "error": str(exc) or type(exc).__name__})
 
         async def on_disconnected() -> None:
             if not self.draining:
@@ -315,8 +327,11 @@ class Host:
         if self.draining:
             return False, "draining"
         down = [key or "shared" for key, nc in self._connections.items() if not nc.is_connected]
-        if down or not self._connections:
-            return False, "NATS not connected: " + ", ".join(down or ["starting"])
+        if not self._connections or len(self._connections) < len(
+                {self.config.connection_key(t) for t in self.config.targets}):
+            return False, "connecting to NATS" + (f": {self._connect_problem}" if self._connect_problem else "")
+        if down:
+            return False, "NATS not connected: " + ", ".join(down)
         waiting = [h.error or h.target for h in self._hosted if not h.serving]
         if waiting or len(self._hosted) < len(self.config.targets):
             return False, "not serving: " + "; ".join(waiting or ["starting"])

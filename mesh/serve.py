@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -265,13 +266,23 @@ async def serve(config: HostConfig) -> None:
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, stop.set)
     host = Host(config)
+    starting = asyncio.ensure_future(host.start())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await host.start()
-        print(f"mesh serve: {', '.join(config.targets)} on {', '.join(config.nats.urls)}"
-              f"; admin port {host.admin_port}", flush=True)
-        await stop.wait()
+        # A signal must end the process at any moment, even while NATS is still being reached.
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            print(f"mesh serve: {', '.join(config.targets)} on {', '.join(config.nats.urls)}"
+                  f"; admin port {host.admin_port}", flush=True)
+            await stopping
     finally:
+        for task in (starting, stopping):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
         await host.drain()
+        print("mesh serve: stopped", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

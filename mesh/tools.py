@@ -19,7 +19,7 @@ from nats.aio.client import Client
 
 import nats_transport.aio
 from mesh.config import ConfigError
-from mesh.connection import AccessDenied, connect
+from mesh.connection import AccessDenied, NatsUnreachable, connect
 from mesh.serve import add_connection_arguments, resolve_access
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -28,12 +28,14 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 def add_common(parser: argparse.ArgumentParser) -> None:
     """The connection flags every tool takes (NATS URL, TLS, credentials, --identity)."""
     add_connection_arguments(parser)
+    parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="give up reaching NATS after this long (default: %(default)s)")
 
 
 async def _connect(args: argparse.Namespace) -> Client:
     access = resolve_access(args)
     return await connect(access, name="mesh:tool", connect_timeout=3, max_reconnect_attempts=0,
-                         allow_reconnect=False, error_cb=_quiet)
+                         allow_reconnect=False, error_cb=_quiet, give_up_after=args.connect_timeout)
 
 
 async def _quiet(_exc: Exception) -> None:
@@ -206,9 +208,9 @@ def _run(coro: Any) -> int:
         coro.close()
         print(f"mesh: error: {error}", file=sys.stderr)
         return 2
-    except AccessDenied as denied:
-        print(f"mesh: error: {denied}", file=sys.stderr)
+    except (AccessDenied, NatsUnreachable) as refused:
+        print(f"mesh: error: {refused}", file=sys.stderr)
         return 2
     except (OSError, nats.errors.Error) as exc:
-        print(f"mesh: cannot reach NATS: {exc or type(exc).__name__}", file=sys.stderr)
-        return 1
+        print(f"mesh: error: cannot reach NATS: {exc or type(exc).__name__}", file=sys.stderr)
+        return 2
