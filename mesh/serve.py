@@ -1,9 +1,9 @@
-"""``mesh serve <target>...``: host targets against ``MESH_NATS_URL``; what a Kubernetes pod runs.
+"""mesh serve TARGET...: host targets against MESH_NATS_URL; what a Kubernetes pod runs.
 
-Every setting comes from a flag or, when the flag is absent, from its ``MESH_*`` environment
+Every setting comes from a flag or, when the flag is absent, from its MESH_* environment
 variable. A bad value is one line naming the setting as the user gave it, and exit code 2.
-Per-service settings are ``MESH_<TARGET>_<NAME>`` (``MESH_AUTH_SCRYPT_LOG2_N`` -> auth's
-``scrypt_log2_n``).
+Per-service settings are MESH_<TARGET>_<NAME> (MESH_AUTH_SCRYPT_LOG2_N -> auth's scrypt_log2_n).
+SIGTERM or SIGINT drains: NOT_SERVING, then in-flight calls get --grace seconds, then exit 0.
 """
 
 from __future__ import annotations
@@ -140,16 +140,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("targets", nargs="*", metavar="TARGET",
                         help="targets to host, or 'all' (default: $MESH_TARGETS)")
     for setting in SETTINGS:
-        parser.add_argument(setting.flag, dest=setting.dest, default=None,
-                            help=f"{setting.help} (${setting.env})")
+        parser.add_argument(setting.flag, dest=setting.dest, default=None, help=_help(setting))
+
+
+def _help(setting: Setting) -> str:
+    default = setting.default
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    shown = "" if default is None else f", default: {default}"
+    return f"{setting.help} (${setting.env}{shown})"
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that say how to reach NATS and who we are there (for the tools)."""
     for setting in SETTINGS:
         if setting.dest in CONNECTION_SETTINGS:
-            parser.add_argument(setting.flag, dest=setting.dest, default=None,
-                                help=f"{setting.help} (${setting.env})")
+            parser.add_argument(setting.flag, dest=setting.dest, default=None, help=_help(setting))
 
 
 def resolve_access(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> NatsAccess:
