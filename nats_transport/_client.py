@@ -157,9 +157,14 @@ class ReplyMux:
         """A fresh (token, reply subject) for ``call``."""
         token = str(next(self._ids))
         self._calls[token] = call
+        if isinstance(call, PendingUnary):
+            call.epoch = self._reconnects()
         if self._sweep is None and self._sweep_interval is not None:
             self._sweep = asyncio.get_running_loop().call_later(self._sweep_interval, self._check_alive)
         return token, f"{self._prefix}.{token}"
+
+    def _reconnects(self) -> int:
+        return int(self.nc.stats.get("reconnects", 0))
 
     def unregister(self, token: str) -> None:
         """Forget a finished call."""
@@ -177,8 +182,19 @@ class ReplyMux:
         if not self._calls or self._sweep_interval is None:
             return
         now = time.monotonic()
+        # A call whose connection broke may have lost its reply with it. If the server still has
+        # the call, its keepalives reach us again once we are back: a call that hears nothing
+        # for two sweeps after the break fails UNAVAILABLE then, not at its deadline.
+        reconnects = self._reconnects() if self.nc.is_connected else -1
+        patience = 2 * self._sweep_interval
         for call in list(self._calls.values()):
-            if isinstance(call, PendingUnary) and call.timeout is not None and now - call.last_heard > call.timeout:
+            if not isinstance(call, PendingUnary):
+                continue
+            if call.epoch != reconnects:
+                call.epoch, call.broken_at = reconnects, now
+            if call.broken_at and call.last_heard < call.broken_at and now - call.broken_at > patience:
+                call.give_up(grpc.StatusCode.UNAVAILABLE, "the connection to NATS was lost during the call")
+            elif call.timeout is not None and now - call.last_heard > call.timeout:
                 call.give_up(grpc.StatusCode.UNAVAILABLE, "the server stopped answering (no keepalive)")
         self._sweep = asyncio.get_running_loop().call_later(self._sweep_interval, self._check_alive)
 
@@ -191,12 +207,15 @@ def _is_no_responders(msg: Msg) -> bool:
 class PendingUnary:
     """A unary call waiting for its reply (fast path), or its numbered chunks."""
 
-    __slots__ = ("_decoder", "_frames", "_max", "_seq", "future", "headers", "last_heard", "timeout")
+    __slots__ = ("_decoder", "_frames", "_max", "_seq", "broken_at", "epoch", "future", "headers", "last_heard",
+                 "timeout")
 
     def __init__(self, future: asyncio.Future[ReplyFrames], max_message: int, timeout: float | None) -> None:
         self.future = future
         self.timeout = timeout  # silence (no reply, no keepalive) tolerated before UNAVAILABLE
         self.last_heard = time.monotonic()
+        self.epoch = 0  # the connection's reconnect count when the call was sent (-1: disconnected)
+        self.broken_at = 0.0  # when the sweep last saw the connection break under the call
         self.headers: dict[str, str] | None = None
         self._decoder: _framing.FrameDecoder | None = None
         self._frames: list[tuple[int, bytes]] = []
