@@ -1,5 +1,7 @@
-"""``python -m gateway ingress``: the gRPC ingress on its own, in front of a mesh on NATS (what a
-gateway pod runs; ``mesh up`` runs the same ingress in-process).
+"""``python -m gateway ingress``: the gRPC ingress on its own, in front of a mesh on NATS, with
+plain NATS access (no credentials), no Envoy and no probes: for trying the ingress by hand. A
+gateway pod runs ``mesh gateway`` (NATS identity and TLS, Envoy, /livez /readyz /metrics);
+``mesh up`` runs the same ingress in-process.
 
 SIGTERM or SIGINT: health NOT_SERVING, in-flight calls get ``--grace`` seconds, then exit 0.
 Exit codes: 0 stopped, 1 NATS unreachable or the port cannot be bound, 2 bad usage.

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from mesh import serve, tools
+from mesh import gateway_command, serve, tools
 from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
+from mesh.k8s import command as k8s_command
 from mesh.security import command as security_command
 from mesh.up import UpError, run
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_arguments(serve_parser)
     serve_parser.set_defaults(command=serve.run, parser=serve_parser, takes_any_arguments=False)
+    gateway = subcommands.add_parser(
+        "gateway", help="the gRPC ingress and the Envoy edge against MESH_NATS_URL (what a gateway pod runs)",
+        description=gateway_command.__doc__,
+    )
+    gateway_command.add_arguments(gateway)
+    gateway.set_defaults(command=gateway_command.run, parser=gateway, takes_any_arguments=False)
     services = subcommands.add_parser("services", help="list the targets and gRPC services running ($SRV)")
     tools.add_services_arguments(services)
     services.set_defaults(command=tools.run_services, parser=services, takes_any_arguments=False)
@@ -77,14 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
                                         description=security_command.__doc__)
     security_command.add_arguments(init)
     init.set_defaults(command=security_command.run, parser=init, takes_any_arguments=False)
+    k8s = subcommands.add_parser("k8s", help="Kubernetes manifests from the service catalogue (render)")
+    k8s_commands = k8s.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    render = k8s_commands.add_parser("render", help="write (or --check) the k8s/ tree",
+                                     description="Render the Kustomize base and overlays into --out.")
+    k8s_command.add_render_arguments(render)
+    render.set_defaults(command=k8s_command.run_render, parser=render, takes_any_arguments=False)
+    keys = k8s_commands.add_parser("service-keys", help="write secrets/service-keys.json for the auth target",
+                                   description=k8s_command.run_service_keys.__doc__)
+    k8s_command.add_service_keys_arguments(keys)
+    keys.set_defaults(command=k8s_command.run_service_keys, parser=keys, takes_any_arguments=False)
     return parser
 
 
 def _add_up_arguments(up: argparse.ArgumentParser) -> None:
     defaults = UpConfig()
     ports = {
-        "nats_port": "NATS client port of the embedded server",
-        "nats_monitor_port": "NATS HTTP monitoring port of the embedded server",
+        "nats_port": "NATS client port of the embedded server (with --cluster N: node i on PORT+i)",
+        "nats_monitor_port": "NATS HTTP monitoring port of the embedded server (node i on PORT+i)",
+        "nats_cluster_port": "with --cluster N > 1: route port of node 0, node i on PORT+i",
         "grpc_port": "gRPC ingress port",
         "http_port": "HTTP edge (Envoy) port",
         "admin_port": "admin server port (/livez /readyz /metrics)",
@@ -106,6 +124,11 @@ def _add_up_arguments(up: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--nats-url", default=None, metavar="URL",
         help="use this NATS (comma-separated URLs) instead of starting an embedded one",
+    )
+    up.add_argument(
+        "--cluster", type=int, default=defaults.cluster, metavar="N",
+        help="run N embedded nats-servers (1, 3 or 5) as one JetStream cluster, stores in DIR/nats-<i>/; "
+             "services use JetStream R3 on 3 or more and a node that dies is restarted (1)",
     )
     up.set_defaults(command=_run_up, parser=up, takes_any_arguments=False)
 
@@ -144,7 +167,7 @@ def _run_up(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run(config))
     except PortUnavailableError as error:
-        flag = flag_of("nats_port" if error.role == "client" else "nats_monitor_port")
+        flag = flag_of({"client": "nats_port", "cluster": "nats_cluster_port"}.get(error.role, "nats_monitor_port"))
         return _fail("up", f"{flag}: cannot listen on {error.host}:{error.port}: {error.reason}", EXIT_USAGE)
     except (EmbeddedNatsError, UpError) as error:
         return _fail("up", str(error), EXIT_FAILED)
@@ -155,12 +178,14 @@ def _up_config(args: argparse.Namespace) -> UpConfig:
     return UpConfig(
         nats_port=args.nats_port,
         nats_monitor_port=args.nats_monitor_port,
+        nats_cluster_port=args.nats_cluster_port,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         admin_port=args.admin_port,
         data_dir=args.data_dir,
         secure=args.secure,
         nats_url=args.nats_url,
+        cluster=args.cluster,
     )
 
 

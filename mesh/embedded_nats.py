@@ -2,6 +2,8 @@
 
 It listens on loopback only, with JetStream on and its store, configuration and log under one
 data directory, so a second ``mesh up`` on the same directory finds its streams and buckets again.
+Given :class:`ClusterSettings` it is one node of a routed JetStream cluster
+(``mesh.embedded_cluster`` runs the nodes).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from nats_transport.testing import find_nats_server
 
-__all__ = ["EmbeddedNats", "EmbeddedNatsError", "PortUnavailableError"]
+__all__ = ["ClusterSettings", "EmbeddedNats", "EmbeddedNatsError", "PortUnavailableError", "RouteTls"]
 
 # Between two readiness probes the wait is spent in Popen.wait, so an early exit ends it at once.
 _PROBE_INTERVAL = 0.02
@@ -30,7 +34,7 @@ class EmbeddedNatsError(RuntimeError):
 
 
 class PortUnavailableError(EmbeddedNatsError):
-    """A port the server needs cannot be bound; ``role`` is ``client`` or ``monitoring``."""
+    """A port the server needs cannot be bound; ``role`` is ``client``, ``monitoring`` or ``cluster``."""
 
     def __init__(self, host: str, port: int, role: str, reason: str) -> None:
         super().__init__(f"{role} port {port} on {host} is not available: {reason}")
@@ -40,8 +44,33 @@ class PortUnavailableError(EmbeddedNatsError):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class RouteTls:
+    """The certificate a node presents on its routes, and the CA its peers' certificates must
+    come from (routes are always mutual TLS in nats-server)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """What makes a server one node of a cluster: the cluster's name, the port this node accepts
+    routes on, and the route URLs of the other nodes (``nats-route://127.0.0.1:6223``)."""
+
+    name: str
+    port: int
+    routes: Sequence[str]
+    tls: RouteTls | None = None
+
+
 class EmbeddedNats:
-    """One nats-server child process: :meth:`start` it, :meth:`stop` it, or use ``with``."""
+    """One nats-server child process: :meth:`start` it, :meth:`stop` it, or use ``with``.
+
+    After the process has exited on its own, :meth:`start` runs it again on the same ports and
+    store (how ``mesh up`` restarts a cluster node that died).
+    """
 
     def __init__(
         self,
@@ -53,6 +82,7 @@ class EmbeddedNats:
         server_name: str = "mesh",
         ready_timeout: float = 10.0,
         include: Path | None = None,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         self.port = port
         self.monitor_port = monitor_port
@@ -63,6 +93,7 @@ class EmbeddedNats:
         self.ready_timeout = ready_timeout
         # A config fragment to include (``nats-security.conf``: TLS and per-identity users).
         self.include = include.resolve() if include is not None else None
+        self.cluster = cluster
         self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -90,9 +121,32 @@ class EmbeddedNats:
         return self.data_dir / "nats-server.log"
 
     @property
+    def pid_path(self) -> Path:
+        """The file nats-server writes its process id to (``nats-server --signal`` reads it)."""
+        return self.data_dir / "nats-server.pid"
+
+    @property
     def pid(self) -> int | None:
         """The child's process id while it runs."""
         return None if self._process is None else self._process.pid
+
+    @property
+    def running(self) -> bool:
+        """True while the child process has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    def exit_code(self) -> int | None:
+        """The child's exit code once it has exited on its own (negative: killed by that signal)."""
+        return None if self._process is None else self._process.poll()
+
+    def check_ports(self) -> None:
+        """Raise PortUnavailableError if a port this server listens on cannot be bound now."""
+        # Checked up front so the common mistake (another server on 4222) gets a clear message
+        # instead of a line buried in the server's log.
+        _ensure_bindable(self.host, self.port, "client")
+        _ensure_bindable(self.host, self.monitor_port, "monitoring")
+        if self.cluster is not None:
+            _ensure_bindable(self.host, self.cluster.port, "cluster")
 
     def start(self) -> EmbeddedNats:
         """Start the server and return once it accepts TCP clients, within ``ready_timeout``.
@@ -101,15 +155,14 @@ class EmbeddedNats:
             PortUnavailableError: the client or monitoring port cannot be bound.
             EmbeddedNatsError: the server exited early or did not become ready in time.
         """
-        if self._process is not None:
+        if self.running:
             raise EmbeddedNatsError(f"{self!r} is already started")
-        # Checked up front so the common mistake (another server on 4222) gets a clear message
-        # instead of a line buried in the server's log.
-        _ensure_bindable(self.host, self.port, "client")
-        _ensure_bindable(self.host, self.monitor_port, "monitoring")
+        self._process = None  # a process that exited on its own: reaped, started afresh
+        self.check_ports()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
-        with self.log_path.open("wb") as log:
+        # Appended to, so the lines of a server that died stay next to those of its restart.
+        with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [find_nats_server(), "-c", str(config)],
                 stdin=subprocess.DEVNULL,
@@ -131,6 +184,12 @@ class EmbeddedNats:
         if self._process is None:
             raise EmbeddedNatsError(f"{self!r} is not started")
         return self._process.wait()
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (stopping several servers at once); :meth:`stop` reaps."""
+        if self.running:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Send SIGTERM and wait up to ``timeout`` seconds, then SIGKILL. Safe to call twice."""
@@ -164,7 +223,10 @@ class EmbeddedNats:
             f"port: {self.port}",
             f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}",
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
+            f"pid_file: {json.dumps(str(self.pid_path))}",
         ]
+        if self.cluster is not None:
+            lines += _cluster_block(self.host, self.cluster)
         if self.include is not None:
             # nats-server resolves an include relative to the including file, even an absolute one.
             lines.append(f"include {json.dumps(os.path.relpath(self.include, self.data_dir))}")
@@ -196,6 +258,27 @@ class EmbeddedNats:
         except OSError:
             return "(no log)"
         return lines[-1] if lines else "(empty log)"
+
+
+def _cluster_block(host: str, cluster: ClusterSettings) -> list[str]:
+    routes = ", ".join(json.dumps(route) for route in cluster.routes)
+    lines = [
+        "cluster {",
+        f"  name: {json.dumps(cluster.name)}",
+        f"  listen: {json.dumps(f'{host}:{cluster.port}')}",
+        f"  routes: [{routes}]",
+    ]
+    if cluster.tls is not None:
+        tls = cluster.tls
+        lines += [
+            "  tls {",
+            f"    cert_file: {json.dumps(str(tls.cert.resolve()))}",
+            f"    key_file: {json.dumps(str(tls.key.resolve()))}",
+            f"    ca_file: {json.dumps(str(tls.ca.resolve()))}",
+            "    timeout: 2",
+            "  }",
+        ]
+    return [*lines, "}"]
 
 
 def _ensure_bindable(host: str, port: int, role: str) -> None:

@@ -101,9 +101,24 @@ async def http_get(host: str, port: int, path: str, limit: float = 1.0) -> tuple
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
         head, _, body = raw.partition(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            body = _unchunk(body)  # nats-server's monitoring answers in chunks
         return int(head.split(b" ", 2)[1]), body.decode(errors="replace")
 
     return await asyncio.wait_for(fetch(), limit)
+
+
+def _unchunk(body: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body (extensions and trailers ignored)."""
+    payload = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        payload += rest[:size]
+        body = rest[size + 2:]
+    return bytes(payload)
 
 
 def prepare_metrics_dir(path: Path) -> Path:

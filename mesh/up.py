@@ -1,6 +1,6 @@
-"""``mesh up``: NATS (embedded unless told otherwise), every built target in host processes (one
-per core), one admin server answering for the whole mesh, and the gRPC ingress in front of it;
-then wait for a signal and drain.
+"""``mesh up``: NATS (embedded unless told otherwise: one server, or with ``--cluster N`` N routed
+ones), every built target in host processes (one per core), one admin server answering for the
+whole mesh, and the gRPC ingress in front of it; then wait for a signal and drain.
 
 The HTTP edge is a real Envoy configured by our xDS control plane, in front of the ingress.
 """
@@ -8,6 +8,7 @@ The HTTP edge is a real Envoy configured by our xDS control plane, in front of t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -22,16 +23,16 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from gateway.edge import Edge, start_edge
-from gateway.envoy import EnvoyError
+from gateway.edge import Edge
 from gateway.envoy_config import TlsPair
-from gateway.ingress import Ingress, IngressOptions, TlsFiles, run_ingress
-from gateway.xds import ConfigRejected
+from gateway.ingress import Ingress
 from health.admin import AdminServer
 from mesh.catalogue import built_targets
 from mesh.config import LOOPBACK, UpConfig
 from mesh.connection import AccessDenied, NatsAccess, connect
-from mesh.embedded_nats import EmbeddedNats
+from mesh.embedded_cluster import CLUSTER_NAME, DEFAULT_REPLICAS, EmbeddedCluster, ensure_route_tls
+from mesh.embedded_nats import EmbeddedNats, EmbeddedNatsError
+from mesh.gateway_command import GatewayError, start_edge_for, start_ingress
 from mesh.security import SecurityInitError, initialise, read_identity
 from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
 
@@ -63,7 +64,13 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
         print("mesh up: INSECURE: anyone who can reach NATS can read, call and impersonate every service; "
               "use --secure beyond a laptop (docs/security.md)", file=out, flush=True)
     async with AsyncExitStack() as stack:
-        server = await _start_embedded(config, stack) if config.embedded else None
+        server: EmbeddedNats | EmbeddedCluster | None = None
+        supervision: asyncio.Task[None] | None = None
+        if config.embedded and config.cluster > 1:
+            server = await _start_cluster(config, stack)
+            supervision = _supervise(server, stack, out)
+        elif config.embedded:
+            server = await _start_embedded(config, stack)
         await _check_nats(config)
         hosts = _start_hosts(config, stack)
         admin = AdminServer(
@@ -77,7 +84,7 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
         ingress = await _start_ingress(config, stack)
         edge = await _start_edge(config, ingress, stack)
         _print_endpoints(config, server, hosts, ingress, edge, time.monotonic() - began, out)
-        await _wait_for_stop(stop, server, hosts)
+        await _wait_for_stop(stop, server if isinstance(server, EmbeddedNats) else None, supervision, hosts)
     print("mesh up: stopped", file=out, flush=True)
 
 
@@ -136,14 +143,14 @@ async def _start_ingress(config: UpConfig, stack: AsyncExitStack) -> Ingress:
         max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=_CONNECT_TIMEOUT, error_cb=_ignore_error,
     )
     stack.push_async_callback(nc.close)
-    options = IngressOptions()
+    tls = None
     if config.secure:
         server_files = config.secrets_dir / "server"
-        options = IngressOptions(tls=TlsFiles(cert=server_files / "cert.pem", key=server_files / "key.pem"))
+        tls = TlsPair(cert=server_files / "cert.pem", key=server_files / "key.pem")
     try:
-        ingress = await run_ingress(nc, LOOPBACK, config.grpc_port, options=options)
-    except RuntimeError as error:
-        raise UpError(f"--grpc-port: cannot listen on {LOOPBACK}:{config.grpc_port}: {describe(error)}") from error
+        ingress = await start_ingress(nc, LOOPBACK, config.grpc_port, tls=tls)
+    except GatewayError as error:
+        raise UpError(str(error)) from error
     stack.push_async_callback(ingress.stop)
     return ingress
 
@@ -151,19 +158,16 @@ async def _start_ingress(config: UpConfig, stack: AsyncExitStack) -> Ingress:
 async def _start_edge(config: UpConfig, ingress: Ingress, stack: AsyncExitStack) -> Edge:
     """Envoy on --http-port, routes following the ingress's discovery. Started from this (the
     loop's) thread: Envoy exits when the thread that started it exits (PR_SET_PDEATHSIG)."""
-    assert ingress.port is not None  # bound: run_ingress returns a started ingress
     tls, upstream_ca = None, None
     if config.secure:
         server_files = config.secrets_dir / "server"
         tls = TlsPair(cert=server_files / "cert.pem", key=server_files / "key.pem")
         upstream_ca = server_files / "ca.pem"
     try:
-        edge = await start_edge(LOOPBACK, ingress.port, config.http_port, http_host=LOOPBACK, services=[],
-                                tls=tls, upstream_ca=upstream_ca)
-    except (EnvoyError, ConfigRejected) as exc:
-        raise UpError(f"HTTP edge: {exc}") from exc
+        edge = await start_edge_for(ingress, config.http_port, http_host=LOOPBACK, tls=tls, upstream_ca=upstream_ca)
+    except GatewayError as exc:
+        raise UpError(str(exc)) from exc
     stack.push_async_callback(edge.stop)  # pushed after the ingress: Envoy stops first
-    edge.follow(ingress.discovery)
     return edge
 
 
@@ -186,8 +190,40 @@ async def _start_embedded(config: UpConfig, stack: AsyncExitStack) -> EmbeddedNa
     return server
 
 
+async def _start_cluster(config: UpConfig, stack: AsyncExitStack) -> EmbeddedCluster:
+    secure = config.secure
+    cluster = EmbeddedCluster(
+        size=config.cluster, port=config.nats_port, monitor_port=config.nats_monitor_port,
+        cluster_port=config.nats_cluster_port, data_dir=config.data_dir, host=LOOPBACK,
+        include=config.data_dir / "nats-security.conf" if secure else None,
+        route_tls=await asyncio.to_thread(ensure_route_tls, config.secrets_dir / "cluster-routes") if secure else None,
+    )
+    await cluster.start()
+    # Pushed before the hosts: they drain first, with NATS still there, then the nodes stop.
+    stack.push_async_callback(asyncio.to_thread, cluster.stop)
+    return cluster
+
+
+def _supervise(cluster: EmbeddedCluster, stack: AsyncExitStack, out: TextIO) -> asyncio.Task[None]:
+    """Restart nodes that die for as long as ``mesh up`` runs; the task ends only by raising."""
+    def report(line: str) -> None:
+        print(f"mesh up: {line}", file=out, flush=True)
+
+    task = asyncio.create_task(cluster.supervise(report), name="nats-cluster-supervisor")
+
+    async def cancel() -> None:
+        # After the hosts have drained (a node lost while they drain is still restarted), and
+        # before the nodes stop: a node stopped on purpose must not be started again.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, EmbeddedNatsError):
+            await task
+
+    stack.push_async_callback(cancel)
+    return task
+
+
 def _access(config: UpConfig, identity: str) -> NatsAccess:
-    access = NatsAccess(urls=tuple(u.strip() for u in config.client_url.split(",")))
+    access = NatsAccess(urls=config.client_urls)
     return access.as_identity(config.secrets_dir / identity) if config.secure else access
 
 
@@ -246,9 +282,8 @@ async def _ignore_error(error: Exception) -> None:
 
 
 def _print_endpoints(
-    config: UpConfig, server: EmbeddedNats | None, hosts: list[HostProcess], ingress: Ingress, edge: Edge,
-    elapsed: float,
-    out: TextIO,
+    config: UpConfig, server: EmbeddedNats | EmbeddedCluster | None, hosts: list[HostProcess], ingress: Ingress,
+    edge: Edge, elapsed: float, out: TextIO,
 ) -> None:
     targets = sum(len(h.targets) for h in hosts)
     rows = [
@@ -280,7 +315,14 @@ def _grpcurl_flags(config: UpConfig) -> str:
     return f"-cacert {config.secrets_dir / 'server' / 'ca.pem'}"
 
 
-def _nats_rows(config: UpConfig, server: EmbeddedNats | None) -> list[tuple[str, str]]:
+def _nats_rows(config: UpConfig, server: EmbeddedNats | EmbeddedCluster | None) -> list[tuple[str, str]]:
+    if isinstance(server, EmbeddedCluster):
+        return [
+            ("NATS", f"{config.client_url}  (embedded cluster {CLUSTER_NAME!r} of {len(server.nodes)} nodes, "
+                     f"JetStream R{DEFAULT_REPLICAS} by default; a node that dies is restarted)"),
+            *((f"  {node.server_name}", f"{node.url}  monitoring {node.monitor_url}  store {node.store_dir}")
+              for node in server.nodes),
+        ]
     if server is None:
         return [
             ("NATS", f"{redact(config.client_url)}  (external)"),
@@ -292,9 +334,14 @@ def _nats_rows(config: UpConfig, server: EmbeddedNats | None) -> list[tuple[str,
     ]
 
 
-async def _wait_for_stop(stop: asyncio.Event, server: EmbeddedNats | None, hosts: list[HostProcess]) -> None:
+async def _wait_for_stop(stop: asyncio.Event, server: EmbeddedNats | None, supervision: asyncio.Task[None] | None,
+                         hosts: list[HostProcess]) -> None:
+    """Until SIGINT or SIGTERM. A single embedded server that exits ends ``mesh up``; a cluster
+    node that exits is restarted by ``supervision``, which ends it only when a node keeps dying."""
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     watched: set[asyncio.Future[Any]] = {stopped}
+    if supervision is not None:
+        watched.add(supervision)
     exited: asyncio.Future[Any] | None = None
     if server is not None:
         # A thread blocked in waitpid notices the child dying; it returns once stop() reaps it.
@@ -304,6 +351,9 @@ async def _wait_for_stop(stop: asyncio.Event, server: EmbeddedNats | None, hosts
         done, _ = await asyncio.wait(watched, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
         if stopped in done:
             break
+        if supervision is not None and supervision in done:
+            stopped.cancel()
+            raise UpError(describe(supervision.exception() or RuntimeError("the NATS cluster supervisor stopped")))
         if exited is not None and exited in done:
             stopped.cancel()
             assert server is not None

@@ -1,0 +1,1 @@
+"""Tests of the Kubernetes manifests: rendered, validated, and run as local processes."""
