@@ -159,9 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Measure the design targets (grpcio vs raw nats-py vs nats_transport) and write "
-        "benchmarks/RESULTS.md with its plots. Full mode: 3 interleaved runs and a profile, about 6 minutes.",
+        "RESULTS.md with its plots (into benchmarks/ with --write-results). Full mode: 3 interleaved runs "
+        "and a profile, about 6 minutes.",
     )
     parser.add_argument("--quick", action="store_true", help="0.5 s warm-up, 2 s per case, 1 run, no profile")
+    parser.add_argument("--write-results", action="store_true",
+                        help="write benchmarks/RESULTS.md and its plots (the committed results); "
+                             "by default they go to a new scratch folder, whose path is printed")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="profile with py-spy after measuring (default: in full mode only)")
     args = parser.parse_args(argv)
@@ -209,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
             for server in servers.values():
                 server.stop()
     session.wall = time.monotonic() - began
-    print("\n".join(document.write(session, document.HERE / "RESULTS.md").splitlines()[:40]))
+    folder = document.HERE if args.write_results else Path(tempfile.mkdtemp(prefix="mesh-bench-"))
+    print("\n".join(document.write(session, folder / "RESULTS.md").splitlines()[:40]))
+    print(f"\nwritten: {folder / 'RESULTS.md'} and its plots", flush=True)
 
 
 if __name__ == "__main__":

@@ -207,8 +207,8 @@ def write(session: Session, path: Path) -> str:
     unary = unary_ratios(session.results)
     figures = [r for r in unary if r.target is not None] + [r for r in (stream_ratio, payload_ratio) if r]
     figures += [r for r in unary if r.target is None]  # references last
-    unary_png = plots.unary(session.results, HERE / "unary.png")
-    payload_png = plots.payloads(sizes, HERE / "payloads.png")
+    unary_png = plots.unary(session.results, path.parent / "unary.png")
+    payload_png = plots.payloads(sizes, path.parent / "payloads.png")
     command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if session.profiles:
