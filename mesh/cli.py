@@ -1,4 +1,5 @@
-"""The ``mesh`` command line: ``up``, ``serve``, ``services``, ``call`` and ``bench``.
+"""The ``mesh`` command line: ``up``, ``serve``, ``gateway``, ``services``, ``call``, ``security``,
+``k8s`` and ``bench``.
 
 Exit codes: 0 done, 1 something failed while running, 2 bad usage or configuration (including a
 port that is already taken), 130 interrupted before the signal handlers were in place.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -19,7 +21,7 @@ from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
 from mesh.k8s import command as k8s_command
 from mesh.security import command as security_command
-from mesh.up import UpError, run
+from mesh.up import NatsNotUsable, UpError, run
 
 __all__ = ["build_parser", "main"]
 
@@ -45,10 +47,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``mesh``, one subparser per subcommand; each sets ``command`` to its runner."""
     parser = _Parser(prog="mesh", description="A gRPC service mesh over NATS.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     up = subcommands.add_parser(
         "up",
-        help="run NATS (later also the services, gateway and admin server) until Ctrl-C",
+        help="run the whole mesh on this machine (NATS, every service, gateway, probes) until Ctrl-C",
         description="Run an embedded NATS (unless --nats-url) and the mesh, print the endpoints, "
         "and run until SIGINT or SIGTERM.",
     )
@@ -169,6 +172,8 @@ def _run_up(args: argparse.Namespace) -> int:
     except PortUnavailableError as error:
         flag = flag_of({"client": "nats_port", "cluster": "nats_cluster_port"}.get(error.role, "nats_monitor_port"))
         return _fail("up", f"{flag}: cannot listen on {error.host}:{error.port}: {error.reason}", EXIT_USAGE)
+    except NatsNotUsable as error:
+        return _fail("up", str(error), EXIT_USAGE)
     except (EmbeddedNatsError, UpError) as error:
         return _fail("up", str(error), EXIT_FAILED)
     return EXIT_OK
@@ -187,6 +192,13 @@ def _up_config(args: argparse.Namespace) -> UpConfig:
         nats_url=args.nats_url,
         cluster=args.cluster,
     )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("nats-grpc-mesh")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def _fail(command: str, message: str, code: int) -> int:

@@ -36,7 +36,7 @@ from mesh.gateway_command import GatewayError, start_edge_for, start_ingress
 from mesh.security import SecurityInitError, initialise, read_identity
 from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
 
-__all__ = ["UpError", "run"]
+__all__ = ["NatsNotUsable", "UpError", "run"]
 
 # Bounds for the start-up check, so an unreachable --nats-url fails in seconds, not minutes.
 _CONNECT_TIMEOUT = 2.0
@@ -45,6 +45,11 @@ _JETSTREAM_TIMEOUT = 5.0
 
 class UpError(RuntimeError):
     """``mesh up`` could not start, or something it started stopped on its own."""
+
+
+class NatsNotUsable(UpError):
+    """The NATS given by ``--nats-url`` cannot be reached, refuses us, or lacks JetStream: a
+    configuration to fix, so ``mesh up`` exits 2."""
 
 
 async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
@@ -258,9 +263,9 @@ async def _check_nats(config: UpConfig) -> None:
             error_cb=_ignore_error,
         )
     except AccessDenied as error:
-        raise UpError(f"NATS at {redact(url)} refused the operator identity: {error}") from error
+        raise NatsNotUsable(f"NATS at {redact(url)} refused the operator identity: {error}") from error
     except (OSError, TimeoutError, nats.errors.Error) as error:
-        raise UpError(f"cannot connect to NATS at {redact(url)}: {describe(error)}") from error
+        raise NatsNotUsable(f"--nats-url: cannot connect to NATS at {redact(url)}: {describe(error)}") from error
     try:
         await _check_jetstream(nc, url)
     finally:
@@ -272,7 +277,7 @@ async def _check_jetstream(nc: Client, url: str) -> None:
         await nc.jetstream(timeout=_JETSTREAM_TIMEOUT).account_info()
     except (TimeoutError, nats.errors.Error) as error:
         message = f"JetStream does not answer on {redact(url)} (is it enabled?): {describe(error)}"
-        raise UpError(message) from error
+        raise NatsNotUsable(message) from error
 
 
 async def _ignore_error(error: Exception) -> None:

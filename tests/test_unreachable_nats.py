@@ -63,3 +63,24 @@ async def test_serve_against_a_dead_nats_answers_probes_and_stops_on_sigterm():
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_mesh_up_against_a_dead_nats_url_ends_with_one_error_line_and_exit_2(tmp_path):
+    ports = [str(free_port()) for _ in range(3)]
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh", "up", "--nats-url", dead_url(), "--data-dir", str(tmp_path),
+         "--admin-port", ports[0], "--grpc-port", ports[1], "--http-port", ports[2]],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == [errors[0]]
+    assert errors[0].startswith("mesh up: error: --nats-url: cannot connect to NATS at nats://127.0.0.1:")
+    assert "Traceback" not in done.stderr
+
+
+def test_mesh_version_prints_the_installed_version():
+    done = subprocess.run([sys.executable, "-m", "mesh", "--version"], cwd=REPO, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0
+    assert done.stdout.startswith("mesh ")
+    assert done.stdout.split()[1][0].isdigit()
