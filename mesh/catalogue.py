@@ -33,9 +33,9 @@ CATALOGUE: dict[str, str] = {
 
 
 # Who calls whom over the mesh (deps.channel(<target>)), read from servicers/ and checked against
-# them by tests/security/test_catalogue_tables.py. Every target calls auth: the host guards
-# protected methods with auth's Validate (servicers.auth.RequireToken) and verifies tokens with
-# its keys. Router and orchestration forward to whatever target their configuration names
+# them by tests/security/test_catalogue_tables.py. Every target calls auth: its host fetches
+# auth's public keys and revocations to verify tokens locally (servicers.auth.LocalVerifier) and
+# asks auth for its own service token. Router and orchestration forward to whatever target their configuration names
 # (router: any but itself, whose own service it refuses as a route; orchestration: any), so they
 # get what their code can reach. NATS permissions are derived from this (mesh.security).
 _ANY_TARGET = tuple(CATALOGUE)
