@@ -72,7 +72,7 @@ class StorageHealth:
         """A storage call failed for want of the store: down now, and probe at once (a one-off
         timeout on a healthy stream is cleared by that probe within milliseconds)."""
         if self.problem is None:
-            self._record(f"{what}: {error or type(error).__name__}")
+            self._record(f"{what}: {str(error) or type(error).__name__}")
         self._wake.set()
 
     def suspect(self) -> None:
