@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime
 import json
 import signal
 import time
@@ -26,18 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from mesh.embedded_nats import ClusterSettings, EmbeddedNats, EmbeddedNatsError, RouteTls
-from mesh.security import pki
-from mesh.security.identities import make_private_dir
 from mesh.supervisor import http_get
 
-__all__ = ["CLUSTER_NAME", "DEFAULT_REPLICAS", "EmbeddedCluster", "ensure_route_tls"]
+__all__ = ["CLUSTER_NAME", "DEFAULT_REPLICAS", "EmbeddedCluster"]
 
 CLUSTER_NAME = "mesh"
 # What hosts choose on a cluster of three or more servers (``mesh serve --replicas auto``).
@@ -49,7 +40,6 @@ RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
 # Polling the children and the monitoring endpoints: neither offers an event to wait on.
 _POLL_INTERVAL = 0.1
-_ROUTE_CERT_DAYS = 825
 
 
 class EmbeddedCluster:
@@ -223,50 +213,3 @@ def describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-def ensure_route_tls(folder: Path) -> RouteTls:
-    """The route certificate in ``folder`` (``cert.pem``, ``key.pem``, ``ca.pem``), issued now by
-    a fresh CA of its own unless a valid one is there.
-
-    The CA's key is dropped once the certificate is signed: nothing else can ever join the routes.
-    """
-    tls = RouteTls(cert=folder / "cert.pem", key=folder / "key.pem", ca=folder / "ca.pem")
-    if _still_valid(tls):
-        return tls
-    make_private_dir(folder)
-    ca = pki.new_authority("nats-grpc-mesh cluster routes CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    # Server and client use: a node accepts routes from its peers and opens routes to them.
-    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{CLUSTER_NAME} route")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=_ROUTE_CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(usage, critical=False)
-        # The peers dial 127.0.0.1 and check the name they dialled against these.
-        .add_extension(x509.SubjectAlternativeName([pki.validate_host(h) for h in pki.DEFAULT_SERVER_HOSTS]),
-                       critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    pki.write_private(tls.key, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tls.ca.write_bytes(pki.authority_pems(ca)[0])
-    return tls
-
-
-def _still_valid(tls: RouteTls) -> bool:
-    try:
-        cert = x509.load_pem_x509_certificate(tls.cert.read_bytes())
-        ca = x509.load_pem_x509_certificate(tls.ca.read_bytes())
-        cert.verify_directly_issued_by(ca)
-        usable = tls.key.is_file()
-    except (OSError, ValueError, TypeError, InvalidSignature):
-        return False
-    # A day's margin, so a certificate does not expire under a running cluster.
-    return usable and cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)

@@ -30,10 +30,11 @@ from health.admin import AdminServer
 from mesh.catalogue import built_targets
 from mesh.config import LOOPBACK, UpConfig
 from mesh.connection import AccessDenied, NatsAccess, connect
-from mesh.embedded_cluster import CLUSTER_NAME, DEFAULT_REPLICAS, EmbeddedCluster, ensure_route_tls
+from mesh.embedded_cluster import CLUSTER_NAME, DEFAULT_REPLICAS, EmbeddedCluster
 from mesh.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from mesh.gateway_command import GatewayError, start_edge_for, start_ingress
 from mesh.security import SecurityInitError, initialise, read_identity
+from mesh.security.routes import route_tls_in
 from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
 
 __all__ = ["NatsNotUsable", "UpError", "run"]
@@ -201,7 +202,8 @@ async def _start_cluster(config: UpConfig, stack: AsyncExitStack) -> EmbeddedClu
         size=config.cluster, port=config.nats_port, monitor_port=config.nats_monitor_port,
         cluster_port=config.nats_cluster_port, data_dir=config.data_dir, host=LOOPBACK,
         include=config.data_dir / "nats-security.conf" if secure else None,
-        route_tls=await asyncio.to_thread(ensure_route_tls, config.secrets_dir / "cluster-routes") if secure else None,
+        # Written by `mesh security init`, which --secure ran before anything started.
+        route_tls=route_tls_in(config.secrets_dir / "routes") if secure else None,
     )
     await cluster.start()
     # Pushed before the hosts: they drain first, with NATS still there, then the nodes stop.

@@ -96,14 +96,11 @@ def config(*, secure: bool) -> str:
         "  routes: [",
         routes,
         "  ]",
+        *(_route_tls_block() if secure else []),
         "}",
     ]
     if secure:
         lines += [
-            "",
-            "# Routes stay plain TCP: nats-server requires mutual TLS on routes, and the server",
-            "# certificate of `mesh security init` is for serverAuth only. Only NATS pods may reach",
-            "# the cluster port (NetworkPolicy).",
             "",
             "# The nkey users and their permissions from `mesh security init`.",
             # nats-server reads an include relative to the including file (CONFIG_DIR).
@@ -113,6 +110,20 @@ def config(*, secure: bool) -> str:
             *_tls_block(),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _route_tls_block() -> list[str]:
+    # Mutual TLS between the servers, with the route certificate of `mesh security init` (its own
+    # CA, valid for server and client use): a certificate of the mesh CA cannot join as a route.
+    return [
+        "  tls {",
+        f'    cert_file: "{SECURITY_DIR}/route-cert.pem"',
+        f'    key_file: "{SECURITY_DIR}/route-key.pem"',
+        f'    ca_file: "{SECURITY_DIR}/route-ca.pem"',
+        "    verify: true",
+        "    timeout: 2",
+        "  }",
+    ]
 
 
 def _tls_block() -> list[str]:

@@ -116,7 +116,8 @@ def _secrets(identities: Sequence[str]) -> list[dict[str, Any]]:
     secrets: list[dict[str, Any]] = [
         {
             "name": nats.SECURITY_SECRET,
-            "files": [f"nats-security.conf={SECURITY}/nats-security.conf", *_files("secrets/server", _SERVER_FILES)],
+            "files": [f"nats-security.conf={SECURITY}/nats-security.conf", *_files("secrets/server", _SERVER_FILES),
+                      *(f"route-{name}={SECURITY}/secrets/routes/{name}" for name in _SERVER_FILES)],
         },
         {"name": gateway.SERVER_TLS_SECRET, "files": _files("secrets/server", _SERVER_FILES)},
         {

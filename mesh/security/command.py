@@ -1,5 +1,6 @@
-"""``mesh security init``: the CA, the server certificate, one identity per target and client,
-and the nats-server configuration that locks the mesh down to them."""
+"""``mesh security init``: the CA, the server certificate, the cluster route certificate, one
+identity per target and client, and the nats-server configuration that locks the mesh down to
+them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from mesh.security import pki
 from mesh.security.identities import ensure_identity, make_private_dir
 from mesh.security.permissions import identities, permissions_for
+from mesh.security.routes import ensure_route_tls
 from mesh.security.server_config import render_security, render_server
 
 __all__ = ["SecurityInitError", "add_arguments", "initialise", "run"]
@@ -73,6 +75,8 @@ def _initialise(data_dir: Path, hosts: tuple[str, ...], force: bool) -> list[str
     report.append(f"{'kept' if kept else 'created'} CA: {secrets / 'ca'}/ca.pem, ca.key")
     server = secrets / "server"
     report.append(_server_certificate(server, ca, hosts, force))
+    _, kept = ensure_route_tls(secrets / "routes", hosts, force=force)
+    report.append(f"{'kept' if kept else 'created'} route certificate (own CA, key discarded): {secrets / 'routes'}")
     users = {}
     for name in identities():
         identity, kept = ensure_identity(secrets / name, name, ca, force=force)

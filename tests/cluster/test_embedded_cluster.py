@@ -20,9 +20,10 @@ import pytest
 from nats.js.api import StreamConfig
 
 from mesh.cli import main
-from mesh.embedded_cluster import EmbeddedCluster, ensure_route_tls
+from mesh.embedded_cluster import EmbeddedCluster
 from mesh.embedded_nats import EmbeddedNatsError
 from mesh.security import pki
+from mesh.security.routes import ensure_route_tls
 from tests._waiting import wait_for
 from tests.cluster._monitoring import Node, get_json
 from tests.cluster._ports import disjoint_runs
@@ -128,9 +129,10 @@ async def test_a_killed_node_comes_back_on_its_ports_and_store_and_one_that_keep
 
 
 async def test_routes_are_mutual_tls_that_admits_only_the_clusters_own_certificate(tmp_path: Path) -> None:
-    tls = ensure_route_tls(tmp_path / "routes")
+    tls, kept = ensure_route_tls(tmp_path / "routes")
+    assert not kept
     first = tls.cert.read_bytes()
-    assert ensure_route_tls(tmp_path / "routes").cert.read_bytes() == first  # kept while valid
+    assert ensure_route_tls(tmp_path / "routes")[0].cert.read_bytes() == first  # kept while valid
     cluster, _ = _cluster(tmp_path / "data", route_tls=tls)
     async with _running(cluster):  # formed: the three nodes routed to each other over TLS
         port = cluster.nodes[0].cluster.port if cluster.nodes[0].cluster else 0

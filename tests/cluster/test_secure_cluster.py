@@ -39,7 +39,7 @@ async def test_a_secure_cluster_routes_over_tls_and_serves_through_its_tls_ingre
         # Routes carry the cluster's own certificate, clients the mesh's server certificate.
         for node in mesh.nodes:
             config = (node.data_dir / "nats-embedded.conf").read_text()
-            assert str(mesh.data_dir / "secrets" / "cluster-routes" / "cert.pem") in config
+            assert str(mesh.data_dir / "secrets" / "routes" / "cert.pem") in config
         ca = (mesh.data_dir / "secrets" / "server" / "ca.pem").read_bytes()
         credentials = grpc.ssl_channel_credentials(root_certificates=ca)
         async with grpc.aio.secure_channel(f"localhost:{mesh.grpc_port}", credentials) as channel:

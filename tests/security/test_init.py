@@ -85,14 +85,28 @@ def test_a_rerun_keeps_everything_and_force_regenerates_it(tmp_path):
     assert all(after[name] != before[name] for name in before if not name.endswith(("identity.json",)))
 
 
-def test_new_hosts_reissue_only_the_server_certificate(tmp_path):
+def test_new_hosts_reissue_only_the_server_and_route_certificates(tmp_path):
     initialise(tmp_path)
     before = _snapshot(tmp_path)
     lines = initialise(tmp_path, hosts=["*.nats.default.svc.cluster.local", "10.1.2.3"])
     after = _snapshot(tmp_path)
     changed = {name for name in before if after[name] != before[name]}
-    assert changed == {"secrets/server/cert.pem", "secrets/server/key.pem"}
+    assert changed == {"secrets/server/cert.pem", "secrets/server/key.pem",
+                       "secrets/routes/cert.pem", "secrets/routes/key.pem", "secrets/routes/ca.pem"}
     assert any(line.startswith("created server certificate") for line in lines)
+    assert any(line.startswith("created route certificate") for line in lines)
+
+
+def test_the_route_certificate_serves_both_ends_of_a_route_and_has_a_ca_of_its_own(tmp_path):
+    initialise(tmp_path, hosts=["nats-0.nats"])
+    routes = tmp_path / "secrets" / "routes"
+    cert = x509.load_pem_x509_certificate((routes / "cert.pem").read_bytes())
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usage) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "nats-0.nats" in names.get_values_for_type(x509.DNSName)
+    assert (routes / "ca.pem").read_bytes() != (tmp_path / "secrets" / "ca" / "ca.pem").read_bytes()
+    assert not (routes / "ca.key").exists()  # its key is gone: nothing else can be issued as a route
 
 
 def test_a_lost_ca_reissues_certificates_but_keeps_the_nkeys(tmp_path):
@@ -109,7 +123,7 @@ def test_a_lost_ca_reissues_certificates_but_keeps_the_nkeys(tmp_path):
 def test_the_cli_prints_one_line_per_file_group_and_exits_0(tmp_path, capsys):
     assert main(["security", "init", "--data-dir", str(tmp_path), "--host", "nats"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 + len(IDENTITIES) + 2
+    assert len(out) == 3 + len(IDENTITIES) + 2  # CA, server, routes; identities; two configs
 
 
 @pytest.mark.parametrize("argv", [
