@@ -308,11 +308,11 @@ class Gateway:
         if self.nc is None or not self.nc.is_connected:
             return False, "NATS not connected"
         host = dial_host(self.config.listen_host)
-        if self.ingress is None or self.ingress.port is None or not await _accepts(host, self.ingress.port):
+        if self.ingress is None or self.ingress.port is None or not await accepts_tcp(host, self.ingress.port):
             return False, f"gRPC ingress not accepting on {self.config.listen_host}:{self.config.grpc_port}"
         if not self.config.edge:
             return True, f"ready: gRPC ingress on {self.ingress.port}, no edge"
-        if self.edge is None or not await _accepts(host, self.edge.http_port):
+        if self.edge is None or not await accepts_tcp(host, self.edge.http_port):
             return False, f"Envoy not accepting on {self.config.listen_host}:{self.config.http_port}"
         return True, f"ready: gRPC ingress on {self.ingress.port}, Envoy on {self.edge.http_port}"
 
@@ -359,7 +359,8 @@ def _gave_up(envoy: EnvoyProcess) -> bool:
     return envoy.pid is None and supervisor is not None and supervisor.done()
 
 
-async def _accepts(host: str, port: int) -> bool:
+async def accepts_tcp(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now (within a second)."""
     try:
         async with asyncio.timeout(_PROBE_CONNECT_TIMEOUT):
             _, writer = await asyncio.open_connection(host, port)

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,7 +33,7 @@ from mesh.config import LOOPBACK, UpConfig
 from mesh.connection import AccessDenied, NatsAccess, connect
 from mesh.embedded_cluster import CLUSTER_NAME, DEFAULT_REPLICAS, EmbeddedCluster
 from mesh.embedded_nats import EmbeddedNats, EmbeddedNatsError
-from mesh.gateway_command import GatewayError, start_edge_for, start_ingress
+from mesh.gateway_command import GatewayError, accepts_tcp, start_edge_for, start_ingress
 from mesh.security import SecurityInitError, initialise, read_identity
 from mesh.security.routes import route_tls_in
 from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
@@ -79,8 +80,9 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
             server = await _start_embedded(config, stack)
         await _check_nats(config)
         hosts = _start_hosts(config, stack)
+        front: list[int] = []  # the ingress and Envoy ports, once they are started
         admin = AdminServer(
-            lambda: _mesh_ready(hosts),
+            lambda: _mesh_ready(hosts, front),
             lambda: multiprocess_metrics(config.data_dir / "metrics"),
             host=LOOPBACK, port=config.admin_port, liveness=lambda: _hosts_alive(hosts),
         )
@@ -89,6 +91,10 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
         await _wait_until_ready(hosts, stop)
         ingress = await _start_ingress(config, stack)
         edge = await _start_edge(config, ingress, stack)
+        assert ingress.port is not None  # bound: start_ingress returns a started ingress
+        front += [ingress.port, edge.http_port]
+        # Envoy listens a moment after its configuration is pushed: "ready" only once it does.
+        await _wait_until_ready(hosts, stop, front)
         _print_endpoints(config, server, hosts, ingress, edge, time.monotonic() - began, out)
         await _wait_for_stop(stop, server if isinstance(server, EmbeddedNats) else None, supervision, hosts)
     print("mesh up: stopped", file=out, flush=True)
@@ -116,12 +122,22 @@ def _start_hosts(config: UpConfig, stack: AsyncExitStack) -> list[HostProcess]:
     return hosts
 
 
-async def _mesh_ready(hosts: list[HostProcess]) -> tuple[bool, str]:
+async def _mesh_ready(hosts: list[HostProcess], front: Sequence[int] | None) -> tuple[bool, str]:
+    """Every host ready and, unless ``front`` is None (hosts only), the ingress and Envoy
+    accepting connections on the ports in ``front`` (empty until they are started)."""
     answers = await asyncio.gather(*(h.ready() for h in hosts))
     waiting = [reason for ok, reason in answers if not ok]
     if waiting:
         return False, "; ".join(waiting)
-    return True, f"ready: {sum(len(h.targets) for h in hosts)} targets in {len(hosts)} host processes"
+    if front is None:
+        return True, "hosts ready"
+    if not front:
+        return False, "gRPC ingress and HTTP edge not started yet"
+    for name, port in zip(("gRPC ingress", "HTTP edge (Envoy)"), front, strict=True):
+        if not await accepts_tcp(LOOPBACK, port):
+            return False, f"{name} not accepting on {LOOPBACK}:{port}"
+    return True, f"ready: {sum(len(h.targets) for h in hosts)} targets in {len(hosts)} host processes, " \
+                 f"gRPC ingress on {front[0]}, HTTP edge on {front[1]}"
 
 
 def _hosts_alive(hosts: list[HostProcess]) -> tuple[bool, str]:
@@ -129,10 +145,11 @@ def _hosts_alive(hosts: list[HostProcess]) -> tuple[bool, str]:
     return (not dead), ("; ".join(dead) or "alive")
 
 
-async def _wait_until_ready(hosts: list[HostProcess], stop: asyncio.Event, limit: float = 60.0) -> None:
+async def _wait_until_ready(hosts: list[HostProcess], stop: asyncio.Event, front: Sequence[int] | None = None,
+                            limit: float = 60.0) -> None:
     deadline = time.monotonic() + limit
     while not stop.is_set():
-        ready, reason = await _mesh_ready(hosts)
+        ready, reason = await _mesh_ready(hosts, front)
         if ready:
             return
         if any(not h.running for h in hosts):

@@ -162,6 +162,11 @@ async def test_mesh_up_serves_every_service_through_its_grpc_ingress(mesh_up: Me
 async def test_mesh_up_is_ready_with_every_target_serving_and_discoverable(mesh_up: MeshUp) -> None:
     status, body = await http_get("127.0.0.1", mesh_up.admin_port, "/readyz")
     assert status == 200, body
+    # Ready covers the front too: both the ingress and Envoy accept connections.
+    assert f"gRPC ingress on {mesh_up.grpc_port}, HTTP edge on {mesh_up.http_port}" in body
+    for port in (mesh_up.grpc_port, mesh_up.http_port):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
     nc = await nats.connect(mesh_up.nats_url, max_reconnect_attempts=0, connect_timeout=2)
     try:
         for target in built_targets():
