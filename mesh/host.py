@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from health.metrics import ServerMetrics, client_interceptors
 from health.transport_metrics import TransportMetrics
 from mesh import catalogue
 from mesh.call_credentials import forwarding_interceptors
+from mesh.config import ConfigError
 from mesh.connection import NatsAccess, connect
 from mesh.jetstream_event_log import JetStreamEventLog
 from mesh.jetstream_storage import JetStreamStorage
@@ -148,7 +150,13 @@ class Host:
         if self.config.admin_port is not None:
             self._admin = AdminServer(self.readiness, self.metrics_text, host=self.config.admin_host,
                                       port=self.config.admin_port, liveness=self.liveness)
-            await self._admin.start()
+            try:
+                await self._admin.start()
+            except OSError as error:
+                self._admin = None
+                where = f"{self.config.admin_host}:{self.config.admin_port}"
+                reason = os.strerror(error.errno).lower() if error.errno else str(error)
+                raise ConfigError("--admin-port", f"cannot listen on {where}: {reason}") from None
         for target in modules:
             key = self.config.connection_key(target)
             if key not in self._connections:

@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     configure_json_logging(level)
     try:
         asyncio.run(serve(config))
-    except AccessDenied as denied:
-        print(f"mesh serve: error: {denied}", flush=True, file=sys.stderr)
+    except (AccessDenied, ConfigError) as error:
+        print(f"mesh serve: error: {error}", flush=True, file=sys.stderr)
         return 2
     return 0

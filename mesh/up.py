@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from gateway.envoy_config import TlsPair
 from gateway.ingress import Ingress
 from health.admin import AdminServer
 from mesh.catalogue import built_targets
-from mesh.config import LOOPBACK, UpConfig
+from mesh.config import LOOPBACK, UpConfig, flag_of
 from mesh.connection import AccessDenied, NatsAccess, connect
 from mesh.embedded_cluster import CLUSTER_NAME, DEFAULT_REPLICAS, EmbeddedCluster
 from mesh.embedded_nats import EmbeddedNats, EmbeddedNatsError
@@ -38,7 +39,7 @@ from mesh.security import SecurityInitError, initialise, read_identity
 from mesh.security.routes import route_tls_in
 from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
 
-__all__ = ["NatsNotUsable", "UpError", "run"]
+__all__ = ["NatsNotUsable", "PortsTaken", "UpError", "run"]
 
 # Bounds for the start-up check, so an unreachable --nats-url fails in seconds, not minutes.
 _CONNECT_TIMEOUT = 2.0
@@ -47,6 +48,10 @@ _JETSTREAM_TIMEOUT = 5.0
 
 class UpError(RuntimeError):
     """``mesh up`` could not start, or something it started stopped on its own."""
+
+
+class PortsTaken(UpError):
+    """Ports ``mesh up`` would listen on are taken; the message names every one of them."""
 
 
 class NatsNotUsable(UpError):
@@ -63,6 +68,8 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
         UpError: NATS is unreachable, lacks JetStream, or the embedded server died while up.
     """
     began = time.monotonic()
+    # Every taken port at once, before anything starts: fixing them one run at a time is tedious.
+    _check_ports_free(config)
     # Handlers first: a signal that arrives while starting must still stop the child in order.
     stop = _event_on_signals(signal.SIGINT, signal.SIGTERM)
     if config.secure:
@@ -98,6 +105,22 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
         _print_endpoints(config, server, hosts, ingress, edge, time.monotonic() - began, out)
         await _wait_for_stop(stop, server if isinstance(server, EmbeddedNats) else None, supervision, hosts)
     print("mesh up: stopped", file=out, flush=True)
+
+
+def _check_ports_free(config: UpConfig) -> None:
+    taken = []
+    for name, port in config.listening_ports().items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As nats-server, Envoy and asyncio bind: a port held only by TIME_WAIT is usable.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError as error:
+                base, _, node = name.partition("+")
+                flag = flag_of(base) + (f" + {node}" if node else "")
+                taken.append(f"{flag}: cannot listen on {LOOPBACK}:{port}: {(error.strerror or str(error)).lower()}")
+    if taken:
+        raise PortsTaken("; ".join(taken))
 
 
 def _start_hosts(config: UpConfig, stack: AsyncExitStack) -> list[HostProcess]:
