@@ -63,7 +63,12 @@ async def discover(nc: Client, wait: float = 0.5) -> list[dict[str, Any]]:
             msg = await sub.next_msg(timeout=left)
         except nats.errors.TimeoutError:
             break
-        answers.append(json.loads(msg.data))
+        if not msg.data:
+            continue  # NATS's "no responders" status (nothing serves $SRV), not an answer
+        try:
+            answers.append(json.loads(msg.data))
+        except ValueError:
+            continue  # not a Services API answer: whoever sent it, it describes no service
     await sub.unsubscribe()
     return sorted(answers, key=lambda a: (a.get("name", ""), a.get("id", "")))
 

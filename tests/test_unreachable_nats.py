@@ -84,3 +84,11 @@ def test_mesh_version_prints_the_installed_version():
     assert done.returncode == 0
     assert done.stdout.startswith("mesh ")
     assert done.stdout.split()[1][0].isdigit()
+
+
+def test_mesh_services_with_nothing_serving_says_so_and_exits_1(private_nats_server):
+    done = subprocess.run([sys.executable, "-m", "mesh", "services", "--nats-url", private_nats_server.url,
+                           "--wait", "0.3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "no services answered $SRV.INFO"
