@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -337,7 +338,7 @@ def _print_endpoints(
         *_nats_rows(config, server),
         ("services", f"{targets} targets in {len(hosts)} host processes (logs: {config.data_dir / 'logs'})"),
         *((f"  host {h.index}", ", ".join(h.targets)) for h in hosts),
-        ("gRPC ingress", f"{ingress.address}  (grpcurl {_grpcurl_flags(config)} {ingress.address} list)"),
+        ("gRPC ingress", f"{ingress.address}  ({_grpcurl()} {_grpcurl_flags(config)} {ingress.address} list)"),
         _edge_row(config, edge),
         ("admin server", f"http://{LOOPBACK}:{config.admin_port}  (/livez /readyz /metrics)"),
     ]
@@ -354,6 +355,12 @@ def _edge_row(config: UpConfig, edge: Edge) -> tuple[str, str]:
         return "HTTP edge", f"http://{LOOPBACK}:{edge.http_port}  (Envoy; curl http://{LOOPBACK}:{edge.http_port}/v1/...)"
     ca = config.secrets_dir / "server" / "ca.pem"
     return "HTTPS edge", f"https://localhost:{edge.http_port}  (Envoy; curl --cacert {ca} https://localhost:{edge.http_port}/v1/...)"
+
+
+def _grpcurl() -> str:
+    # The dev extra installs grpcurl beside this interpreter; that folder is often not on PATH.
+    beside = Path(sys.executable).parent / "grpcurl"
+    return str(beside) if shutil.which("grpcurl") is None and beside.is_file() else "grpcurl"
 
 
 def _grpcurl_flags(config: UpConfig) -> str:
