@@ -4,6 +4,7 @@ metadata, and errors that say what exists when a name is wrong."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import subprocess
 import sys
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 async def mesh_url(private_nats_server) -> AsyncIterator[str]:
-    serve = Serve(private_nats_server.url, "weather-manager", "time-manager")
+    serve = Serve(private_nats_server.url, "weather-manager", "time-manager", "auth", "performance-mode",
+                  env={"MESH_AUTH_SCRYPT_LOG2_N": "10"})
     try:
         await wait_for(serve.ready, timeout=30)
         yield private_nats_server.url
@@ -81,3 +83,21 @@ async def test_a_target_nobody_serves_is_unavailable_with_the_running_targets(me
     assert done.returncode == 1
     assert done.stderr.startswith("mesh call: UNAVAILABLE")
     assert "no replica of 'weather-manger' answers (did you mean 'weather-manager'?)" in done.stderr
+
+
+async def test_a_client_stream_sends_one_request_per_json_line_of_stdin_with_a_bearer_token(mesh_url):
+    account = json.dumps({"username": "streamer", "password": "correct horse battery", "display_name": "S"})
+    registered = await asyncio.to_thread(mesh_call, mesh_url, "auth", "gaming.auth.v1.AuthService/Register", account)
+    assert registered.returncode == 0, registered.stderr
+    login = json.dumps({"username": "streamer", "password": "correct horse battery", "scopes": ["player"]})
+    logged_in = await asyncio.to_thread(mesh_call, mesh_url, "auth", "gaming.auth.v1.AuthService/Login", login)
+    assert logged_in.returncode == 0, logged_in.stderr
+    token = json.loads(logged_in.stdout)["tokens"]["accessToken"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    samples = "".join(json.dumps({"client_id": "rig-1", "sample_time": now, "frame_time_ms": ms,
+                                  "gpu_time_ms": ms / 2}) + "\n" for ms in (8.0, 9.0, 10.0))
+    done = await asyncio.to_thread(mesh_call, mesh_url, "performance-mode",
+                                   "gaming.performance_mode.v1.PerformanceModeService/ReportMetrics",
+                                   "--bearer", token, stdin=samples + "\n")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["samplesCounted"] == 3, done.stdout
