@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +25,41 @@ __all__ = ["NatsCluster", "NatsServer", "find_nats_server", "free_port"]
 
 
 def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago (for ports a test must know up front)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """A TCP port that was free a moment ago on every address (for ports a test must know up front).
+
+    Chosen below the kernel's ephemeral range: a port the kernel hands out (port 0) is also what
+    outgoing connections take as their local port, so between this check and the bind a client
+    connection of an already running process could hold it. Below the range only a listener can.
+    Never the same port twice in one process.
+    """
+    low, high = SAFE_PORT_RANGE
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("0.0.0.0", port))  # taken on any address means taken for us
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # a crowded machine: any free one
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _ports_below_ephemeral() -> tuple[int, int]:
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768  # Linux's default; other systems start theirs at 49152
+    return 20000, max(first - 1, 20001)
+
+
+# Ports tests may pick for listeners: below the ephemeral range, so no outgoing connection takes one.
+SAFE_PORT_RANGE = _ports_below_ephemeral()
+_handed_out: set[int] = set()
 
 
 def find_nats_server() -> str:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
+
+from nats_transport.testing import SAFE_PORT_RANGE
 
 
 def free_port_run(count: int, *, avoid: set[int] | None = None, attempts: int = 200) -> int:
     """The first of ``count`` consecutive loopback ports that were all free a moment ago."""
     avoid = avoid or set()
+    low, high = SAFE_PORT_RANGE  # as free_port: no outgoing connection takes these
     for _ in range(attempts):
         with contextlib.ExitStack() as held:
-            first = _bind(held, 0)
-            if first is None or first + count > 65536:
+            first = _bind(held, random.randint(low, high - count))
+            if first is None:
                 continue
             ports = [first, *(first + i for i in range(1, count))]
             if any(p in avoid for p in ports):

@@ -64,7 +64,7 @@ def test_a_taken_route_port_exits_2_naming_the_flag_before_any_node_starts(tmp_p
             capture_output=True, text=True, timeout=30,
         )
     assert result.returncode == 2
-    assert result.stderr.startswith(f"mesh up: error: --nats-cluster-port: cannot listen on 127.0.0.1:{routes + 2}")
+    assert result.stderr.startswith(f"mesh up: error: --nats-cluster-port + 2: cannot listen on 127.0.0.1:{routes + 2}")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not list(tmp_path.glob("nats-*/nats-server.log"))
 
