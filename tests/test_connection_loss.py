@@ -15,9 +15,10 @@ import nats_transport.aio
 from tests._waiting import wait_for
 
 
-def _add_slow(server: Any) -> None:
+def _add_slow(server: Any, entered: asyncio.Event) -> None:
     async def slow(request: bytes, context: Any) -> bytes:
-        await asyncio.sleep(4)
+        entered.set()
+        await asyncio.sleep(4)  # the handler's work: long enough for NATS to restart under it
         return b"late"
 
     handler = grpc.unary_unary_rpc_method_handler(slow)
@@ -33,12 +34,13 @@ async def test_a_call_in_flight_when_nats_restarts_completes_or_fails_unavailabl
     client_nc = await nats.connect(private_nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     server_nc = await nats.connect(private_nats_server.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
     server = nats_transport.aio.server(server_nc, "slow")
-    _add_slow(server)
+    entered = asyncio.Event()
+    _add_slow(server, entered)
     await server.start()
     try:
         call = asyncio.ensure_future(nats_transport.aio.channel(client_nc, "slow").unary_unary("/t.Slow/Call")(
             b"", timeout=60))
-        await asyncio.sleep(0.3)  # a pause by design: the call must be in the handler when NATS goes
+        await asyncio.wait_for(entered.wait(), 10)  # the call is in the handler when NATS goes
         if not server_reconnects:
             await server_nc.close()  # the replica's connection is gone for good, its call with it
         await asyncio.to_thread(private_nats_server.restart)
