@@ -27,6 +27,7 @@ from gaming.capability_registry.v1 import capability_registry_pb2_grpc
 from gaming.common.v1 import common_pb2
 from google.protobuf import timestamp_pb2
 
+from servicers.auth.call_identity import recorded_actor
 from servicers.dependencies import Dependencies
 from servicers.errors import abort, abort_conflict, abort_invalid
 from servicers.storage import Entry, KeyValue, RevisionConflict
@@ -199,7 +200,7 @@ class CapabilityRegistryServicer(capability_registry_pb2_grpc.CapabilityRegistry
         except _Invalid as invalid:
             await abort_invalid(context, invalid.field, invalid.description)
         now = self._now()
-        feature.audit.actor_id = request.actor_id
+        feature.audit.actor_id = recorded_actor(request.actor_id)
         feature.audit.update_time.CopyFrom(now)
         name = feature.name
         if not request.HasField("expected_revision"):

@@ -37,7 +37,7 @@ from servicers._guarded_storage import (
     key_token,
 )
 from servicers._revision_conflicts import abort_revision_conflict
-from servicers.auth.call_identity import acts_for, acts_for_anyone, caller
+from servicers.auth.call_identity import acts_for, acts_for_anyone, caller, recorded_actor
 from servicers.dependencies import Dependencies
 from servicers.errors import abort, abort_invalid
 from servicers.storage import Entry, KeyValue, RevisionConflict
@@ -229,7 +229,7 @@ class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
             now = timestamp_pb2.Timestamp()
             now.FromNanoseconds(round(self._clock() * 1e9))
             settings.scope.CopyFrom(request.scope)
-            settings.audit.CopyFrom(common_pb2.AuditInfo(actor_id=request.actor_id, update_time=now))
+            settings.audit.CopyFrom(common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now))
             settings.ClearField("revision")
             value = _encode(settings, sorted(request.set), removed, expected)
             if len(value) > MAX_RECORD_BYTES:

@@ -36,6 +36,7 @@ from servicers._guarded_storage import (
     key_token,
 )
 from servicers._revision_conflicts import abort_revision_conflict
+from servicers.auth.call_identity import recorded_actor
 from servicers.dependencies import Dependencies
 from servicers.errors import abort, abort_invalid
 from servicers.storage import Change, Entry, KeyValue, RevisionConflict
@@ -237,7 +238,7 @@ class StateManagerServicer(state_manager_pb2_grpc.StateManagerServiceServicer):
             state = pb.PlayerState(
                 player_id=request.player_id,
                 create_time=current.create_time if current is not None else now,
-                audit=common_pb2.AuditInfo(actor_id=request.actor_id, update_time=now),
+                audit=common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now),
             )
             if paths:
                 base = current.document if current is not None else struct_pb2.Struct()
@@ -276,7 +277,8 @@ class StateManagerServicer(state_manager_pb2_grpc.StateManagerServiceServicer):
                 await _abort_conflict(context, request.player_id, expected, entry)
             now = self._now()
             tombstone = pb.PlayerState(
-                player_id=request.player_id, audit=common_pb2.AuditInfo(actor_id=request.actor_id, update_time=now)
+                player_id=request.player_id,
+                audit=common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now),
             )
             try:
                 value = _encode(tombstone, deleted=True, previous_revision=expected)

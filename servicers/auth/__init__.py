@@ -36,7 +36,7 @@ from gaming.auth.v1 import auth_pb2_grpc
 
 from servicers.auth.access import AccessPolicy, bearer_token
 from servicers.auth.buckets import GuardedBucket
-from servicers.auth.call_identity import acts_for, audit_actor, caller, current_authorization
+from servicers.auth.call_identity import acts_for, audit_actor, caller, current_authorization, recorded_actor
 from servicers.auth.keys import KeyRing
 from servicers.auth.passwords import ScryptParams, hash_password
 from servicers.auth.proofs import load_service_keys
@@ -62,6 +62,7 @@ __all__ = [
     "acts_for",
     "add_to_server",
     "audit_actor",
+    "recorded_actor",
     "bearer_token",
     "caller",
     "create",

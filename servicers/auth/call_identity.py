@@ -40,6 +40,15 @@ def audit_actor() -> str:
     return identity.subject if identity is not None else ""
 
 
+def recorded_actor(named: str) -> str:
+    """The actor an audit record names when a request also names one: operators and services act
+    for others and may name whom they act for; anyone else is recorded as who their token says
+    they are, whatever the request claims."""
+    if named and acts_for_anyone():
+        return named
+    return audit_actor()
+
+
 def acts_for(owner_id: str) -> bool:
     """True if the current caller may act on what ``owner_id`` owns: it is that player, an
     operator or a service. An anonymous caller acts for nobody."""

@@ -11,6 +11,7 @@ import grpc
 from gaming.common.v1 import common_pb2
 from gaming.payment.v1 import payment_pb2, payment_pb2_grpc
 
+from servicers.auth.call_identity import recorded_actor
 from servicers.errors import abort, abort_conflict, abort_invalid
 from servicers.payment._ledger import Ledger, Mutation, Refusal, StoreUnavailable
 from servicers.payment._records import fingerprint, page_token, parse_page_token, query_fingerprint
@@ -74,7 +75,7 @@ async def _check_mutation(context: Any, method: str, request: Any) -> Mutation:
         await abort_invalid(context, "description", f"at most {MAX_DESCRIPTION_CHARS} characters")
     await _check_id(context, "actor_id", request.actor_id, required=False)
     return Mutation(key=key, fingerprint=fingerprint(method, request), description=request.description,
-                    actor_id=request.actor_id)
+                    actor_id=recorded_actor(request.actor_id))
 
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):

@@ -16,6 +16,7 @@ from gaming.common.v1 import common_pb2
 from gaming.world_state.v1 import world_state_pb2
 from google.protobuf import timestamp_pb2
 
+from servicers.auth.call_identity import recorded_actor
 from servicers.world_state._record import RegionRecord
 
 MAX_ID_LENGTH = 128
@@ -178,7 +179,7 @@ def apply_event(
             region_id=region.region_id,
             event=event,
             region_revision=common_pb2.Revision(value=revision),
-            audit=common_pb2.AuditInfo(actor_id=request.actor_id, update_time=now),
+            audit=common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now),
         ),
         entity=entity,
     )

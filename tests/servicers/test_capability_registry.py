@@ -97,7 +97,7 @@ async def test_register_creates_a_feature_that_get_returns(stub: Any) -> None:
     stored = reply.feature
     assert stored.revision.value > 0
     assert stored.create_time.seconds == 1_700_000_000
-    assert (stored.audit.actor_id, stored.audit.update_time) == ("ops", stored.create_time)
+    assert (stored.audit.actor_id, stored.audit.update_time) == ("", stored.create_time)  # no token: no actor
     got = await stub.Get(cr.GetRequest(name="npc.dialogue_v2"), timeout=5)
     assert got.feature == stored
 
@@ -110,7 +110,7 @@ async def test_output_only_fields_are_ignored_and_repeated_list_entries_kept_onc
     )
     assert reply.feature.revision.value != 999
     assert reply.feature.create_time.seconds == 1_700_000_000
-    assert reply.feature.audit.actor_id == "ops"
+    assert reply.feature.audit.actor_id == ""  # claimed without a token: not recorded
     assert list(reply.feature.allow_subject_ids) == ["b", "a"]
 
 
@@ -126,7 +126,7 @@ async def test_an_unconditional_register_replaces_and_keeps_the_creation_time(
     assert second.feature.revision.value > first.feature.revision.value
     assert second.feature.create_time == first.feature.create_time
     assert second.feature.audit.update_time.seconds == first.feature.create_time.seconds + 60
-    assert (second.feature.enabled, second.feature.audit.actor_id) == (True, "ops2")
+    assert (second.feature.enabled, second.feature.audit.actor_id) == (True, "")  # no token: no actor
 
 
 async def test_create_only_register_of_an_existing_feature_is_already_exists(stub: Any) -> None:

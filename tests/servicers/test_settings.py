@@ -147,7 +147,7 @@ async def test_an_update_at_revision_zero_sets_values_of_every_type(stub: Stub) 
     assert written.scope == PLAYER
     assert dict(written.values) == values
     assert written.revision.value > 0
-    assert written.audit.actor_id == "p1"
+    assert written.audit.actor_id == ""  # claimed "p1" without a token: not recorded
     assert written.audit.update_time.ToNanoseconds() == int(NOW * 1e9)
     assert await get(stub) == written
 

@@ -154,7 +154,7 @@ async def test_an_update_at_revision_zero_creates_the_players_state(stub: Stub, 
     assert dict(state.document) == {"level": 3, "name": "Ada"}
     assert state.revision.value > 0
     assert state.create_time.ToNanoseconds() == int(NOW * 1e9)
-    assert state.audit.actor_id == "game"
+    assert state.audit.actor_id == ""  # claimed without a token: not recorded
     assert state.audit.update_time == state.create_time
     assert (await stub.Get(sm.GetRequest(player_id="p1"), timeout=5)).state == state
 
@@ -170,7 +170,7 @@ async def test_an_update_at_the_current_revision_replaces_the_whole_document(stu
     assert dict(state.document) == {"level": 2}
     assert state.revision.value > created.revision.value
     assert state.create_time == created.create_time
-    assert state.audit.actor_id == "gm"
+    assert state.audit.actor_id == ""  # claimed without a token: not recorded
     assert state.audit.update_time.ToNanoseconds() == int((NOW + 60) * 1e9)
     assert (await stub.Get(sm.GetRequest(player_id="p1"), timeout=5)).state == state
 
@@ -441,7 +441,7 @@ async def test_a_watch_sends_the_current_state_then_every_later_change_in_order(
         ]
         assert [dict(c.document) for c in changes[:2]] == [{"n": 2}, {"n": 3}]
         assert not changes[2].HasField("document")
-        assert changes[2].audit.actor_id == "gm"
+        assert changes[2].audit.actor_id == ""  # claimed without a token: not recorded
         assert changes[2].audit.update_time == deleted.delete_time
         assert {c.player_id for c in [initial, *changes]} == {"p1"}
     finally:

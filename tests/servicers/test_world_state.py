@@ -178,7 +178,7 @@ async def test_a_spawn_creates_the_entity_and_bumps_the_region_revision(stub: An
     assert not reply.replayed
     applied = reply.applied_event
     assert (applied.event_id, applied.region_id, applied.region_revision.value) == ("e1", "harbor", 1)
-    assert applied.audit.actor_id == "tester"
+    assert applied.audit.actor_id == ""  # claimed without a token: not recorded
     assert applied.event.spawn.entity_id == "smith"
     entity = reply.entity
     assert (entity.entity_id, entity.region_id, entity.kind) == ("smith", "harbor", "npc")

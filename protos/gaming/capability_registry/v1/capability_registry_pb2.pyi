@@ -141,7 +141,10 @@ class RegisterRequest(_message.Message):
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
     ACTOR_ID_FIELD_NUMBER: _builtins.int
     actor_id: _builtins.str
-    """Subject (operator or service id) making the change, recorded in the audit info."""
+    """Subject (operator or service id) making the change, recorded in the audit info.
+    Honoured for operator and service callers, who act for others; anyone else is recorded
+    as the subject of their verified token, whatever this says.
+    """
     @_builtins.property
     def feature(self) -> Global___Feature:
         """The full definition; output-only fields are ignored."""

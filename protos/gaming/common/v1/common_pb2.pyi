@@ -128,7 +128,9 @@ class AuditInfo(_message.Message):
     ACTOR_ID_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     actor_id: _builtins.str
-    """Subject (player, service or operator id) that made the change."""
+    """Subject (player, service or operator id) that made the change: the verified caller, or
+    for operator and service callers the subject they named as acting for.
+    """
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Server time of the change."""

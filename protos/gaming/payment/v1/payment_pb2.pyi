@@ -225,7 +225,10 @@ class DepositRequest(_message.Message):
     description: _builtins.str
     """Why the money is added, e.g. "store purchase 123"; at most 256 characters."""
     actor_id: _builtins.str
-    """Subject (service or operator id) making the deposit, recorded in the audit info."""
+    """Subject (service or operator id) making the deposit, recorded in the audit info.
+    Honoured for operator and service callers, who act for others; anyone else is recorded
+    as the subject of their verified token, whatever this says.
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Amount to add; must be positive."""
@@ -295,7 +298,10 @@ class ChargeRequest(_message.Message):
     description: _builtins.str
     """What is being paid for, e.g. "sword of dawn"; at most 256 characters."""
     actor_id: _builtins.str
-    """Subject (player or service id) making the charge, recorded in the audit info."""
+    """Subject (player or service id) making the charge, recorded in the audit info.
+    Honoured for operator and service callers, who act for others; anyone else is recorded
+    as the subject of their verified token, whatever this says.
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Amount to take; must be positive."""
@@ -365,7 +371,10 @@ class RefundRequest(_message.Message):
     description: _builtins.str
     """Why the refund is made; at most 256 characters."""
     actor_id: _builtins.str
-    """Subject (operator or service id) making the refund, recorded in the audit info."""
+    """Subject (operator or service id) making the refund, recorded in the audit info.
+    Honoured for operator and service callers, who act for others; anyone else is recorded
+    as the subject of their verified token, whatever this says.
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Optional. Amount to refund, in the charge's currency; unset refunds everything that

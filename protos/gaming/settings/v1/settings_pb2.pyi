@@ -295,7 +295,10 @@ class UpdateRequest(_message.Message):
     REMOVE_KEYS_FIELD_NUMBER: _builtins.int
     ACTOR_ID_FIELD_NUMBER: _builtins.int
     actor_id: _builtins.str
-    """Subject (player, service or operator id) making the change, recorded in the audit info."""
+    """Subject (player, service or operator id) making the change, recorded in the audit info.
+    Honoured for operator and service callers, who act for others; anyone else is recorded
+    as the subject of their verified token, whatever this says.
+    """
     @_builtins.property
     def scope(self) -> Global___Scope:
         """Scope to change; required."""

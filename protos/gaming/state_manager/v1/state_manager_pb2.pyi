@@ -187,7 +187,10 @@ class UpdateRequest(_message.Message):
     player_id: _builtins.str
     """Player id; required."""
     actor_id: _builtins.str
-    """Subject (player, service or operator id) making the change, recorded in the audit info."""
+    """Subject (player, service or operator id) making the change, recorded in the audit info.
+    Honoured for operator and service callers, who act for others; anyone else is recorded
+    as the subject of their verified token, whatever this says.
+    """
     @_builtins.property
     def document(self) -> _struct_pb2.Struct:
         """The new document, or (with `update_mask`) the document holding the fields to replace."""
@@ -257,7 +260,10 @@ class DeleteRequest(_message.Message):
     player_id: _builtins.str
     """Player id; required."""
     actor_id: _builtins.str
-    """Subject (player, service or operator id) making the change, recorded in the change feed."""
+    """Subject (player, service or operator id) making the change, recorded in the change feed.
+    Honoured for operator and service callers, who act for others; anyone else is recorded
+    as the subject of their verified token, whatever this says.
+    """
     @_builtins.property
     def expected_revision(self) -> _common_pb2.Revision:
         """Required. The revision the caller last read; must equal the stored revision."""

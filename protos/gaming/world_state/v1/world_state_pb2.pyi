@@ -476,7 +476,10 @@ class ApplyEventRequest(_message.Message):
     region_id: _builtins.str
     """Region id; required."""
     actor_id: _builtins.str
-    """Subject (player, service or operator id) causing the event, recorded in the audit info."""
+    """Subject (player, service or operator id) causing the event, recorded in the audit info.
+    Honoured for operator and service callers, who act for others; anyone else is recorded
+    as the subject of their verified token, whatever this says.
+    """
     @_builtins.property
     def event_id(self) -> _common_pb2.IdempotencyKey:
         """Required. Event id; replays with the same id return the first result."""
