@@ -29,6 +29,7 @@ __all__ = [
     "Issued",
     "authority_pems",
     "issue_client",
+    "issue_route",
     "issue_server",
     "load_authority",
     "new_authority",
@@ -141,6 +142,14 @@ def issue_server(ca: Authority, hosts: Sequence[str]) -> Issued:
     """A serverAuth certificate for ``hosts`` (IPs and DNS names, validated)."""
     names = [validate_host(h) for h in hosts]
     return _issue(ca, hosts[0], x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), names)
+
+
+def issue_route(ca: Authority, hosts: Sequence[str]) -> Issued:
+    """A certificate for both ends of a NATS cluster route (serverAuth and clientAuth: a node
+    accepts routes from its peers and opens routes to them), for the names peers dial."""
+    names = [validate_host(h) for h in hosts]
+    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    return _issue(ca, "nats-grpc-mesh route", usage, names)
 
 
 def issue_client(ca: Authority, identity: str) -> Issued:

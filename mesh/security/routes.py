@@ -15,17 +15,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mesh.embedded_nats import RouteTls
 from mesh.security import pki
 from mesh.security.identities import make_private_dir
 
 __all__ = ["ensure_route_tls", "route_tls_in"]
-
-_ROUTE_CERT_DAYS = 825
 
 
 def ensure_route_tls(folder: Path, hosts: Sequence[str] = pki.DEFAULT_SERVER_HOSTS, *,
@@ -38,26 +33,9 @@ def ensure_route_tls(folder: Path, hosts: Sequence[str] = pki.DEFAULT_SERVER_HOS
         return tls, True
     make_private_dir(folder)
     ca = pki.new_authority("nats-grpc-mesh cluster routes CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nats-grpc-mesh route")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=_ROUTE_CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(usage, critical=False)
-        # A node dialling a route checks the peer's certificate against the name it dialled.
-        .add_extension(x509.SubjectAlternativeName([pki.validate_host(h) for h in hosts]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    pki.write_private(tls.key, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    issued = pki.issue_route(ca, hosts)  # the CA's key goes out of scope here, never written
+    pki.write_private(tls.key, issued.key_pem())
+    tls.cert.write_bytes(issued.cert_pem())
     tls.ca.write_bytes(pki.authority_pems(ca)[0])
     return tls, False
 
