@@ -16,7 +16,16 @@ from mesh.k8s.common import (
     nats_url,
     selector,
 )
-from mesh.k8s.pods import CONTAINER, GRACE, deployment, env, hpa, mesh_container, network_policy, pdb, spread
+from mesh.k8s.pods import (
+    GRACE,
+    deployment,
+    hpa,
+    mesh_container,
+    network_policy,
+    pdb,
+    prod_deployment_patch,
+    secret_volume,
+)
 
 __all__ = ["COMPONENT", "IDENTITY", "SERVER_TLS_SECRET", "network_policy_for_gateway", "objects", "prod_patch"]
 
@@ -74,30 +83,10 @@ def prod_patch() -> dict[str, Any]:
         "MESH_GATEWAY_SERVE_CERT": f"{SERVER_TLS_ROOT}/cert.pem",
         "MESH_GATEWAY_SERVE_KEY": f"{SERVER_TLS_ROOT}/key.pem",
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": GATEWAY},
-        "spec": {
-            "replicas": 2,
-            "template": {"spec": {
-                "topologySpreadConstraints": spread(GATEWAY),
-                "containers": [{
-                    "name": CONTAINER,
-                    "env": env(variables),
-                    "resources": {
-                        "requests": {"cpu": "250m", "memory": "256Mi"},
-                        "limits": {"cpu": "2", "memory": "1Gi"},
-                    },
-                    "volumeMounts": [
-                        {"name": "identity", "mountPath": f"{IDENTITY_ROOT}/{IDENTITY}", "readOnly": True},
-                        {"name": "server-tls", "mountPath": SERVER_TLS_ROOT, "readOnly": True},
-                    ],
-                }],
-                "volumes": [
-                    {"name": "identity", "secret": {"secretName": f"mesh-identity-{IDENTITY}", "defaultMode": 0o440}},
-                    {"name": "server-tls", "secret": {"secretName": SERVER_TLS_SECRET, "defaultMode": 0o440}},
-                ],
-            }},
-        },
-    }
+    return prod_deployment_patch(
+        GATEWAY, variables,
+        {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+        [{"name": "identity", "mountPath": f"{IDENTITY_ROOT}/{IDENTITY}", "readOnly": True},
+         {"name": "server-tls", "mountPath": SERVER_TLS_ROOT, "readOnly": True}],
+        [secret_volume("identity", f"mesh-identity-{IDENTITY}"), secret_volume("server-tls", SERVER_TLS_SECRET)],
+    )

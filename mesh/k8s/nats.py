@@ -19,6 +19,7 @@ from mesh.k8s.common import (
     pod_security,
     selector,
 )
+from mesh.k8s.pods import secret_volume
 
 __all__ = [
     "CONFIG_DIR",
@@ -231,7 +232,7 @@ def statefulset_patch() -> dict[str, Any]:
                 "name": NATS,
                 "volumeMounts": [{"name": "security", "mountPath": SECURITY_DIR, "readOnly": True}],
             }],
-            "volumes": [{"name": "security", "secret": {"secretName": SECURITY_SECRET, "defaultMode": 0o440}}],
+            "volumes": [secret_volume("security", SECURITY_SECRET)],
         }}},
     }
 

@@ -49,6 +49,31 @@ def env(values: dict[str, str]) -> list[dict[str, str]]:
     return [{"name": name, "value": value} for name, value in values.items()]
 
 
+def secret_volume(name: str, secret: str) -> dict[str, Any]:
+    """A volume of a Secret's files, readable by the pod's user and group only."""
+    return {"name": name, "secret": {"secretName": secret, "defaultMode": 0o440}}
+
+
+def prod_deployment_patch(name: str, variables: dict[str, str], resources: dict[str, Any],
+                          mounts: list[dict[str, Any]], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A strategic-merge patch of Deployment ``name`` for prod: two replicas spread over nodes,
+    prod resources, and the extra environment, mounts and volumes (its Secrets)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "template": {"spec": {
+                "topologySpreadConstraints": spread(name),
+                "containers": [{"name": CONTAINER, "env": env(variables), "resources": resources,
+                                "volumeMounts": mounts}],
+                "volumes": volumes,
+            }},
+        },
+    }
+
+
 def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "admin"},

@@ -8,16 +8,15 @@ from typing import Any
 
 from mesh.k8s.common import ADMIN_PORT, IDENTITY_ROOT, INSTANCE, PART_OF, nats_url
 from mesh.k8s.pods import (
-    CONTAINER,
     DRAIN_PAUSE,
     GRACE,
     deployment,
-    env,
     hpa,
     mesh_container,
     network_policy,
     pdb,
-    spread,
+    prod_deployment_patch,
+    secret_volume,
 )
 
 __all__ = [
@@ -72,31 +71,13 @@ def prod_patch(target: str) -> dict[str, Any]:
     mounts: list[dict[str, Any]] = [
         {"name": "identity", "mountPath": f"{IDENTITY_ROOT}/{target}", "readOnly": True},
     ]
-    volumes: list[dict[str, Any]] = [
-        {"name": "identity", "secret": {"secretName": identity_secret(target), "defaultMode": 0o440}},
-    ]
+    volumes = [secret_volume("identity", identity_secret(target))]
     if target == _AUTH:
         variables["MESH_AUTH_SERVICE_KEYS"] = f"{SERVICE_KEYS_DIR}/service-keys.json"
         mounts.append({"name": "service-keys", "mountPath": SERVICE_KEYS_DIR, "readOnly": True})
-        volumes.append({"name": "service-keys", "secret": {"secretName": SERVICE_KEYS_SECRET, "defaultMode": 0o440}})
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": target},
-        "spec": {
-            "replicas": 2,
-            "template": {"spec": {
-                "topologySpreadConstraints": spread(target),
-                "containers": [{
-                    "name": CONTAINER,
-                    "env": env(variables),
-                    "resources": {
-                        "requests": {"cpu": "100m", "memory": "192Mi"},
-                        "limits": {"cpu": "2", "memory": "768Mi"},
-                    },
-                    "volumeMounts": mounts,
-                }],
-                "volumes": volumes,
-            }},
-        },
-    }
+        volumes.append(secret_volume("service-keys", SERVICE_KEYS_SECRET))
+    return prod_deployment_patch(
+        target, variables,
+        {"requests": {"cpu": "100m", "memory": "192Mi"}, "limits": {"cpu": "2", "memory": "768Mi"}},
+        mounts, volumes,
+    )
