@@ -24,3 +24,14 @@ async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], timeout: flo
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition {getattr(predicate, '__name__', predicate)!r} not met in {timeout}s")
         await asyncio.sleep(0.005)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """The blocking twin of :func:`wait_for`, for fixtures and helpers outside the event loop:
+    return once ``predicate()`` is true, fail naming ``what`` after ``timeout`` seconds.
+    ``predicate`` may raise to fail at once (a process it waits on has exited, say)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached in {timeout}s")
+        time.sleep(0.02)  # the interval between two polls; the bound above is the wait

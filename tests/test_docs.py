@@ -48,6 +48,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mesh import catalogue
 from nats_transport.testing import free_port
+from tests._waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -207,13 +208,16 @@ def _ingress_lists_every_service(port: int) -> bool:
 def _poll(condition: Callable[[], bool], deadline: float, what: str, alive: Callable[[], str | None]) -> None:
     """Return once ``condition()`` holds; fail at ``deadline`` (monotonic), or as soon as ``alive()``
     says why the mesh stopped."""
-    while not condition():
+    def reached() -> bool:
         problem = alive()
         if problem is not None:
             pytest.fail(f"mesh up stopped while waiting for {what}:\n{problem}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"mesh up: {what} not reached within {READY_TIMEOUT} s of its start")
-        time.sleep(0.1)  # between two polls of the condition
+        return condition()
+
+    try:
+        wait_until(reached, max(0.0, deadline - time.monotonic()), what)
+    except AssertionError:
+        pytest.fail(f"mesh up: {what} not reached within {READY_TIMEOUT} s of its start")
 
 
 @pytest.fixture(scope="module")

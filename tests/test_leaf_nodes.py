@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from mesh.connection import NatsAccess
 from mesh.host import Host, HostConfig
 from mesh.tools import discover
 from nats_transport.testing import NatsServer, free_port
-from tests._waiting import wait_for
+from tests._waiting import wait_for, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 # Its methods are public (gaming.common.v1.access), so no token is needed, and it keeps its
@@ -43,11 +42,10 @@ def _leaf_connections(server: NatsServer) -> int:
 
 def _wait_for_leaf_link(hub: NatsServer, leaf: NatsServer, timeout: float = 15.0) -> None:
     # The leaf dials its remote after it starts accepting clients: poll both ends, bounded.
-    deadline = time.monotonic() + timeout
-    while _leaf_connections(hub) < 1 or _leaf_connections(leaf) < 1:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no leaf connection after {timeout}s:\n{leaf.log()[-2000:]}")
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: _leaf_connections(hub) >= 1 and _leaf_connections(leaf) >= 1, timeout, "a leaf connection")
+    except AssertionError as error:
+        raise AssertionError(f"{error}:\n{leaf.log()[-2000:]}") from None
 
 
 @pytest.fixture

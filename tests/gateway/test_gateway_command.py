@@ -10,7 +10,6 @@ import signal
 import socket
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -126,14 +125,19 @@ async def gateway(nats_server: NatsServer, settings_target: Target, tmp_path: Pa
 
 async def _ready_once_envoy_accepts(gateway: Gateway) -> None:
     """Poll /readyz until 200; at that moment both the ingress and Envoy must accept."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while (status := await gateway.status("/readyz")) != 200:
+    async def ready() -> bool:
+        status = await gateway.status("/readyz")
+        if status == 200:
+            return True
         gateway.probes.append(status)
         if gateway.process.returncode is not None:
             raise AssertionError(f"mesh gateway exited with {gateway.process.returncode}:\n{gateway.stderr()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not ready in {READY_TIMEOUT}s (probes {set(gateway.probes)}):\n{gateway.stderr()}")
-        await asyncio.sleep(0.02)  # polling a probe: there is nothing to await instead
+        return False
+
+    try:
+        await wait_for(ready, timeout=READY_TIMEOUT)
+    except AssertionError as error:
+        raise AssertionError(f"{error} (probes {set(gateway.probes)}):\n{gateway.stderr()}") from None
     assert _accepts(gateway.http_port), "/readyz said 200 before Envoy accepted connections"
     assert _accepts(gateway.grpc_port), "/readyz said 200 before the ingress accepted connections"
     assert set(gateway.probes) <= {0, 503}, gateway.probes
@@ -289,6 +293,21 @@ async def test_a_killed_envoy_is_restarted_and_livez_fails_once_it_cannot_be(gat
     assert await gateway.status("/readyz") == 503
 
 
+async def _exit_of(*args: str) -> tuple[int | None, bytes, list[str]]:
+    """Run ``mesh gateway`` with ``args`` until it exits by itself: (exit code, stdout, stderr lines)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", "gateway", *args,
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+    return process.returncode, out, err.decode().splitlines()
+
+
 @pytest.fixture
 def taken_port() -> Iterator[int]:
     """A port some other process listens on."""
@@ -301,20 +320,11 @@ def taken_port() -> Iterator[int]:
 async def test_a_taken_grpc_port_exits_2_with_one_line_naming_the_flag(
     nats_server: NatsServer, taken_port: int
 ):
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", "gateway", "--nats-url", nats_server.url, "--listen-host", "127.0.0.1",
-        "--grpc-port", str(taken_port), "--http-port", str(free_port()), "--admin-port", str(free_port()),
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.communicate()
-    assert process.returncode == 2
+    returncode, out, lines = await _exit_of(
+        "--nats-url", nats_server.url, "--listen-host", "127.0.0.1",
+        "--grpc-port", str(taken_port), "--http-port", str(free_port()), "--admin-port", str(free_port()))
+    assert returncode == 2
     assert out == b""
-    lines = err.decode().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"mesh gateway: error: --grpc-port: cannot listen on 127.0.0.1:{taken_port}")
 
@@ -402,20 +412,12 @@ async def test_credentials_nats_refuses_exit_2_with_one_line(secured: tuple[Nats
     server, secrets = secured
     ingress = secrets / "ingress"
     # Its certificate passes TLS, but without its nkey NATS does not know who it is.
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", "gateway", "--nats-url", server.url, "--listen-host", "127.0.0.1",
+    returncode, out, lines = await _exit_of(
+        "--nats-url", server.url, "--listen-host", "127.0.0.1",
         "--tls-ca", str(ingress / "ca.pem"), "--tls-cert", str(ingress / "cert.pem"),
         "--tls-key", str(ingress / "key.pem"), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
-        "--admin-port", str(free_port()), cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.communicate()
-    assert process.returncode == 2
+        "--admin-port", str(free_port()))
+    assert returncode == 2
     assert out == b""
-    lines = err.decode().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("mesh gateway: error: NATS refused the credentials"), lines
