@@ -54,7 +54,7 @@ def trace_id(metadata: Any) -> str:
     return ""
 
 
-# Code -> log level, as data (STYLE.md item 4): client mistakes are not server errors.
+# Code -> log level, kept as data (a table, not branches): client mistakes are not server errors.
 LEVEL_BY_CODE = {
     grpc.StatusCode.OK: logging.INFO,
     grpc.StatusCode.CANCELLED: logging.INFO,

@@ -18,7 +18,7 @@ from prometheus_client.registry import REGISTRY
 
 from health.observe import grpc_type, observe_handler, split_method
 
-# Services not worth counting by default: probes and tooling (a selector, STYLE.md item 5).
+# Services not worth counting by default: probes and tooling (a selector over service names).
 SKIPPED_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                               "grpc.reflection.v1.ServerReflection"})
 _PENDING: set[asyncio.Future[None]] = set()  # outcome readers in flight (kept from the GC)

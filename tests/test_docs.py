@@ -24,8 +24,8 @@ How they run:
   ``mesh`` and ``grpcurl`` are the venv's). Each must exit 0 within BLOCK_TIMEOUT seconds.
 
 Besides: every relative link of those files (and its ``#heading``, by GitHub's anchor rules)
-leads to something in the repository, no doc names a file that lives outside it
-(OUTSIDE_FILES), and docs/README.md lists every page of docs/.
+leads to something in the repository, no doc or source file names a Markdown file the
+repository does not hold, and docs/README.md lists every page of docs/.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MARKER = "<!-- runnable -->"
 LANGUAGES = {"python": "python", "sh": "shell", "bash": "shell", "shell": "shell"}
-OUTSIDE_FILES = ("DESIGN.md", "CONVENTIONS.md", "STYLE.md")
+MARKDOWN_NAME = re.compile(r"(?<![\w/.-])([\w.-]+\.md)\b")
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 BLOCK_TIMEOUT = 30.0
@@ -315,9 +315,22 @@ def test_every_relative_link_points_at_a_file_and_heading_that_exist() -> None:
     assert not broken, "\n".join(broken)
 
 
-def test_no_doc_refers_to_files_outside_the_repository() -> None:
-    mentions = [f"{_relative(document)}: {name}" for document in PARSED for name in OUTSIDE_FILES
-                if name in document.read_text()]
+def _tracked_files() -> list[Path]:
+    """The repository's files: git's list in a checkout, else every file outside hidden folders."""
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return [p for p in ROOT.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(ROOT).parts)]
+    return [ROOT / name for name in listed.stdout.split()]
+
+
+def test_no_doc_or_source_file_refers_to_markdown_files_outside_the_repository() -> None:
+    tracked = _tracked_files()
+    held = {path.name for path in tracked if path.suffix == ".md"}
+    readers = [*PARSED, *(path for path in tracked if path.suffix == ".py")]
+    mentions = [f"{_relative(path)}: {name}" for path in readers
+                for name in MARKDOWN_NAME.findall(path.read_text(errors="replace")) if name not in held]
     assert not mentions, mentions
 
 
