@@ -128,6 +128,9 @@ class NatsAccess:
 
 ErrorCallback = Callable[[Exception], Awaitable[None]]
 
+# How long a failure of a first connection waits for a refusal that may follow it (seconds).
+_REFUSAL_GRACE = 0.3
+
 
 async def connect(access: NatsAccess, *, name: str, error_cb: ErrorCallback | None = None,
                   give_up_after: float | None = None, **options: Any) -> Client:
@@ -169,14 +172,32 @@ async def _connect(access: NatsAccess, name: str, error_cb: ErrorCallback | None
     # nats-py retries a refused first connection forever when reconnects are unlimited, handing
     # each failure to error_cb: a refusal (bad credentials, an untrusted certificate) is final,
     # so it ends the attempt here instead of looping silently.
-    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    # Done once the attempt is settled (refused, connected, failed or given up on).
+    refused: asyncio.Future[str] = loop.create_future()
+    delivering: set[asyncio.Future[None]] = set()
+
+    def deliver_unless_settled(exc: Exception) -> None:
+        if error_cb is not None and not refused.done():
+            task = asyncio.ensure_future(error_cb(exc))
+            delivering.add(task)
+            task.add_done_callback(delivering.discard)
 
     async def on_error(exc: Exception) -> None:
         reason = _refusal(exc)
-        if reason is not None and not refused.done():
-            refused.set_result(reason)
-        if error_cb is not None and reason is None:
+        if reason is not None:
+            if not refused.done():
+                refused.set_result(reason)
+            return
+        if error_cb is None:
+            return
+        if attempt.done() or not isinstance(exc, ConnectionResetError | BrokenPipeError):
             await error_cb(exc)
+            return
+        # A server that refuses us sends -ERR and closes: the reset sometimes reaches us first.
+        # A reset of a first connection is held briefly, so a refusal right behind it reports
+        # only itself.
+        loop.call_later(_REFUSAL_GRACE, deliver_unless_settled, exc)
 
     attempt = asyncio.ensure_future(nats.connect(**access.connect_options(), name=name, error_cb=on_error,
                                                  **{**WATCHDOG_CONNECT_OPTIONS, **options}))
@@ -185,6 +206,7 @@ async def _connect(access: NatsAccess, name: str, error_cb: ErrorCallback | None
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         # Given up on (a bound, SIGTERM): nats-py's retry loop must not live on unseen.
+        refused.cancel()
         attempt.cancel()
         with contextlib.suppress(BaseException):
             await attempt
@@ -194,11 +216,12 @@ async def _connect(access: NatsAccess, name: str, error_cb: ErrorCallback | None
         with contextlib.suppress(BaseException):
             await attempt
         raise AccessDenied(refused.result())
+    refusal = refused.result() if refused.done() else None
     refused.cancel()
     try:
         nc = attempt.result()
     except Exception as exc:
-        reason = _refusal(exc)
+        reason = _refusal(exc) or refusal
         if reason is not None:
             raise AccessDenied(reason) from None
         raise

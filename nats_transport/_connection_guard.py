@@ -14,6 +14,12 @@ flood the log), and the reader goes on. It wraps the instance, not the class, so
 connections the caller created with plain ``nats.connect``. It is idempotent; every server and
 channel of this package applies it to the connection it is given.
 
+nats-py 2.16.0 also writes a PING straight to the socket while earlier commands (a SUB, a PUB)
+may still wait in its pending buffer for the flusher task, so ``flush()`` can return before the
+server has seen them: a server that subscribed and flushed was then, about once in 70 starts on
+a TLS connection, not yet subscribed when its first caller published (no responders). The guard
+sends PINGs through the pending buffer, behind everything written before them.
+
 A guard cannot foresee every future nats-py bug, so ``connection_problem`` is the watchdog's
 eye: it reports a reader task that has died on a connection that claims to be connected, or
 PINGs left unanswered. Connect with a short ``ping_interval`` (``WATCHDOG_CONNECT_OPTIONS``) and
@@ -28,7 +34,7 @@ import logging
 import weakref
 from typing import Any
 
-from nats.aio.client import Client
+from nats.aio.client import PING_PROTO, Client
 
 log = logging.getLogger("nats_transport.connection")
 
@@ -62,7 +68,16 @@ def guard_connection(nc: Client) -> Client:
             if client is not None:
                 _record_drop(client, subject, exc)
 
+    async def send_ping_in_order(future: asyncio.Future[Any] | None = None) -> None:
+        client = reference()
+        if client is None:
+            return
+        client._pongs.append(future if future is not None else asyncio.get_running_loop().create_future())
+        await client._send_command(PING_PROTO)
+        await client._flush_pending()
+
     nc._process_msg = process_guarded  # type: ignore[method-assign]  # instance-level wrap, see above
+    nc._send_ping = send_ping_in_order  # type: ignore[method-assign]  # PING behind pending commands
     return nc
 
 
