@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from nats_transport import _envelope as env
-from nats_transport import _framing
+from nats_transport import _framing, _status
 from nats_transport._context import current_deadline, current_trace
 from nats_transport._envelope import Kind
 from nats_transport._metadata import (
@@ -193,9 +193,9 @@ class ReplyMux:
             if call.epoch != reconnects:
                 call.epoch, call.broken_at = reconnects, now
             if call.broken_at and call.last_heard < call.broken_at and now - call.broken_at > patience:
-                call.give_up(grpc.StatusCode.UNAVAILABLE, "the connection to NATS was lost during the call")
+                call.give_up(*_status.CONNECTION_LOST_DURING_CALL)
             elif call.timeout is not None and now - call.last_heard > call.timeout:
-                call.give_up(grpc.StatusCode.UNAVAILABLE, "the server stopped answering (no keepalive)")
+                call.give_up(*_status.SERVER_SILENT)
         self._sweep = asyncio.get_running_loop().call_later(self._sweep_interval, self._check_alive)
 
 
@@ -232,7 +232,7 @@ class PendingUnary:
         self.last_heard = time.monotonic()
         body = msg.data
         if _is_no_responders(msg):
-            self.give_up(grpc.StatusCode.UNAVAILABLE, "no server is serving this target")
+            self.give_up(*_status.NO_SERVER)
             return
         if not env.is_envelope(body):
             try:
@@ -289,15 +289,19 @@ async def unary_call(
     request: bytes,
     metadata: Any,
     deadline: float | None,
+    extra_headers: dict[str, str] | None = None,
 ) -> Outcome:
-    """Send one request, await one reply. Never raises for call failures: they are outcomes."""
+    """Send one request, await one reply. Never raises for call failures: they are outcomes.
+
+    ``extra_headers`` are transport headers added to the metadata's (``grpc-previous-rpc-attempts``).
+    """
     if len(request) > options.max_message_size:
         return failed(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"request of {len(request)} bytes exceeds the limit of {options.max_message_size}",
         )
     try:
-        headers = call_headers(metadata, deadline)
+        headers = call_headers(metadata, deadline, extra_headers)
     except MetadataError as exc:
         return failed(grpc.StatusCode.INTERNAL, str(exc))
     mux = ReplyMux.of(nc)
@@ -473,7 +477,7 @@ class ClientStream:
             self._cancel_after_accept(msg.data)
             return
         if _is_no_responders(msg):
-            self.endpoint.fail(StreamFailure(grpc.StatusCode.UNAVAILABLE, "no server is serving this target"))
+            self.endpoint.fail(StreamFailure(*_status.NO_SERVER))
             return
         self.endpoint.receive(msg.data, msg.headers)
 

@@ -17,7 +17,14 @@ import grpc
 
 from nats_transport import _framing
 from nats_transport._envelope import Kind
-from nats_transport._metadata import MetadataTuple, MetadataValue, check_user_key, encode_value, to_headers
+from nats_transport._metadata import (
+    MetadataTuple,
+    MetadataValue,
+    check_trailing_key,
+    check_user_key,
+    encode_value,
+    to_headers,
+)
 from nats_transport._stream import StreamEndpoint
 
 # The deadline (time.monotonic) and trace headers of the call being handled: a call made from
@@ -103,7 +110,7 @@ class CallState:
                 # Rich status (grpc_status.rpc_status.to_status) travels as its own trailer.
                 self.status_details = value if isinstance(value, bytes) else value.encode()
                 continue
-            name = check_user_key(key)
+            name = check_trailing_key(key)
             encode_value(name, value)  # reject non-ASCII text now, inside the handler
             kept.append((name, value))
         self.trailing_metadata = tuple(kept)

@@ -54,6 +54,16 @@ def check_user_key(key: str) -> str:
     return lowered
 
 
+# Reserved keys a server's application may still send as trailing metadata (gRFC A6 pushback).
+APPLICATION_TRAILERS = frozenset({"grpc-retry-pushback-ms"})
+
+
+def check_trailing_key(key: str) -> str:
+    """Validate a trailing-metadata key a handler supplies: user keys, plus the pushback key."""
+    lowered = normalize_key(key)
+    return lowered if lowered in APPLICATION_TRAILERS else check_user_key(lowered)
+
+
 def encode_value(key: str, value: MetadataValue) -> str:
     """The wire form of one value: base64 for ``-bin`` keys, checked ASCII otherwise."""
     if key.endswith("-bin"):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from nats_transport._circuit import CircuitBreakerOptions
 from nats_transport._subjects import DEFAULT_PREFIX, check_token
 
 MiB = 1024 * 1024
@@ -70,4 +71,11 @@ class ServerOptions(TransportOptions):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelOptions(TransportOptions):
-    """Client-side options (none beyond the shared ones yet; kept for symmetry and growth)."""
+    """Client-side options.
+
+    Attributes:
+        circuit_breaker: when calls to the target fail fast after several in a row heard
+            nothing in time (see ``CircuitBreakerOptions``); None turns the breaker off.
+    """
+
+    circuit_breaker: CircuitBreakerOptions | None = field(default_factory=CircuitBreakerOptions)

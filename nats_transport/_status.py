@@ -58,3 +58,8 @@ UNDECODABLE_REQUEST = (grpc.StatusCode.INTERNAL, "Exception deserializing reques
 UNSERIALIZABLE_RESPONSE = (grpc.StatusCode.INTERNAL, "Exception serializing response!")
 OVERLOADED = (grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
 SHUTTING_DOWN = (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+
+# Client-side outcomes of a call that heard nothing in time (what circuit breakers count).
+NO_SERVER = (grpc.StatusCode.UNAVAILABLE, "no server is serving this target")
+SERVER_SILENT = (grpc.StatusCode.UNAVAILABLE, "the server stopped answering (no keepalive)")
+CONNECTION_LOST_DURING_CALL = (grpc.StatusCode.UNAVAILABLE, "the connection to NATS was lost during the call")

@@ -109,6 +109,7 @@ class StreamEndpoint:
         self.credit = 0
         self.credit_stalls = 0
         self.bytes_sent = 0
+        self.messages_received = 0  # a response received commits a call (no retry after it)
         self._to_return = 0
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
@@ -241,6 +242,7 @@ class StreamEndpoint:
                 return
             size = 5 + len(message) - before
             before = 0
+            self.messages_received += 1
             self.inbound.put_nowait((message, size))
         self._maybe_return_credit()
 

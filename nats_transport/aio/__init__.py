@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nats.aio.client import Client
@@ -44,6 +44,7 @@ def channel(
     *,
     interceptors: Sequence[Any] | None = None,
     options: ChannelOptions | None = None,
+    service_config: str | Mapping[str, Any] | None = None,
 ) -> Channel:
     """A grpc.aio.Channel whose calls go to ``target`` over NATS.
 
@@ -53,8 +54,15 @@ def channel(
         interceptors: ``grpc.aio.*ClientInterceptor`` instances, run in order for calls of
             their kind.
         options: transport settings.
+        service_config: a gRPC service config (JSON text or its decoded object), as grpcio's
+            ``grpc.service_config`` channel option takes: per-method ``timeout``,
+            ``waitForReady``, ``retryPolicy`` or ``hedgingPolicy``, and ``retryThrottling``.
+
+    Raises:
+        ServiceConfigError: the service config is malformed or invalid (a ValueError).
     """
-    return Channel(nc, target, interceptors=interceptors, options=options or ChannelOptions())
+    return Channel(nc, target, interceptors=interceptors, options=options or ChannelOptions(),
+                   service_config=service_config)
 
 
 def _fields(options: ServerOptions) -> dict[str, Any]:

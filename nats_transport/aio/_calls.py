@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ from nats_transport import _client
 from nats_transport._framing import Trailers
 from nats_transport._metadata import MetadataError, MetadataTuple
 from nats_transport._options import TransportOptions
+from nats_transport._retry import PREVIOUS_ATTEMPTS_HEADER, CallPolicy, RetryState, run_unary, wait_within
 from nats_transport._status import code_from_number
 from nats_transport._stream import StreamFailure
 
@@ -121,6 +123,20 @@ class _CallBase:
             raise rpc_error(self._trailers, self._initial)
 
 
+async def attempt_unary(nc: Client, options: TransportOptions, subject: str, payload: bytes, metadata: Any,
+                        deadline: float | None, policy: CallPolicy | None,
+                        wait_for_ready: bool | None = None) -> _client.Outcome:
+    """One unary call: a single attempt, or as many as the method's policy asks for."""
+    if policy is None or (policy.plain and not wait_for_ready):
+        return await _client.unary_call(nc, options, subject, payload, metadata, deadline)
+
+    def attempt(previous: int) -> Coroutine[Any, Any, _client.Outcome]:
+        extra = {PREVIOUS_ATTEMPTS_HEADER: str(previous)} if previous else None
+        return _client.unary_call(nc, options, subject, payload, metadata, deadline, extra)
+
+    return await run_unary(attempt, policy, deadline, wait_for_ready)
+
+
 class UnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     """A unary call in flight; await it for the response."""
 
@@ -134,10 +150,14 @@ class UnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         deserializer: Deserializer,
         timeout: float | None,
         metadata: Any,
+        policy: CallPolicy | None = None,
+        wait_for_ready: bool | None = None,
     ) -> None:
         deadline = _client.effective_deadline(timeout)
         super().__init__(deadline)
         self._deserializer = deserializer
+        self._policy = policy
+        self._wait_for_ready = wait_for_ready
         self._task = asyncio.get_running_loop().create_task(
             self._run(nc, options, subject, request, serializer, metadata, deadline)
         )
@@ -158,7 +178,8 @@ class UnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
             self._set_outcome(Trailers(grpc.StatusCode.INTERNAL.value[0], f"Exception serializing request: {exc}"), ())
             self._raise_if_failed()
         try:
-            outcome = await _client.unary_call(nc, options, subject, payload, metadata, deadline)
+            outcome = await attempt_unary(nc, options, subject, payload, metadata, deadline,
+                                          self._policy, self._wait_for_ready)
         except asyncio.CancelledError:
             self._set_outcome(Trailers(grpc.StatusCode.CANCELLED.value[0], "Locally cancelled by application!"), ())
             raise
@@ -213,6 +234,7 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         request_iterator: Any = None,
         request_streaming: bool,
         response_streaming: bool,
+        policy: CallPolicy | None = None,
     ) -> None:
         deadline = _client.effective_deadline(timeout)
         super().__init__(deadline)
@@ -221,6 +243,13 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         self._request_streaming = request_streaming
         self._response_streaming = response_streaming
         self._stream: _client.ClientStream | None = None
+        self._breaker = None if policy is None else policy.breaker
+        # Calls with one request are retried before their first response (A6); request streams
+        # are not, since that would mean buffering every request sent so far.
+        retry = None if policy is None or request_streaming else policy.config.retry
+        self._retry = None if retry is None or policy is None else RetryState(retry, policy.throttle, policy.rng)
+        self._attempt_changed = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._response_task: asyncio.Task[Any] | None = None
@@ -240,6 +269,11 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         request: Any,
         request_iterator: Any,
     ) -> None:
+        refusal = None if self._breaker is None else self._breaker.admit()
+        if refusal is not None:
+            self._set_outcome(Trailers(grpc.StatusCode.UNAVAILABLE.value[0], refusal), ())
+            self._opened.set()
+            return
         try:
             headers = _client.call_headers(metadata, deadline)
         except MetadataError as exc:
@@ -253,18 +287,70 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
             await stream.open(first)
         finally:
             self._opened.set()
-        asyncio.get_running_loop().create_task(self._watch(stream))
+        loop = asyncio.get_running_loop()
+        if self._retry is not None:
+            reopen = functools.partial(self._reopen, nc, options, subject, metadata, first)
+        else:
+            reopen = None
+        self._watcher = loop.create_task(self._watch(stream, reopen))
         if not self._request_streaming:
             stream.done_writing()
         elif request_iterator is not None:
-            self._writer_task = asyncio.get_running_loop().create_task(self._consume(request_iterator))
+            self._writer_task = loop.create_task(self._consume(request_iterator))
 
-    async def _watch(self, stream: _client.ClientStream) -> None:
+    async def _watch(self, stream: _client.ClientStream, reopen: Callable[[], Awaitable[bool]] | None) -> None:
         trailers = await stream.trailers()
         initial = await stream.initial_metadata()
+        if self._breaker is not None:
+            self._breaker.record(code_from_number(trailers.code), trailers.message)
+        if reopen is not None and self._retry is not None and not self.done():
+            responded = bool(initial) or stream.endpoint.messages_received > 0
+            wait = self._retry.next_wait(code_from_number(trailers.code), trailers, responded)
+            if wait is not None:
+                if not await wait_within(wait, self._deadline):
+                    self._set_outcome(Trailers(grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded"), ())
+                    return
+                if await reopen():
+                    return
         if self._writer_task is not None and not self._writer_task.done():
             self._writer_task.cancel()
         self._set_outcome(trailers, initial)
+
+    async def _reopen(self, nc: Client, options: TransportOptions, subject: str, metadata: Any,
+                      first: bytes | None) -> bool:
+        """Start the next attempt of a call whose last one failed before any response."""
+        if self.done() or self._retry is None:
+            return True  # cancelled while waiting: the outcome is set
+        refusal = None if self._breaker is None else self._breaker.admit()
+        if refusal is not None:
+            self._set_outcome(Trailers(grpc.StatusCode.UNAVAILABLE.value[0], refusal), ())
+            return True
+        headers = _client.call_headers(metadata, self._deadline, {PREVIOUS_ATTEMPTS_HEADER: str(self._retry.attempts)})
+        stream = _client.ClientStream(nc, _client.ReplyMux.of(nc), options, subject, headers, self._deadline)
+        self._stream = stream
+        self._announce_attempt()
+        await stream.open(first)
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._watch(stream, functools.partial(self._reopen, nc, options, subject, metadata, first))
+        )
+        stream.done_writing()
+        return True
+
+    def _announce_attempt(self) -> None:
+        # Wakes readers that saw an attempt end: they go on with the next one, or the outcome.
+        changed, self._attempt_changed = self._attempt_changed, asyncio.Event()
+        changed.set()
+
+    def _set_outcome(self, trailers: Trailers, initial: tuple[MetadataTuple, ...]) -> None:
+        super()._set_outcome(trailers, initial)
+        self._announce_attempt()
+
+    async def _superseded(self, stream: _client.ClientStream) -> bool:
+        """Once ``stream`` (an attempt that ended) is followed by another attempt or by the
+        call's outcome: whether another attempt follows."""
+        while self._stream is stream and not self.done():
+            await self._attempt_changed.wait()
+        return self._stream is not stream
 
     async def _consume(self, request_iterator: Any) -> None:
         try:
@@ -283,17 +369,23 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         return self._stream
 
     async def _initial_metadata(self) -> tuple[MetadataTuple, ...]:
-        stream = await self._ready()
-        if stream is None:
-            await self._done_event.wait()
-            return self._initial
-        return await stream.initial_metadata()
+        while True:
+            stream = await self._ready()
+            if stream is None:
+                await self._done_event.wait()
+                return self._initial
+            initial = await stream.initial_metadata()
+            if initial or self._retry is None or not stream.finished or not await self._superseded(stream):
+                return initial
 
     # -- responses ------------------------------------------------------------------------
 
     async def read(self) -> Any:
-        stream = await self._ready()
-        data = None if stream is None else await stream.read()
+        while True:
+            stream = await self._ready()
+            data = None if stream is None else await stream.read()
+            if data is not None or stream is None or self._retry is None or not await self._superseded(stream):
+                break
         if data is None:
             trailers = await self._wait_done()
             if self._locally_cancelled:
@@ -362,8 +454,11 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         if self.done():
             return False
         self._locally_cancelled = True
-        if self._stream is not None:
+        if self._stream is not None and not self._stream.finished:
             self._stream.cancel()
+        elif self._stream is not None:
+            # Between two attempts: nothing is on the wire, the call simply ends here.
+            self._set_outcome(Trailers(grpc.StatusCode.CANCELLED.value[0], "Locally cancelled by application!"), ())
         else:
             self._open_task.cancel()
             self._opened.set()  # _open may never run now: let waiters see the outcome

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from typing import Any
 
 import grpc
 from nats.aio.client import Client
 
+from nats_transport._circuit import breaker_for
 from nats_transport._client import ReplyMux
 from nats_transport._connection_guard import guard_connection
 from nats_transport._options import ChannelOptions
+from nats_transport._retry import CallPolicy, throttle_for
+from nats_transport._service_config import parse_service_config
 from nats_transport._subjects import call_subject, check_token
 from nats_transport.aio._calls import Deserializer, Serializer, StreamCall, UnaryUnaryCall
 
@@ -34,10 +37,12 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         *,
         interceptors: Sequence[Any] | None = None,
         options: ChannelOptions,
+        service_config: str | Mapping[str, Any] | None = None,
     ) -> None:
         self._nc = guard_connection(nc)
         self._target = check_token(target, "target")
         self._options = options
+        self._service_config = parse_service_config(service_config)
         self._interceptors = tuple(interceptors or ())
         for interceptor in self._interceptors:
             if not isinstance(interceptor, tuple(kind for _, kind in _KINDS.values())):
@@ -93,6 +98,17 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         subject = call_subject(self._options.subject_prefix, self._target, method)
         return _MultiCallable(self, method, subject, serializer, deserializer, kind, name, chain)
 
+    def _policy(self, method: str) -> CallPolicy:
+        """How calls of ``method`` are attempted: its service config, the target's retry
+        throttle and circuit breaker."""
+        config = self._service_config
+        breaker = self._options.circuit_breaker
+        return CallPolicy(
+            config.for_method(method),
+            throttle_for(self._target, config.throttling),
+            None if breaker is None else breaker_for(self._nc, self._target, breaker),
+        )
+
     def unary_unary(self, method: str, request_serializer: Serializer = None,
                     response_deserializer: Deserializer = None, _registered_method: bool = False) -> Any:
         """A callable for a unary-unary method (what generated stubs use)."""
@@ -141,6 +157,7 @@ class _MultiCallable(
         self._kind = kind
         self._hook = hook
         self._interceptors = interceptors
+        self._policy = channel._policy(method)
 
     def __call__(
         self,
@@ -153,17 +170,22 @@ class _MultiCallable(
         compression: Any = None,
     ) -> Any:
         if not self._interceptors:
-            return self._start(self._subject, request, timeout, metadata)
+            return self._start(self._subject, request, timeout, metadata, wait_for_ready, self._policy)
         details = grpc.aio.ClientCallDetails(self._method, timeout, metadata, credentials, wait_for_ready)
         return _InterceptedCall(self, details, request)
 
-    def _start(self, subject: str, request: Any, timeout: float | None, metadata: Any) -> Any:
+    def _start(self, subject: str, request: Any, timeout: float | None, metadata: Any,
+               wait_for_ready: bool | None, policy: CallPolicy) -> Any:
         channel = self._channel
         request_streaming, response_streaming = self._kind
+        limit = policy.config.timeout
+        if limit is not None:
+            # The service config's timeout caps the call's own, as in grpcio.
+            timeout = limit if timeout is None else min(timeout, limit)
         if not request_streaming and not response_streaming:
             return UnaryUnaryCall(
                 channel._nc, channel._options, subject, request,
-                self._serializer, self._deserializer, timeout, metadata,
+                self._serializer, self._deserializer, timeout, metadata, policy, wait_for_ready,
             )
         return StreamCall(
             channel._nc, channel._options, subject, self._serializer, self._deserializer, timeout, metadata,
@@ -171,14 +193,17 @@ class _MultiCallable(
             request_iterator=request if request_streaming else None,
             request_streaming=request_streaming,
             response_streaming=response_streaming,
+            policy=policy,
         )
 
     async def _chain(self, index: int, details: Any, request: Any) -> Any:
         if index == len(self._interceptors):
-            subject = self._subject
+            subject, policy = self._subject, self._policy
             if details.method != self._method:
                 subject = call_subject(self._channel._options.subject_prefix, self._channel.target, details.method)
-            return self._start(subject, request, details.timeout, details.metadata)
+                policy = self._channel._policy(details.method)
+            wait_for_ready = getattr(details, "wait_for_ready", None)
+            return self._start(subject, request, details.timeout, details.metadata, wait_for_ready, policy)
 
         async def continuation(next_details: Any, next_request: Any) -> Any:
             result = await self._chain(index + 1, next_details, next_request)

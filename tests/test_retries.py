@@ -1,0 +1,235 @@
+"""Service-config retries behave as grpcio's do: one table, run over HTTP/2 and over NATS.
+
+Each case is a scripted server (what each attempt answers), a service config and a call. It runs
+against grpcio (a grpc.aio server on a free port, a grpc.aio channel with the same config as its
+``grpc.service_config`` option) and against ``nats_transport`` (its server on a real
+nats-server, its channel with ``service_config=``). Both must end with the same status and the
+server must have seen the same attempts, with the same ``grpc-previous-rpc-attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from nats.aio.client import Client
+
+import nats_transport
+import nats_transport.aio
+from nats_transport.testing import free_port
+
+SERVICE = "test.retry.v1.Scripted"
+
+
+@dataclass
+class Script:
+    """What the server answers, attempt by attempt (the last answer repeats)."""
+
+    answers: list[str]
+    headers_first: bool = False  # send initial metadata before failing (commits the call)
+    pushback: str | None = None  # grpc-retry-pushback-ms on failures
+    stream_first: bool = False  # server stream: send one message before the answer
+
+
+@dataclass
+class Scripted:
+    """The servicer both transports run: answers from scripts, records every attempt."""
+
+    scripts: dict[str, Script] = field(default_factory=dict)
+    seen: dict[str, list[str | None]] = field(default_factory=dict)
+
+    def _attempt(self, key: str, context: Any) -> tuple[Script, str]:
+        metadata = dict(context.invocation_metadata())
+        attempts = self.seen.setdefault(key, [])
+        attempts.append(metadata.get("grpc-previous-rpc-attempts"))
+        script = self.scripts[key]
+        return script, script.answers[min(len(attempts) - 1, len(script.answers) - 1)]
+
+    async def _fail(self, script: Script, answer: str, context: Any) -> None:
+        if script.headers_first:
+            await context.send_initial_metadata((("x-committed", "yes"),))
+        if script.pushback is not None:
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", script.pushback),))
+        if answer == "SLOW":
+            await asyncio.sleep(30)  # longer than any deadline here: the call must time out
+        await context.abort(grpc.StatusCode[answer], f"scripted {answer}")
+
+    async def unary(self, request: bytes, context: Any) -> bytes:
+        key = request.decode()
+        script, answer = self._attempt(key, context)
+        if answer == "OK":
+            return str(len(self.seen[key])).encode()
+        await self._fail(script, answer, context)
+        raise AssertionError("abort returned")
+
+    async def server_stream(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        key = request.decode()
+        script, answer = self._attempt(key, context)
+        if script.stream_first:
+            yield b"first"
+        if answer == "OK":
+            yield str(len(self.seen[key])).encode()
+            return
+        await self._fail(script, answer, context)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
+        })
+
+
+def retry_config(attempts: int = 3, codes: tuple[str, ...] = ("UNAVAILABLE",), backoff: str = "0.01s",
+                 name: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "methodConfig": [{
+            "name": [name or {"service": SERVICE}],
+            "retryPolicy": {"maxAttempts": attempts, "initialBackoff": backoff, "maxBackoff": backoff,
+                            "backoffMultiplier": 1, "retryableStatusCodes": list(codes)},
+        }],
+        **extra,
+    }
+
+
+@dataclass
+class Case:
+    """One row: scripts, config, calls (key, kind, timeout) and what each call must end with."""
+
+    scripts: dict[str, Script]
+    config: dict[str, Any]
+    calls: list[tuple[str, str]]  # (script key, "unary" | "stream")
+    expected_codes: list[grpc.StatusCode]
+    expected_attempts: dict[str, list[str | None]]
+    timeout: float = 5.0
+
+
+U, OK = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK
+THREE = [None, "1", "2"]
+CASES: dict[str, Case] = {
+    "retryable failures then OK": Case(
+        {"a": Script(["UNAVAILABLE", "UNAVAILABLE", "OK"])}, retry_config(3), [("a", "unary")], [OK], {"a": THREE}),
+    "attempts exhausted ends with the last failure": Case(
+        {"a": Script(["UNAVAILABLE"])}, retry_config(3), [("a", "unary")], [U], {"a": THREE}),
+    "maxAttempts above 5 is treated as 5": Case(
+        {"a": Script(["UNAVAILABLE"])}, retry_config(9), [("a", "unary")], [U], {"a": [None, "1", "2", "3", "4"]}),
+    "a code not listed is not retried": Case(
+        {"a": Script(["INVALID_ARGUMENT", "OK"])}, retry_config(3), [("a", "unary")],
+        [grpc.StatusCode.INVALID_ARGUMENT], {"a": [None]}),
+    "several retryable codes": Case(
+        {"a": Script(["ABORTED", "RESOURCE_EXHAUSTED", "OK"])}, retry_config(3, ("ABORTED", "RESOURCE_EXHAUSTED")),
+        [("a", "unary")], [OK], {"a": THREE}),
+    "initial metadata commits the call": Case(
+        {"a": Script(["UNAVAILABLE", "OK"], headers_first=True)}, retry_config(3), [("a", "unary")], [U],
+        {"a": [None]}),
+    "negative pushback stops retries": Case(
+        {"a": Script(["UNAVAILABLE", "OK"], pushback="-1")}, retry_config(3), [("a", "unary")], [U], {"a": [None]}),
+    "unparseable pushback stops retries": Case(
+        {"a": Script(["UNAVAILABLE", "OK"], pushback="soon")}, retry_config(3), [("a", "unary")], [U],
+        {"a": [None]}),
+    "pushback in ms retries": Case(
+        {"a": Script(["UNAVAILABLE", "OK"], pushback="20")}, retry_config(3), [("a", "unary")], [OK],
+        {"a": [None, "1"]}),
+    "a method config applies to its method only": Case(
+        {"a": Script(["UNAVAILABLE", "OK"])}, retry_config(3, name={"service": SERVICE, "method": "Other"}),
+        [("a", "unary")], [U], {"a": [None]}),
+    "the empty name is the default for every method": Case(
+        {"a": Script(["UNAVAILABLE", "OK"])}, retry_config(3, name={}), [("a", "unary")], [OK], {"a": [None, "1"]}),
+    "throttling stops retries once tokens fall to half": Case(
+        {"a": Script(["UNAVAILABLE"]), "b": Script(["UNAVAILABLE"]), "c": Script(["UNAVAILABLE"])},
+        retry_config(3, retryThrottling={"maxTokens": 10, "tokenRatio": 0.1}),
+        [("a", "unary"), ("b", "unary"), ("c", "unary")], [U, U, U],
+        # 10 tokens: a takes 3 (7 left), b takes 2 (5: at half, no retry), c takes 1 (no retry).
+        {"a": THREE, "b": [None, "1"], "c": [None]}),
+    "a server stream is retried before its first response": Case(
+        {"s": Script(["UNAVAILABLE", "OK"])}, retry_config(3), [("s", "stream")], [OK], {"s": [None, "1"]}),
+    "a server stream is not retried after its first response": Case(
+        {"s": Script(["UNAVAILABLE", "OK"], stream_first=True)}, retry_config(3), [("s", "stream")], [U],
+        {"s": [None]}),
+}
+
+Transport = Callable[[Scripted, dict[str, Any]], Any]
+
+
+async def _run_case(channel: Any, case: Case) -> list[grpc.StatusCode]:
+    unary = channel.unary_unary(f"/{SERVICE}/Unary")
+    stream = channel.unary_stream(f"/{SERVICE}/ServerStream")
+    codes = []
+    for key, kind in case.calls:
+        timeout = None if case.timeout < 0 else case.timeout
+        try:
+            if kind == "unary":
+                await unary(key.encode(), timeout=timeout)
+            else:
+                [item async for item in stream(key.encode(), timeout=timeout)]
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            codes.append(error.code())
+    return codes
+
+
+async def _over_grpcio(servicer: Scripted, config: dict[str, Any], case: Case) -> list[grpc.StatusCode]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+    await server.start()
+    options = [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            return await _run_case(channel, case)
+    finally:
+        await server.stop(None)
+
+
+async def _over_nats(nc: Client, servicer: Scripted, config: dict[str, Any], case: Case,
+                     target: str) -> list[grpc.StatusCode]:
+    server = nats_transport.aio.server(nc, target)
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    await server.start()
+    try:
+        channel = nats_transport.aio.channel(nc, target, service_config=config)
+        return await _run_case(channel, case)
+    finally:
+        await server.stop(None)
+
+
+async def test_the_config_timeout_bounds_a_call_without_one(nc: Client) -> None:
+    # Not in the table: grpcio 1.85's asyncio channel reads a methodConfig timeout as a point
+    # in time since its clock started, so its calls fail at once once the process is older
+    # than the timeout. Ours counts from the call's start, as the service config doc says.
+    servicer = Scripted({"a": Script(["SLOW"]), "b": Script(["OK"])})
+    config = {"methodConfig": [{"name": [{"service": SERVICE}], "timeout": "0.3s"}]}
+    server = nats_transport.aio.server(nc, "retry-config-timeout")
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    await server.start()
+    try:
+        unary = nats_transport.aio.channel(nc, "retry-config-timeout", service_config=config).unary_unary(
+            f"/{SERVICE}/Unary")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unary(b"a")
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert await unary(b"b", timeout=30) == b"1"  # a longer own timeout is capped, not refused
+        assert servicer.seen == {"a": [None], "b": [None]}
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_retries_match_grpcio(name: str, nc: Client) -> None:
+    case = CASES[name]
+    results = {}
+    for transport in ("grpcio", "nats"):
+        servicer = Scripted({key: script for key, script in case.scripts.items()})
+        # Each run gets its own throttle: grpcio keys it by server name, so does our channel.
+        target = f"retry-{abs(hash((name, transport))) % 10**8}"
+        if transport == "grpcio":
+            codes = await _over_grpcio(servicer, case.config, case)
+        else:
+            codes = await _over_nats(nc, servicer, case.config, case, target)
+        results[transport] = (codes, servicer.seen)
+    assert results["grpcio"] == (case.expected_codes, case.expected_attempts), "grpcio does not do what the table says"
+    assert results["nats"] == results["grpcio"]
