@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.registry import REGISTRY
 
-from nats_transport import dropped_messages
+from nats_transport import circuit_states, dropped_messages
 
 
 class TransportMetrics:
@@ -35,6 +35,9 @@ class TransportMetrics:
         self.dropped = Counter("nats_transport_dropped_messages_total",
                                "Messages dropped because they could not be processed (malformed headers...).",
                                registry=registry)
+        self.circuit = Gauge("nats_transport_circuit_state",
+                             "Circuit to each called target: 0 closed, 1 half-open, 2 open (failing fast).",
+                             ("target",), registry=registry, multiprocess_mode="max")
         self._seen: dict[tuple[str, str], int] = {}
 
     def _advance(self, counter: Counter, key: tuple[str, str], value: int, *labels: str) -> None:
@@ -57,3 +60,6 @@ class TransportMetrics:
         self._advance(self.reconnects, ("", "reconnects"),
                       sum(int(nc.stats.get("reconnects", 0)) for nc in connections))
         self._advance(self.dropped, ("", "dropped"), sum(dropped_messages(nc) for nc in connections))
+        for nc in connections:
+            for target, state in circuit_states(nc).items():
+                self.circuit.labels(target).set(int(state))

@@ -13,12 +13,16 @@ the sync side's :class:`RpcError` is also a ``grpc.Call`` and a ``grpc.Future``:
     ├── grpc.aio.AioRpcError          (asyncio channel)
     └── nats_transport.RpcError       (sync channel; also grpc.Call, grpc.Future)
 
+    ValueError
+    └── nats_transport.ServiceConfigError  (a service config grpcio would refuse too)
+
 The wire format is specified in ``docs/wire-protocol.md``.
 """
 
 from __future__ import annotations
 
 from nats_transport import aio
+from nats_transport._circuit import CircuitBreakerOptions, CircuitState, circuit_states
 from nats_transport._connection_guard import (
     WATCHDOG_CONNECT_OPTIONS,
     connection_problem,
@@ -27,17 +31,22 @@ from nats_transport._connection_guard import (
 )
 from nats_transport._context import time_remaining
 from nats_transport._options import ChannelOptions, ServerOptions, TransportOptions
+from nats_transport._service_config import ServiceConfigError
 from nats_transport._sync_channel import Channel, RpcError, channel
 
 __all__ = [
     "Channel",
     "ChannelOptions",
+    "CircuitBreakerOptions",
+    "CircuitState",
     "RpcError",
     "ServerOptions",
+    "ServiceConfigError",
     "TransportOptions",
     "WATCHDOG_CONNECT_OPTIONS",
     "aio",
     "channel",
+    "circuit_states",
     "connection_problem",
     "dropped_messages",
     "guard_connection",

@@ -97,14 +97,17 @@ class ServiceConfig:
 EMPTY = ServiceConfig({})
 
 
-def parse_service_config(document: str | Mapping[str, Any] | None) -> ServiceConfig:
-    """Parse a service config given as JSON text or as the decoded mapping.
+def parse_service_config(document: str | Mapping[str, Any] | ServiceConfig | None) -> ServiceConfig:
+    """Parse a service config given as JSON text or as the decoded mapping (a parsed one is
+    returned as it is).
 
     Raises:
         ServiceConfigError: the document is not JSON, or a field is invalid.
     """
     if document is None:
         return EMPTY
+    if isinstance(document, ServiceConfig):
+        return document
     if isinstance(document, str | bytes):
         try:
             document = json.loads(document)

@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -20,13 +20,16 @@ import nats
 from nats.aio.client import Client
 
 from nats_transport import _client
+from nats_transport._circuit import breaker_for
 from nats_transport._connection_guard import WATCHDOG_CONNECT_OPTIONS, guard_connection
 from nats_transport._framing import Trailers
 from nats_transport._metadata import MetadataTuple
 from nats_transport._options import ChannelOptions
+from nats_transport._retry import CallPolicy, throttle_for
+from nats_transport._service_config import ServiceConfig, parse_service_config
 from nats_transport._status import code_from_number
 from nats_transport._subjects import call_subject, check_token
-from nats_transport.aio._calls import StreamCall, trailing_of
+from nats_transport.aio._calls import StreamCall, attempt_unary, trailing_of
 
 T = TypeVar("T")
 
@@ -261,20 +264,28 @@ class _MultiCallable(
         self._serializer = serializer
         self._deserializer = deserializer
         self._kind = kind
+        self._policy = channel._policy(method)
 
-    def _unary_future(self, request: Any, timeout: float | None, metadata: Any) -> _UnaryCall:
-        deadline = _client.effective_deadline(timeout)
+    def _timeout(self, timeout: float | None) -> float | None:
+        limit = self._policy.config.timeout
+        # The service config's timeout caps the call's own, as in grpcio.
+        return timeout if limit is None else limit if timeout is None else min(timeout, limit)
+
+    def _unary_future(self, request: Any, timeout: float | None, metadata: Any,
+                      wait_for_ready: bool | None = None) -> _UnaryCall:
+        deadline = _client.effective_deadline(self._timeout(timeout))
         data = request if self._serializer is None else self._serializer(request)
         channel = self._channel
-        future = channel._submit(
-            _client.unary_call(channel._nc_checked(), channel._options, self._subject, data, metadata, deadline)
-        )
+        future = channel._submit(attempt_unary(
+            channel._nc_checked(), channel._options, self._subject, data, metadata, deadline,
+            self._policy, wait_for_ready,
+        ))
         return _UnaryCall(future, deadline, self._deserializer)
 
     def _stream(self, request: Any, timeout: float | None, metadata: Any) -> _StreamIterator:
         request_streaming, response_streaming = self._kind
         channel = self._channel
-        deadline = _client.effective_deadline(timeout)
+        deadline = _client.effective_deadline(self._timeout(timeout))
 
         async def start() -> StreamCall:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -283,6 +294,7 @@ class _MultiCallable(
                 remaining, metadata,
                 request=None if request_streaming else request,
                 request_streaming=request_streaming, response_streaming=response_streaming,
+                policy=self._policy,
             )
 
         call = channel._submit(start()).result()
@@ -296,7 +308,7 @@ class _MultiCallable(
                  credentials: Any = None, wait_for_ready: bool | None = None, compression: Any = None) -> Any:
         self._channel._check_thread()
         if self._kind == (False, False):
-            return self._unary_future(request, timeout, metadata).result()
+            return self._unary_future(request, timeout, metadata, wait_for_ready).result()
         iterator = self._stream(request, timeout, metadata)
         return iterator if self._kind[1] else iterator.result()
 
@@ -304,7 +316,7 @@ class _MultiCallable(
                   credentials: Any = None, wait_for_ready: bool | None = None, compression: Any = None) -> Any:
         self._channel._check_thread()
         if self._kind == (False, False):
-            call: Any = self._unary_future(request, timeout, metadata)
+            call: Any = self._unary_future(request, timeout, metadata, wait_for_ready)
         else:
             call = self._stream(request, timeout, metadata)
         return call.result(), call
@@ -312,7 +324,7 @@ class _MultiCallable(
     def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
                credentials: Any = None, wait_for_ready: bool | None = None, compression: Any = None) -> Any:
         if self._kind == (False, False):
-            return self._unary_future(request, timeout, metadata)
+            return self._unary_future(request, timeout, metadata, wait_for_ready)
         return self._stream(request, timeout, metadata)
 
 
@@ -320,9 +332,11 @@ class Channel(grpc.Channel):  # type: ignore[misc]
     """A grpc.Channel calling ``target`` over NATS, for synchronous programs."""
 
     def __init__(self, servers: str | Sequence[str], target: str, *, options: ChannelOptions,
-                 connect_options: dict[str, Any] | None = None) -> None:
+                 connect_options: dict[str, Any] | None = None,
+                 service_config: str | Mapping[str, Any] | ServiceConfig | None = None) -> None:
         self._target = check_token(target, "target")
         self._options = options
+        self._service_config = parse_service_config(service_config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"grpc-nats-channel-{target}")
@@ -344,6 +358,16 @@ class Channel(grpc.Channel):  # type: ignore[misc]
     def target(self) -> str:
         """The logical server this channel calls."""
         return self._target
+
+    def _policy(self, method: str) -> CallPolicy:
+        """How calls of ``method`` are attempted (see the aio channel's twin)."""
+        config = self._service_config
+        breaker = self._options.circuit_breaker
+        return CallPolicy(
+            config.for_method(method),
+            throttle_for(self._target, config.throttling),
+            None if breaker is None else breaker_for(self._nc_checked(), self._target, breaker),
+        )
 
     def _nc_checked(self) -> Client:
         if self._nc is None or self._closed:
@@ -451,14 +475,20 @@ class Channel(grpc.Channel):  # type: ignore[misc]
 
 
 def channel(servers: str | Sequence[str], target: str, *, options: ChannelOptions | None = None,
-            **connect_options: Any) -> Channel:
+            service_config: str | Mapping[str, Any] | None = None, **connect_options: Any) -> Channel:
     """A grpc.Channel whose calls go to ``target`` over NATS, for synchronous code.
 
     Args:
         servers: NATS URL(s).
         target: the logical server to call.
         options: transport settings.
+        service_config: a gRPC service config, as for ``nats_transport.aio.channel``.
         **connect_options: passed to ``nats.connect`` (``tls``, ``user_credentials``,
             ``nkeys_seed``, ``user``/``password``, ``token``, ``inbox_prefix``, ...).
+
+    Raises:
+        ServiceConfigError: the service config is malformed or invalid (a ValueError).
     """
-    return Channel(servers, target, options=options or ChannelOptions(), connect_options=connect_options)
+    config = parse_service_config(service_config)  # refused before a connection is made
+    return Channel(servers, target, options=options or ChannelOptions(), connect_options=connect_options,
+                   service_config=config)

@@ -11,77 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import nats
 import pytest
 from nats.aio.client import Client
 
 import nats_transport
 import nats_transport.aio
 from nats_transport.testing import free_port
-
-SERVICE = "test.retry.v1.Scripted"
-
-
-@dataclass
-class Script:
-    """What the server answers, attempt by attempt (the last answer repeats)."""
-
-    answers: list[str]
-    headers_first: bool = False  # send initial metadata before failing (commits the call)
-    pushback: str | None = None  # grpc-retry-pushback-ms on failures
-    stream_first: bool = False  # server stream: send one message before the answer
-
-
-@dataclass
-class Scripted:
-    """The servicer both transports run: answers from scripts, records every attempt."""
-
-    scripts: dict[str, Script] = field(default_factory=dict)
-    seen: dict[str, list[str | None]] = field(default_factory=dict)
-
-    def _attempt(self, key: str, context: Any) -> tuple[Script, str]:
-        metadata = dict(context.invocation_metadata())
-        attempts = self.seen.setdefault(key, [])
-        attempts.append(metadata.get("grpc-previous-rpc-attempts"))
-        script = self.scripts[key]
-        return script, script.answers[min(len(attempts) - 1, len(script.answers) - 1)]
-
-    async def _fail(self, script: Script, answer: str, context: Any) -> None:
-        if script.headers_first:
-            await context.send_initial_metadata((("x-committed", "yes"),))
-        if script.pushback is not None:
-            context.set_trailing_metadata((("grpc-retry-pushback-ms", script.pushback),))
-        if answer == "SLOW":
-            await asyncio.sleep(30)  # longer than any deadline here: the call must time out
-        await context.abort(grpc.StatusCode[answer], f"scripted {answer}")
-
-    async def unary(self, request: bytes, context: Any) -> bytes:
-        key = request.decode()
-        script, answer = self._attempt(key, context)
-        if answer == "OK":
-            return str(len(self.seen[key])).encode()
-        await self._fail(script, answer, context)
-        raise AssertionError("abort returned")
-
-    async def server_stream(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
-        key = request.decode()
-        script, answer = self._attempt(key, context)
-        if script.stream_first:
-            yield b"first"
-        if answer == "OK":
-            yield str(len(self.seen[key])).encode()
-            return
-        await self._fail(script, answer, context)
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
-            "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
-        })
+from tests._scripted import SERVICE, Script, Scripted
 
 
 def retry_config(attempts: int = 3, codes: tuple[str, ...] = ("UNAVAILABLE",), backoff: str = "0.01s",
@@ -233,3 +176,55 @@ async def test_retries_match_grpcio(name: str, nc: Client) -> None:
         results[transport] = (codes, servicer.seen)
     assert results["grpcio"] == (case.expected_codes, case.expected_attempts), "grpcio does not do what the table says"
     assert results["nats"] == results["grpcio"]
+
+
+def test_the_sync_channel_takes_the_same_service_config(nats_server) -> None:
+    async def serve(servicer: Scripted) -> Any:
+        nc = await nats.connect(nats_server.url)
+        server = nats_transport.aio.server(nc, "retry-sync")
+        server.add_generic_rpc_handlers((servicer.handler(),))
+        await server.start()
+        return nc, server
+
+    servicer = Scripted({"a": Script(["UNAVAILABLE", "UNAVAILABLE", "OK"])})
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    nc, server = asyncio.run_coroutine_threadsafe(serve(servicer), loop).result(10)
+    try:
+        with nats_transport.channel(nats_server.url, "retry-sync", service_config=json.dumps(retry_config(3))) as ch:
+            assert ch.unary_unary(f"/{SERVICE}/Unary")(b"a", timeout=5) == b"3"
+        assert servicer.seen == {"a": [None, "1", "2"]}
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(10)
+        asyncio.run_coroutine_threadsafe(nc.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+async def test_wait_for_ready_waits_for_a_server_to_appear(nc: Client) -> None:
+    servicer = Scripted({"a": Script(["OK"])})
+    channel = nats_transport.aio.channel(nc, "retry-ready")
+    unary = channel.unary_unary(f"/{SERVICE}/Unary")
+    with pytest.raises(grpc.aio.AioRpcError) as fast:
+        await unary(b"a", timeout=5)
+    assert fast.value.code() == grpc.StatusCode.UNAVAILABLE  # without it: at once
+    waiting = asyncio.ensure_future(unary(b"a", timeout=10, wait_for_ready=True))
+    await asyncio.sleep(0.2)  # the scenario: the server comes up while the call waits
+    assert not waiting.done()
+    server = nats_transport.aio.server(nc, "retry-ready")
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    await server.start()
+    try:
+        assert await waiting == b"1"
+    finally:
+        await server.stop(None)
+
+
+async def test_wait_for_ready_from_the_config_still_ends_at_the_deadline(nc: Client) -> None:
+    config = {"methodConfig": [{"name": [{"service": SERVICE}], "waitForReady": True}]}
+    unary = nats_transport.aio.channel(nc, "retry-nobody", service_config=config).unary_unary(f"/{SERVICE}/Unary")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unary(b"a", timeout=0.3)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
