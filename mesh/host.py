@@ -34,7 +34,7 @@ from mesh.jetstream_storage import JetStreamStorage
 from mesh.replication import ReplicaChoice, choose_replicas
 from mesh.storage_gate import StorageGate
 from mesh.storage_health import StorageHealth
-from nats_transport import ServerOptions, connection_problem
+from nats_transport import ServerOptions, ServiceConfig, connection_problem
 from servicers.auth import AccessPolicy, LocalVerifier, ServiceTokenSource
 from servicers.dependencies import Dependencies
 
@@ -65,6 +65,8 @@ class HostConfig:
             a cluster of at least three servers, else 1 (``mesh.replication``).
         max_concurrent_rpcs: per target; more calls get RESOURCE_EXHAUSTED.
         settings: per-target settings handed to servicers (``MESH_<TARGET>_<NAME>``).
+        service_config: the gRPC service config of calls from hosted targets to others
+            (retries, hedging, timeouts); None: none.
     """
 
     targets: tuple[str, ...]
@@ -77,6 +79,7 @@ class HostConfig:
     replicas: int | None = None
     max_concurrent_rpcs: int | None = None
     settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    service_config: ServiceConfig | None = None
 
     def access_of(self, target: str) -> NatsAccess:
         """How ``target`` connects: as its own identity when ``secrets_dir`` is set."""
@@ -315,7 +318,8 @@ class Host:
             interceptors = [*client_interceptors(self._registry),
                             *forwarding_interceptors(source.token if source is not None else None)]
             channel = self._channels[(caller, target)] = nats_transport.aio.channel(
-                self.connection_of(caller), target, interceptors=interceptors)
+                self.connection_of(caller), target, interceptors=interceptors,
+                service_config=self.config.service_config)
         return channel
 
     # -- probes and metrics ---------------------------------------------------------------

@@ -24,6 +24,7 @@ from mesh import catalogue
 from mesh.config import NATS_URL_SCHEMES, ConfigError
 from mesh.connection import AccessDenied, NatsAccess
 from mesh.host import Host, HostConfig
+from nats_transport import ServiceConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _service_config(text: str) -> ServiceConfig:
+    path = _existing_file(text)
+    try:
+        return ServiceConfig.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+
+
 def _log_level(text: str) -> str:
     if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("must be debug, info, warning or error")
@@ -126,6 +135,8 @@ SETTINGS = (
     Setting("--token", "MESH_NATS_TOKEN", str, None, "NATS token"),
     Setting("--inbox-prefix", "MESH_INBOX_PREFIX", str, None, "inbox prefix (e.g. _INBOX_quest)"),
     Setting("--max-concurrent-rpcs", "MESH_MAX_CONCURRENT_RPCS", _positive_int, None, "per target"),
+    Setting("--service-config", "MESH_SERVICE_CONFIG", _service_config, None,
+            "gRPC service config JSON file for this host's calls to other targets (retries, hedging, timeouts)"),
     Setting("--log-level", "MESH_LOG_LEVEL", _log_level, "INFO", "debug, info, warning or error"),
 )
 # The settings that say how to reach NATS and who we are there; `mesh call` and `mesh services`
@@ -213,6 +224,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -
         replicas=values["replicas"],
         max_concurrent_rpcs=values["max_concurrent_rpcs"],
         settings=service_settings(targets, environ),
+        service_config=values["service_config"],
     ), values["log_level"]
 
 

@@ -31,7 +31,7 @@ from nats_transport._connection_guard import (
 )
 from nats_transport._context import time_remaining
 from nats_transport._options import ChannelOptions, ServerOptions, TransportOptions
-from nats_transport._service_config import ServiceConfigError
+from nats_transport._service_config import ServiceConfig, ServiceConfigError
 from nats_transport._sync_channel import Channel, RpcError, channel
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "CircuitState",
     "RpcError",
     "ServerOptions",
+    "ServiceConfig",
     "ServiceConfigError",
     "TransportOptions",
     "WATCHDOG_CONNECT_OPTIONS",

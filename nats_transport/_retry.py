@@ -89,12 +89,6 @@ class CallPolicy:
     breaker: CircuitBreaker | None = None
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
-    @property
-    def plain(self) -> bool:
-        """True when a call is exactly one attempt with nothing around it."""
-        config = self.config
-        return config.retry is None and config.hedging is None and not config.wait_for_ready and self.breaker is None
-
 
 async def run_unary(attempt: Attempt, policy: CallPolicy, deadline: float | None,
                     wait_for_ready: bool | None = None) -> Outcome:

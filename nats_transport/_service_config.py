@@ -78,10 +78,20 @@ NO_METHOD_CONFIG = MethodConfig()
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    """A parsed service config: method configs by name, and throttling."""
+    """A parsed gRPC service config: method configs by name, and throttling. Channels take the
+    JSON text, its decoded object or this; :meth:`parse` checks a document ahead of time."""
 
     by_method: Mapping[tuple[str, str], MethodConfig]
     throttling: RetryThrottling | None = None
+
+    @classmethod
+    def parse(cls, document: str | Mapping[str, Any] | ServiceConfig | None) -> ServiceConfig:
+        """Parse and check a service config (JSON text or its decoded object) before use.
+
+        Raises:
+            ServiceConfigError: the document is not JSON, or a field is invalid.
+        """
+        return parse_service_config(document)
 
     def for_method(self, path: str) -> MethodConfig:
         """The config of ``/package.Service/Method``: the most specific name that matches

@@ -475,7 +475,8 @@ class Channel(grpc.Channel):  # type: ignore[misc]
 
 
 def channel(servers: str | Sequence[str], target: str, *, options: ChannelOptions | None = None,
-            service_config: str | Mapping[str, Any] | None = None, **connect_options: Any) -> Channel:
+            service_config: str | Mapping[str, Any] | ServiceConfig | None = None,
+            **connect_options: Any) -> Channel:
     """A grpc.Channel whose calls go to ``target`` over NATS, for synchronous code.
 
     Args:

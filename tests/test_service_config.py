@@ -7,6 +7,8 @@ import json
 import grpc
 import pytest
 
+from mesh.cli import build_parser, main
+from mesh.serve import resolve
 from nats_transport._service_config import ServiceConfigError, parse_service_config
 
 RETRY = {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
@@ -87,3 +89,22 @@ def test_fields_the_channel_does_not_use_are_accepted():
     config = parse_service_config({"loadBalancingConfig": [{"round_robin": {}}],
                                    "methodConfig": [{"name": [{}], "maxRequestMessageBytes": 1024}]})
     assert config.for_method("/a.B/M").retry is None
+
+
+def test_mesh_serve_refuses_a_bad_service_config_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "service-config.json"
+    bad.write_text(json.dumps(_config(retryPolicy={**RETRY, "maxAttempts": 1})))
+    assert main(["serve", "settings", "--service-config", str(bad)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "--service-config" in error
+    assert "maxAttempts must be at least 2" in error
+
+
+def test_mesh_serve_reads_the_service_config_for_its_calls_to_other_targets(tmp_path):
+    good = tmp_path / "service-config.json"
+    good.write_text(json.dumps(_config(retryPolicy=RETRY)))
+    args = build_parser().parse_args(["serve", "settings", "--service-config", str(good)])
+    config, _ = resolve(args, environ={})
+    assert config.service_config is not None
+    assert config.service_config.for_method("/a.B/M").retry is not None

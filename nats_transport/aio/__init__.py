@@ -9,6 +9,7 @@ from nats.aio.client import Client
 
 from nats_transport._options import ChannelOptions, ServerOptions
 from nats_transport._server import Server
+from nats_transport._service_config import ServiceConfig
 from nats_transport.aio._channel import Channel
 
 __all__ = ["Channel", "Server", "channel", "server"]
@@ -44,7 +45,7 @@ def channel(
     *,
     interceptors: Sequence[Any] | None = None,
     options: ChannelOptions | None = None,
-    service_config: str | Mapping[str, Any] | None = None,
+    service_config: str | Mapping[str, Any] | ServiceConfig | None = None,
 ) -> Channel:
     """A grpc.aio.Channel whose calls go to ``target`` over NATS.
 

@@ -127,8 +127,27 @@ async def attempt_unary(nc: Client, options: TransportOptions, subject: str, pay
                         deadline: float | None, policy: CallPolicy | None,
                         wait_for_ready: bool | None = None) -> _client.Outcome:
     """One unary call: a single attempt, or as many as the method's policy asks for."""
-    if policy is None or (policy.plain and not wait_for_ready):
+    if policy is None:
         return await _client.unary_call(nc, options, subject, payload, metadata, deadline)
+    config = policy.config
+    ready = config.wait_for_ready if wait_for_ready is None else wait_for_ready
+    if config.retry is None and config.hedging is None and not ready:
+        # The common case, kept free of closures: one attempt, watched by the breaker.
+        breaker = policy.breaker
+        refusal = None if breaker is None else breaker.admit()
+        if refusal is not None:
+            return _client.failed(grpc.StatusCode.UNAVAILABLE, refusal)
+        try:
+            outcome = await _client.unary_call(nc, options, subject, payload, metadata, deadline)
+        except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.record(grpc.StatusCode.CANCELLED, "")
+            raise
+        if breaker is not None:
+            breaker.record(code_from_number(outcome.trailers.code), outcome.trailers.message)
+        if policy.throttle is not None and outcome.trailers.code == 0:
+            policy.throttle.succeeded()
+        return outcome
 
     def attempt(previous: int) -> Coroutine[Any, Any, _client.Outcome]:
         extra = {PREVIOUS_ATTEMPTS_HEADER: str(previous)} if previous else None

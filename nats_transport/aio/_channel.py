@@ -14,7 +14,7 @@ from nats_transport._client import ReplyMux
 from nats_transport._connection_guard import guard_connection
 from nats_transport._options import ChannelOptions
 from nats_transport._retry import CallPolicy, throttle_for
-from nats_transport._service_config import parse_service_config
+from nats_transport._service_config import ServiceConfig, parse_service_config
 from nats_transport._subjects import call_subject, check_token
 from nats_transport.aio._calls import Deserializer, Serializer, StreamCall, UnaryUnaryCall
 
@@ -37,7 +37,7 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         *,
         interceptors: Sequence[Any] | None = None,
         options: ChannelOptions,
-        service_config: str | Mapping[str, Any] | None = None,
+        service_config: str | Mapping[str, Any] | ServiceConfig | None = None,
     ) -> None:
         self._nc = guard_connection(nc)
         self._target = check_token(target, "target")
