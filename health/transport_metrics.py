@@ -30,6 +30,12 @@ class TransportMetrics:
         self.stalls = Counter("nats_transport_stream_credit_stalls_total",
                               "Times a stream sender waited for flow-control credit.", ("target",),
                               registry=registry)
+        self.cancelled = Counter("nats_transport_unary_cancelled_total",
+                                 "Unary handlers cancelled because their client gave the call up.", ("target",),
+                                 registry=registry)
+        self.cancels_ignored = Counter("nats_transport_cancels_ignored_total",
+                                       "Cancel messages naming no unary call in progress on this replica.",
+                                       ("target",), registry=registry)
         self.reconnects = Counter("nats_transport_reconnects_total", "Reconnections of the NATS connections.",
                                   registry=registry)
         self.dropped = Counter("nats_transport_dropped_messages_total",
@@ -56,6 +62,8 @@ class TransportMetrics:
             self._advance(self.received, (target, "received"), stats.bytes_received, target)
             self._advance(self.sent, (target, "sent"), stats.bytes_sent, target)
             self._advance(self.stalls, (target, "stalls"), stats.credit_stalls, target)
+            self._advance(self.cancelled, (target, "cancelled"), stats.unary_cancelled, target)
+            self._advance(self.cancels_ignored, (target, "cancels_ignored"), stats.cancels_ignored, target)
         connections = list(connections)
         self._advance(self.reconnects, ("", "reconnects"),
                       sum(int(nc.stats.get("reconnects", 0)) for nc in connections))

@@ -54,4 +54,5 @@ __all__ = [
     "time_remaining",
 ]
 
-WIRE_PROTOCOL_VERSION = 1
+WIRE_PROTOCOL_VERSION = "1.1"
+"""The version of docs/wire-protocol.md this package speaks (never sent on the wire)."""

@@ -22,7 +22,17 @@ from nats_transport import _envelope as env
 from nats_transport import _framing, _status
 from nats_transport._context import current_deadline, current_trace
 from nats_transport._envelope import Kind
+from nats_transport._keepalive import (
+    fast_path_ask,
+    fast_path_timeout,
+    parse_interval,
+    stream_offer,
+    stream_timeout_after_accept,
+    stream_wait_timeout,
+)
 from nats_transport._metadata import (
+    CALL_HEADER,
+    KEEPALIVE_HEADER,
     STREAM_HEADER,
     TIMEOUT_HEADER,
     WINDOW_HEADER,
@@ -42,6 +52,7 @@ from nats_transport._stream import (
     headers_size,
     publish_quietly,
 )
+from nats_transport._subjects import cancel_subject_of
 
 ReplyFrames = tuple[dict[str, str] | None, list[tuple[int, bytes]]]
 OPEN_ALLOWANCE = 65536  # request bytes an opening message may carry before the server's window is known
@@ -188,14 +199,14 @@ class ReplyMux:
         reconnects = self._reconnects() if self.nc.is_connected else -1
         patience = 2 * self._sweep_interval
         for call in list(self._calls.values()):
-            if not isinstance(call, PendingUnary):
-                continue
+            if not isinstance(call, PendingUnary) or call.timeout is None:
+                continue  # only calls that asked for PINGs can tell silence from a slow handler
             if call.epoch != reconnects:
                 call.epoch, call.broken_at = reconnects, now
             if call.broken_at and call.last_heard < call.broken_at and now - call.broken_at > patience:
-                call.give_up(*_status.CONNECTION_LOST_DURING_CALL)
-            elif call.timeout is not None and now - call.last_heard > call.timeout:
-                call.give_up(*_status.SERVER_SILENT)
+                call.give_up(*_status.CONNECTION_LOST_DURING_CALL, abandoned=True)
+            elif now - call.last_heard > call.timeout:
+                call.give_up(*_status.SERVER_SILENT, abandoned=True)
         self._sweep = asyncio.get_running_loop().call_later(self._sweep_interval, self._check_alive)
 
 
@@ -207,12 +218,13 @@ def _is_no_responders(msg: Msg) -> bool:
 class PendingUnary:
     """A unary call waiting for its reply (fast path), or its numbered chunks."""
 
-    __slots__ = ("_decoder", "_frames", "_max", "_seq", "broken_at", "epoch", "future", "headers", "last_heard",
-                 "timeout")
+    __slots__ = ("_decoder", "_frames", "_max", "_seq", "abandoned", "broken_at", "epoch", "future", "headers",
+                 "last_heard", "timeout")
 
     def __init__(self, future: asyncio.Future[ReplyFrames], max_message: int, timeout: float | None) -> None:
         self.future = future
         self.timeout = timeout  # silence (no reply, no keepalive) tolerated before UNAVAILABLE
+        self.abandoned = False  # given up here while the server may still be working on it
         self.last_heard = time.monotonic()
         self.epoch = 0  # the connection's reconnect count when the call was sent (-1: disconnected)
         self.broken_at = 0.0  # when the sweep last saw the connection break under the call
@@ -222,8 +234,11 @@ class PendingUnary:
         self._seq = 0
         self._max = max_message
 
-    def give_up(self, code: grpc.StatusCode, details: str) -> None:
+    def give_up(self, code: grpc.StatusCode, details: str, *, abandoned: bool = False) -> None:
+        """End the wait with a status decided here; ``abandoned``: the server may still be
+        running the call, and should hear that nobody waits for it any more."""
         if not self.future.done():
+            self.abandoned = abandoned
             self.future.set_exception(StreamFailure(code, details))
 
     def on_reply(self, msg: Msg) -> None:
@@ -309,17 +324,24 @@ async def unary_call(
         await mux.ready(options)
     except Exception as exc:
         return failed(*status_for_exception(exc))
+    ask = fast_path_ask(options)  # None for default options: no header on the fast path
+    if ask is not None:
+        headers = headers if headers is not None else {}
+        headers[KEEPALIVE_HEADER] = ask
     too_big = _metadata_too_large(nc, headers)
     if too_big is not None:
         return too_big
     if len(request) + 5 + (headers_size(headers) if headers else 0) > nc.max_payload:
         return await _unary_over_stream(nc, mux, options, subject, request, headers, deadline)
     loop = asyncio.get_running_loop()
-    pending = PendingUnary(loop.create_future(), options.max_message_size, options.keepalive_timeout)
+    pending = PendingUnary(loop.create_future(), options.max_message_size, fast_path_timeout(options))
     token, reply = mux.register(pending)
     timer = None
     try:
+        # Any failure from here on may leave the request on its way (nats-py buffers it).
+        pending.abandoned = True
         await nc.publish(subject, _framing.encode_message(request), reply=reply, headers=headers)
+        pending.abandoned = False
         if deadline is not None:
             timer = loop.call_at(
                 loop.time() + (deadline - time.monotonic()),
@@ -330,10 +352,16 @@ async def unary_call(
         reply_headers, frames = await pending.future
         return outcome_of(reply_headers, frames)
     except StreamFailure as failure:
+        if pending.abandoned:
+            cancel_on_server(nc, options.subject_prefix, subject, reply, failure)
         return failed(failure.code, failure.details)
     except _framing.FramingError as exc:
         return failed(grpc.StatusCode.INTERNAL, f"malformed reply: {exc}")
     except asyncio.CancelledError:
+        # Cancelling this task cancels the future it waits on: only a future with a result or a
+        # failure of its own means the server is done with the call (or never had it).
+        if pending.abandoned or pending.future.cancelled() or not pending.future.done():
+            cancel_on_server(nc, options.subject_prefix, subject, reply, None)
         raise
     except Exception as exc:
         return failed(*status_for_exception(exc))
@@ -341,6 +369,19 @@ async def unary_call(
         mux.unregister(token)
         if timer is not None:
             timer.cancel()
+
+
+def cancel_on_server(
+    nc: Client, prefix: str, subject: str, reply: str, failure: StreamFailure | None
+) -> None:
+    """Tell the replicas of a call's target that its client gave up the fast-path call on
+    ``reply`` (wire spec §5), so the one running it cancels the handler. Published and forgotten:
+    it never blocks or raises into the code that gave the call up."""
+    if nc.is_closed:
+        return
+    body = b"" if failure is None else cancel_payload(failure)
+    cancel = cancel_subject_of(prefix, subject)
+    asyncio.get_running_loop().create_task(publish_quietly(nc, cancel, body, {CALL_HEADER: reply}))
 
 
 async def _unary_over_stream(
@@ -355,14 +396,18 @@ async def _unary_over_stream(
     """A unary call whose request does not fit one NATS message: stream mode, one message."""
     stream = ClientStream(nc, mux, options, subject, headers, deadline)
     try:
-        await stream.open()
-        await stream.write(request)
-    except (asyncio.InvalidStateError, StreamFailure):
-        pass  # the call already ended (connection down, say): its trailers say why
-    stream.done_writing()
-    response = await stream.read()
-    trailers = await stream.trailers()
-    initial = await stream.initial_metadata()
+        try:
+            await stream.open()
+            await stream.write(request)
+        except (asyncio.InvalidStateError, StreamFailure):
+            pass  # the call already ended (connection down, say): its trailers say why
+        stream.done_writing()
+        response = await stream.read()
+        trailers = await stream.trailers()
+        initial = await stream.initial_metadata()
+    except asyncio.CancelledError:
+        stream.cancel()  # the server hears it as a CANCEL and cancels the handler
+        raise
     if trailers.code == 0 and response is None:
         return failed(grpc.StatusCode.INTERNAL, "the server sent OK without a response message")
     return Outcome(response if trailers.code == 0 else None, initial, trailers)
@@ -399,7 +444,7 @@ class ClientStream:
             max_message=options.max_message_size,
             max_chunk=nc.max_payload - env.ENVELOPE_SIZE,
             keepalive_interval=options.keepalive_interval,
-            keepalive_timeout=options.keepalive_timeout,
+            keepalive_timeout=stream_wait_timeout(options),
             on_failure=self._on_failure,
             on_trailers=self._on_trailers,
             on_control=self._on_control,
@@ -419,6 +464,7 @@ class ClientStream:
         headers = self._headers
         headers[STREAM_HEADER] = "1"
         headers[WINDOW_HEADER] = str(self._options.stream_window)
+        headers[KEEPALIVE_HEADER] = stream_offer(self._options)
         payload = b""
         if first is not None and len(first) + 5 <= OPEN_ALLOWANCE:
             payload = _framing.encode_message(first)
@@ -505,6 +551,9 @@ class ClientStream:
                 self.endpoint.fail(StreamFailure(grpc.StatusCode.INTERNAL, "malformed ACCEPT"))
                 return
             self.endpoint.connect(subject, max(window - self._opened_with, 0))
+            if headers and KEEPALIVE_HEADER in headers:  # a 1.1 server says which PINGs it sends
+                announced = parse_interval(headers[KEEPALIVE_HEADER])
+                self.endpoint.expect_silence_of(stream_timeout_after_accept(self._options, announced))
         elif kind == Kind.HEADERS:
             if not self._initial.done():
                 try:

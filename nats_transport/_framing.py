@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from nats_transport._metadata import MetadataTuple, decode_value, encode_value
+from nats_transport._metadata import MetadataError, MetadataTuple, decode_value, encode_value
 
 MESSAGE_FLAG = 0x00
 COMPRESSED_FLAG = 0x01
@@ -49,9 +49,18 @@ class Trailers:
 def _percent_encode(text: str) -> str:
     # grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2 spec): printable ASCII except '%'.
     out = []
-    for byte in text.encode("utf-8"):
+    for byte in _utf8(text):
         out.append(chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}")
     return "".join(out)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (details built from text decoded with "surrogateescape", say) have no
+        # UTF-8 form: each travels as U+FFFD rather than failing the call's last message.
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text).encode("utf-8")
 
 
 def _percent_decode(text: str) -> str:
@@ -106,7 +115,10 @@ def decode_trailer_block(block: bytes) -> Trailers:
         if key == "grpc-status":
             if not value.isdigit():
                 raise FramingError(f"bad grpc-status {value[:20]!r}")
-            code = int(value)
+            try:
+                code = int(value)
+            except ValueError as exc:  # more digits than int() reads (sys.get_int_max_str_digits)
+                raise FramingError(f"bad grpc-status {value[:20]!r}...") from exc
         elif key == "grpc-message":
             message = _percent_decode(value)
         elif key == "grpc-status-details-bin":
@@ -115,7 +127,10 @@ def decode_trailer_block(block: bytes) -> Trailers:
             except binascii.Error as exc:
                 raise FramingError("bad grpc-status-details-bin") from exc
         else:
-            metadata.append((key, decode_value(key, value)))
+            try:
+                metadata.append((key, decode_value(key, value)))
+            except MetadataError as exc:  # a -bin trailer that is not base64
+                raise FramingError(str(exc)) from exc
     if code is None:
         raise FramingError("trailer block has no grpc-status")
     return Trailers(code, message, details, tuple(metadata))

@@ -9,7 +9,6 @@ and the HTTP folding rule (RFC 9110 5.3) for text keys.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -23,11 +22,13 @@ TIMEOUT_HEADER = "grpc-timeout"
 CONTENT_TYPE_HEADER = "content-type"
 STREAM_HEADER = "nats-grpc-stream"
 WINDOW_HEADER = "nats-grpc-window"
+KEEPALIVE_HEADER = "nats-grpc-keepalive"  # wire protocol 1.1: the PING interval asked or promised
+CALL_HEADER = "nats-grpc-call"  # wire protocol 1.1: the reply subject a cancel message names
 RESERVED_PREFIXES = ("grpc-", "nats-grpc-", ":")
 TRANSPORT_HEADERS = frozenset({TIMEOUT_HEADER, CONTENT_TYPE_HEADER, "te", "user-agent"})
 TRACE_HEADERS = ("traceparent", "tracestate")
 
-_KEY = re.compile(r"^[0-9a-z_.\-]+$")
+_KEY = re.compile(r"[0-9a-z_.\-]+")
 _TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # Finest unit first: the most precise encoding that fits in 8 digits wins.
@@ -41,7 +42,7 @@ class MetadataError(ValueError):
 def normalize_key(key: str) -> str:
     """Lowercase and validate a metadata key."""
     lowered = key.lower()
-    if not _KEY.match(lowered):
+    if not _KEY.fullmatch(lowered):  # fullmatch: `$` would also let a final newline through
         raise MetadataError(f"metadata key {key!r} has characters outside [0-9a-z_.-]")
     return lowered
 
@@ -67,7 +68,10 @@ def check_trailing_key(key: str) -> str:
 def encode_value(key: str, value: MetadataValue) -> str:
     """The wire form of one value: base64 for ``-bin`` keys, checked ASCII otherwise."""
     if key.endswith("-bin"):
-        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        try:
+            raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form
+            raise MetadataError(f"metadata value for {key!r} is not valid unicode") from exc
         return base64.b64encode(raw).decode("ascii")
     if not isinstance(value, str):
         raise MetadataError(f"metadata value for {key!r} must be str (use a '-bin' key for bytes)")
@@ -83,7 +87,7 @@ def decode_value(key: str, value: str) -> MetadataValue:
     if key.endswith("-bin"):
         try:
             return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or a ValueError for non-ASCII text
             raise MetadataError(f"metadata value for {key!r} is not valid base64") from exc
     return value
 
@@ -125,8 +129,8 @@ def encode_timeout(seconds: float) -> str:
         return "99999999H" if seconds > 0 else "1n"
     seconds = max(seconds, 0.0)
     for unit in _UNITS_BY_PRECISION:
-        amount = math.ceil(seconds / _UNIT_SECONDS[unit])
-        if amount < 100_000_000:
+        scaled = seconds / _UNIT_SECONDS[unit]  # may overflow to inf, which math.ceil refuses
+        if scaled < 100_000_000 and (amount := math.ceil(scaled)) < 100_000_000:
             return f"{max(amount, 1)}{unit}"
     return "99999999H"
 

@@ -19,9 +19,13 @@ class TransportOptions:
         max_message_size: largest message accepted or sent, in bytes (gRPC's default, 4 MiB).
             Larger messages fail with RESOURCE_EXHAUSTED before anything is sent.
         stream_window: bytes a peer may send on a stream before we grant more credit.
-        keepalive_interval: seconds of silence on a call before a PING is sent; None disables.
+        keepalive_interval: seconds of silence on a call before a PING is sent; None: see the
+            side's own options. Negotiated per call (wire protocol 1.1, docs/wire-protocol.md
+            §5 and §6.8): the client asks for PINGs at its interval, and the server sends them
+            at that interval (50 ms at the least) or at its own if shorter.
         keepalive_timeout: seconds without hearing from the peer before the call fails with
-            UNAVAILABLE; None disables. Must exceed ``keepalive_interval``.
+            UNAVAILABLE; None disables. Must exceed ``keepalive_interval``. Applies only to
+            PINGs the peer announced, and is never shorter than three of their intervals.
     """
 
     subject_prefix: str = DEFAULT_PREFIX
@@ -50,6 +54,16 @@ class TransportOptions:
 class ServerOptions(TransportOptions):
     """Server-side options.
 
+    Keepalives (wire protocol 1.1): the server PINGs each call at the interval its client asks
+    for, 50 ms at the least, whatever ``keepalive_interval`` says, since a client cannot be told
+    in time that no PING will come. A call that does not say (from a 1.0 client, or from a
+    default client on the fast path) asks for one PING a second. ``keepalive_interval`` only
+    shortens these intervals: no call goes longer than that without a PING. ``None`` therefore
+    means: PING only as clients ask, and never give up a 1.0 client's stream for its silence.
+    ``keepalive_timeout`` gives a stream up after that much silence from a client that announced
+    PINGs of its own (never before three of its intervals), or from a 1.0 client when
+    ``keepalive_interval`` is set (the 1.0 pairing of defaults); None: never.
+
     Attributes:
         maximum_concurrent_rpcs: calls handled at once; more are refused with
             RESOURCE_EXHAUSTED (None: no limit).
@@ -72,6 +86,13 @@ class ServerOptions(TransportOptions):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelOptions(TransportOptions):
     """Client-side options.
+
+    Keepalives: with a ``keepalive_interval`` and a ``keepalive_timeout``, each call asks the
+    server for PINGs at that interval (a stream also sends its own) and fails UNAVAILABLE after
+    ``max(keepalive_timeout, 3 * keepalive_interval)`` of silence (a wire protocol 1.0 server
+    ignores the request and PINGs at its own interval, if any). With ``keepalive_interval=None``
+    the client asks for no PINGs, sends none, and never gives a call up for silence: servers then
+    keep its idle streams open too.
 
     Attributes:
         circuit_breaker: when calls to the target fail fast after several in a row heard

@@ -32,7 +32,10 @@ from nats_transport._context import (
 )
 from nats_transport._discovery import EndpointStats, ServiceEndpointInfo, ServicesApi
 from nats_transport._envelope import Kind
+from nats_transport._keepalive import parse_interval, server_ping, server_stream_terms
 from nats_transport._metadata import (
+    CALL_HEADER,
+    KEEPALIVE_HEADER,
     STREAM_HEADER,
     TIMEOUT_HEADER,
     TRACE_HEADERS,
@@ -42,9 +45,16 @@ from nats_transport._metadata import (
     from_headers,
 )
 from nats_transport._options import ServerOptions
-from nats_transport._stream import END, StreamEndpoint, StreamFailure, headers_size, publish_quietly
-from nats_transport._subjects import check_token, method_of, server_wildcard, stream_prefix_of
-from nats_transport._unary_keepalive import UnaryKeepalives
+from nats_transport._stream import (
+    END,
+    StreamEndpoint,
+    StreamFailure,
+    failure_of_cancel,
+    headers_size,
+    publish_quietly,
+)
+from nats_transport._subjects import cancel_subject, check_token, method_of, server_wildcard, stream_prefix_of
+from nats_transport._unary_calls import CANCELLED_BY_CLIENT, UnaryCalls
 
 log = logging.getLogger("nats_transport.server")
 
@@ -58,12 +68,17 @@ class TransportStats:
         bytes_received: NATS payload bytes of calls and stream messages received.
         bytes_sent: payload bytes of unary replies and of finished streams sent.
         credit_stalls: times a finished stream's sender waited for flow-control credit.
+        unary_cancelled: unary handlers cancelled because their client gave the call up.
+        cancels_ignored: cancel messages naming no unary call in progress here when they came
+            (calls of other replicas, calls already finished, malformed messages).
     """
 
     rejected: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0
     credit_stalls: int = 0
+    unary_cancelled: int = 0
+    cancels_ignored: int = 0
 
 
 class _HandlerCallDetails(NamedTuple):
@@ -101,6 +116,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._prefix_len = len(options.subject_prefix) + len(target) + 2
         self._call_sub: Subscription | None = None
         self._stream_sub: Subscription | None = None
+        self._cancel_sub: Subscription | None = None
         self._stream_prefix = ""
         self._streams: dict[str, StreamEndpoint] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -113,7 +129,9 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._refusing = False  # set once the call subscription is drained
         self._terminated = asyncio.Event()
         self._services_api: ServicesApi | None = None
-        self._keepalives = UnaryKeepalives(nc, options.keepalive_interval)
+        self._unary = UnaryCalls(nc)
+        # The PING interval of a unary call whose client sent no keepalive header (the 1.0 default).
+        self._default_ping = server_ping(options.keepalive_interval, None)
         self._resolve: Callable[[Any], Any] | None = None  # the interceptor chain, built at start
         self._async_behaviour: dict[Any, bool] = {}
         self.endpoint_stats: dict[str, EndpointStats] = {}
@@ -176,6 +194,10 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._resolve = self._build_chain()
         self._stream_prefix = stream_prefix_of(self._nc.new_inbox())
         self._stream_sub = await self._nc.subscribe(f"{self._stream_prefix}.*", cb=self._on_stream_message)
+        # Before the calls: a call must never arrive here while its cancel could not.
+        self._cancel_sub = await self._nc.subscribe(
+            cancel_subject(self._options.subject_prefix, self._target), cb=self._on_cancel
+        )
         self._call_sub = await self._nc.subscribe(
             self._call_wildcard(), queue=self._target, cb=self._on_call
         )
@@ -209,7 +231,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             # than silence until their keepalive timeout.
             for endpoint in list(self._streams.values()):
                 endpoint.fail(StreamFailure(*_status.SHUTTING_DOWN))
-            await self._keepalives.abandon_all(_status.SHUTTING_DOWN)
+            await self._unary.abandon_all(_status.SHUTTING_DOWN)
             for task in pending:
                 task.cancel()
             if pending:
@@ -218,7 +240,9 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             endpoint.close()
         if self._stream_sub is not None:
             await _quiet_unsubscribe(self._stream_sub)
-        self._keepalives.close()
+        if self._cancel_sub is not None:
+            await _quiet_unsubscribe(self._cancel_sub)
+        self._unary.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._terminated.set()
 
@@ -334,6 +358,30 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         if endpoint is not None:
             endpoint.receive(msg.data, msg.headers)
 
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A client gave up a unary call (wire spec §5): cancel its handler if it runs here."""
+        # Whoever may publish here can send anything: never raise, never answer.
+        try:
+            reply = msg.headers.get(CALL_HEADER) if msg.headers else None
+            if reply:
+                failure = failure_of_cancel(msg.data, _CLIENT_CANCELLED)
+                if failure.code == grpc.StatusCode.OK:
+                    failure = _CLIENT_CANCELLED
+                if self._unary.cancel(reply, failure.code, failure.details):
+                    self.stats.unary_cancelled += 1
+                    return
+        except Exception as exc:
+            log.debug("malformed cancel message ignored: %r", exc)
+        self.stats.cancels_ignored += 1
+
+    def _ping_interval(self, headers: dict[str, str] | None) -> float | None:
+        """The PING interval of a unary call: what its client asked for (wire spec §5)."""
+        if headers:
+            asked = headers.get(KEEPALIVE_HEADER)
+            if asked is not None:
+                return server_ping(self._options.keepalive_interval, parse_interval(asked))
+        return self._default_ping
+
     async def _reply_status(self, msg: Msg, code: grpc.StatusCode, details: str) -> None:
         body = _framing.encode_trailers(_framing.Trailers(code.value[0], details))
         if msg.headers and msg.headers.get(STREAM_HEADER):
@@ -389,13 +437,22 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         except _CallFailed as failed:
             await self._reply_status(msg, failed.code, failed.details)
             return
-        key, ping = self._keepalives.begin(msg.reply)
+        task = asyncio.current_task()
+        assert task is not None
+        call = self._unary.begin(msg.reply, self._ping_interval(msg.headers), state, task)
+        if call.cancelled:  # its cancel overtook it: the handler never runs
+            self.stats.unary_cancelled += 1
+            self._record(state)
+            return
         try:
             response = await self._run_unary(state, handler, frames[0][1], msg.headers)
         finally:
-            self._keepalives.end(key)
-            await ping.settle()
-        await self._send_unary_reply(msg.reply, state, response, ping.seq)
+            self._unary.end(call)
+            await call.settle()
+        if call.cancelled:  # its client gave it up: nothing more goes to it (wire spec §5)
+            self._record(state)
+            return
+        await self._send_unary_reply(msg.reply, state, response, call.seq)
 
     async def _run_unary(
         self, state: CallState, handler: Any, payload: bytes, headers: dict[str, str] | None
@@ -530,6 +587,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             client_window = 0
         if client_window <= 0:  # absent or nonsense: assume the client takes our own window size
             client_window = self._options.stream_window
+        keepalive = server_stream_terms(self._options, parse_interval(headers.get(KEEPALIVE_HEADER)))
         call_id = str(next(self._ids))
         state_box: list[CallState] = []
         task = asyncio.current_task()
@@ -553,8 +611,8 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             window=self._options.stream_window,
             max_message=self._options.max_message_size,
             max_chunk=self._nc.max_payload - env.ENVELOPE_SIZE,
-            keepalive_interval=self._options.keepalive_interval,
-            keepalive_timeout=self._options.keepalive_timeout,
+            keepalive_interval=keepalive.ping,
+            keepalive_timeout=keepalive.timeout,
             on_failure=on_failure,
             on_control=on_control,
         )
@@ -562,7 +620,9 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         try:
             endpoint.start(msg.reply, client_window)
             endpoint.send_control(
-                Kind.ACCEPT, env.CREDIT.pack(self._options.stream_window) + f"{self._stream_prefix}.{call_id}".encode()
+                Kind.ACCEPT,
+                env.CREDIT.pack(self._options.stream_window) + f"{self._stream_prefix}.{call_id}".encode(),
+                None if keepalive.answer is None else {KEEPALIVE_HEADER: keepalive.answer},
             )
             endpoint.receive(msg.data, None)
             try:
@@ -683,6 +743,7 @@ class _StreamIO:
 
 
 _FAILED: Any = object()
+_CLIENT_CANCELLED = StreamFailure(grpc.StatusCode.CANCELLED, CANCELLED_BY_CLIENT)
 
 
 def _next_or(iterator: Any, default: Any) -> Any:

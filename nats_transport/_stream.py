@@ -380,13 +380,25 @@ class StreamEndpoint:
 
     # -- keepalive -------------------------------------------------------------------------
 
+    def expect_silence_of(self, timeout: float | None) -> None:
+        """Fail the call after ``timeout`` seconds without hearing from the peer (None: never):
+        what the peer's announced PINGs allow, once it has said (wire spec §6.8)."""
+        self._keepalive_timeout = timeout
+        if self._keepalive_handle is None:
+            self._schedule_keepalive()
+
     def _schedule_keepalive(self) -> None:
-        if self._keepalive_interval is None or self.closed:
+        # Wake to PING at our interval; without one, only to check the peer's silence.
+        period = self._keepalive_interval
+        if period is None and self._keepalive_timeout is not None:
+            period = self._keepalive_timeout / 4
+        if period is None or self.closed:
             return
         loop = asyncio.get_running_loop()
-        self._keepalive_handle = loop.call_later(self._keepalive_interval, self._keepalive)
+        self._keepalive_handle = loop.call_later(period, self._keepalive)
 
     def _keepalive(self) -> None:
+        self._keepalive_handle = None
         if self.closed:
             return
         now = time.monotonic()
@@ -398,7 +410,6 @@ class StreamEndpoint:
                 )
             )
             return
-        assert self._keepalive_interval is not None
-        if now - self.last_sent >= self._keepalive_interval * 0.9:
+        if self._keepalive_interval is not None and now - self.last_sent >= self._keepalive_interval * 0.9:
             self.send_control(Kind.PING)
         self._schedule_keepalive()

@@ -1,4 +1,4 @@
-"""Subjects of calls: ``{prefix}.{target}.{package.Service}.{Method}``. Pure code, no I/O."""
+"""Subjects of calls, ``{prefix}.{target}.{package.Service}.{Method}``, and of cancels. Pure code, no I/O."""
 
 from __future__ import annotations
 
@@ -32,6 +32,25 @@ def call_subject(prefix: str, target: str, method: str) -> str:
 def server_wildcard(prefix: str, target: str) -> str:
     """What the replicas of a target subscribe to (with queue group = target)."""
     return f"{prefix}.{target}.>"
+
+
+CANCEL_TOKEN = "$cancel"
+
+
+def cancel_subject(prefix: str, target: str) -> str:
+    """Where clients cancel unary calls of ``target`` (wire protocol 1.1); every replica
+    subscribes to it without a queue group.
+
+    ``$`` is no target character, so this is never a call subject, and it lies outside
+    ``{prefix}.{target}.>``: permissions grant it apart from the target's calls.
+    """
+    return f"{prefix}.{CANCEL_TOKEN}.{target}"
+
+
+def cancel_subject_of(prefix: str, subject: str) -> str:
+    """The cancel subject of the target that call subject ``subject`` goes to."""
+    target = subject[len(prefix) + 1 :].partition(".")[0]
+    return cancel_subject(prefix, target)
 
 
 def stream_prefix_of(inbox: str) -> str:

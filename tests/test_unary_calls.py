@@ -655,17 +655,28 @@ async def test_a_handler_slower_than_the_keepalive_interval_still_delivers_its_r
         await watcher.close()
 
 
+@contextlib.asynccontextmanager
+async def silent_replica(nc: Client, target: str) -> AsyncIterator[None]:
+    """A replica that takes calls and is never heard of again, PINGs included: a hung or dead
+    server. (A live server PINGs a slow call at whatever interval its client asks for.)"""
+
+    async def swallow(msg: Any) -> None:
+        return None
+
+    sub = await nc.subscribe(f"grpc.{target}.>", queue=target, cb=swallow)
+    await nc.flush()
+    try:
+        yield
+    finally:
+        await sub.unsubscribe()
+
+
 async def test_a_server_that_goes_silent_fails_a_unary_call_unavailable_before_its_deadline(
     nc: Client, target: str
 ) -> None:
-    async def get_quest(request: Any, context: Any) -> quest_pb2.GetQuestResponse:
-        await asyncio.Event().wait()  # never answers; and this server sends no keepalives
-        return reply("never")
-
-    silent = nats_transport.ServerOptions(keepalive_interval=None)
     watchful = nats_transport.ChannelOptions(keepalive_interval=0.05, keepalive_timeout=0.3)
     async with (
-        serving(nc, target, get_quest, options=silent),
+        silent_replica(nc, target),
         nats_transport.aio.channel(nc, target, options=watchful) as channel,
     ):
         stub = quest_pb2_grpc.QuestServiceStub(channel)
@@ -678,16 +689,11 @@ async def test_a_server_that_goes_silent_fails_a_unary_call_unavailable_before_i
 async def test_a_channels_keepalive_timeout_applies_even_when_another_channel_used_the_connection_first(
     nc: Client, target: str
 ) -> None:
-    async def get_quest(request: Any, context: Any) -> quest_pb2.GetQuestResponse:
-        if request.quest_id == "hang":
-            await asyncio.Event().wait()  # never answers; and this server sends no keepalives
-        return reply("ok")
-
-    silent = nats_transport.ServerOptions(keepalive_interval=None)
+    silent = f"{target}-silent"
     watchful = nats_transport.ChannelOptions(keepalive_interval=0.05, keepalive_timeout=0.3)
-    async with serving(nc, target, get_quest, options=silent), stub_for(nc, target) as default_stub:
+    async with serving(nc, target, echo), stub_for(nc, target) as default_stub, silent_replica(nc, silent):
         await default_stub.GetQuest(quest_pb2.GetQuestRequest(quest_id="first"), timeout=5)  # default options
-        async with nats_transport.aio.channel(nc, target, options=watchful) as channel:
+        async with nats_transport.aio.channel(nc, silent, options=watchful) as channel:
             stub = quest_pb2_grpc.QuestServiceStub(channel)
             err = await rpc_error(stub.GetQuest(quest_pb2.GetQuestRequest(quest_id="hang"), timeout=1.5))
     assert err.code() == grpc.StatusCode.UNAVAILABLE

@@ -5,9 +5,12 @@ An identity is a catalogue target (a service) or one of the clients at the edge 
 touch nothing else of anyone's: a target T
 
 - serves ``grpc.T.>`` only in queue group T (it can neither join another target's group nor
-  read its calls without one), reads its own inbox and answers ``$SRV`` discovery;
-- calls ``grpc.U.>`` for each U in ``CALLS[T]`` and sends stream traffic to U's per-call
-  subjects ``_INBOX_U.s.>`` (never U's reply subjects, which stay out of that subtree);
+  read its calls without one), hears cancels of its own calls on ``grpc.$cancel.T`` (and no other
+  target's, which would show it their callers' reply subjects), reads its own inbox and answers
+  ``$SRV`` discovery;
+- calls ``grpc.U.>`` for each U in ``CALLS[T]``, may cancel those calls on ``grpc.$cancel.U``,
+  and sends stream traffic to U's per-call subjects ``_INBOX_U.s.>`` (never U's reply subjects,
+  which stay out of that subtree);
 - replies to the inboxes of its callers and of the edge clients;
 - uses the JetStream API for its own buckets and streams only, one API verb at a time.
 
@@ -29,6 +32,7 @@ __all__ = [
     "CLIENTS",
     "Permissions",
     "all_permissions",
+    "cancel_subject",
     "client_permissions",
     "identities",
     "inbox_prefix",
@@ -97,6 +101,11 @@ def inbox_prefix(identity: str) -> str:
     return f"_INBOX_{identity}"
 
 
+def cancel_subject(target: str) -> str:
+    """Where callers cancel unary calls of ``target`` (docs/wire-protocol.md §2 and §5)."""
+    return f"grpc.$cancel.{target}"
+
+
 def identities(catalogue: Iterable[str] = CATALOGUE) -> tuple[str, ...]:
     """Every identity: the catalogue targets, then the edge clients."""
     return (*catalogue, *CLIENTS)
@@ -121,12 +130,12 @@ def target_permissions(
     callers = [c for c, called in calls.items() if target in called]
     publish: list[str] = []
     for callee in callees:
-        publish += [f"grpc.{callee}.>", f"{inbox_prefix(callee)}.s.>"]
+        publish += [f"grpc.{callee}.>", cancel_subject(callee), f"{inbox_prefix(callee)}.s.>"]
     publish += [f"{inbox_prefix(c)}.>" for c in (*callers, *CLIENTS)]
     names = storage.get(target, ())
     for name in names:
         publish += jetstream_grants(name, stream_subjects)
-    subscribe = [f"grpc.{target}.> {target}", f"{inbox_prefix(target)}.>", "$SRV.>"]
+    subscribe = [f"grpc.{target}.> {target}", cancel_subject(target), f"{inbox_prefix(target)}.>", "$SRV.>"]
     # The event log's readers answer settle requests on their stream's control subjects.
     subscribe += [s for n in names for s in stream_subjects.get(n, ()) if s.startswith("_EVLOG.")]
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
@@ -135,8 +144,9 @@ def target_permissions(
 def client_permissions(client: str, catalogue: Iterable[str] = CATALOGUE) -> Permissions:
     """The permissions of an edge client.
 
-    All three may call any method of any target except auth's internal ones, send stream
-    traffic to every target's per-call subjects, and discover targets through ``$SRV``. ``edge``
+    All three may call any method of any target except auth's internal ones, cancel their calls
+    (``grpc.*.>`` covers every ``grpc.$cancel.T``), send stream traffic to every target's
+    per-call subjects, and discover targets through ``$SRV``. ``edge``
     (the Envoy control plane) today needs only ``$SRV`` and its inbox, but it forwards calls
     for routes it discovers, so it gets the ingress set unchanged. ``operator`` may also read
     the account's JetStream limits (``$JS.API.INFO``), and no bucket.

@@ -222,6 +222,9 @@ class UnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         except asyncio.CancelledError:
             if self.cancelled():
                 raise rpc_error(self._trailers or Trailers(1, "Cancelled")) from None
+            # The task awaiting the call was cancelled: as in grpc.aio, so is the call, and the
+            # server hears of it (wire protocol 1.1).
+            self.cancel()
             raise
 
     def cancel(self) -> bool:

@@ -128,6 +128,10 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
             position += 1
             violation = check_document(request, collection)
             if violation:
+                if newest:
+                    # The documents before it stay stored: let the caller read them once it
+                    # hears of the error, as it would after a success.
+                    await self._catch_up(self._mirror.wait_applied(newest))
                 await _invalid(context, violation, f"document {position} of the stream")
             collection = request.document.collection
             existed, revision = await self._store(context, request.document, created)

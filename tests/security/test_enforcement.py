@@ -71,6 +71,8 @@ async def test_a_client_with_a_certificate_but_no_nkey_is_refused(secured, secre
     (f"grpc.{A}.>", "intruder"),  # its own calls in another queue group
     ("_INBOX.>", ""),  # every default inbox
     (f"_INBOX_{B}.>", ""),  # another target's replies
+    (f"grpc.$cancel.{B}", ""),  # another target's cancels, which name its callers' reply subjects
+    ("grpc.$cancel.*", ""),
     (">", ""),
 ])
 async def test_a_target_cannot_subscribe_outside_its_own_subjects(secured, secrets, subject, queue):
@@ -86,6 +88,7 @@ async def test_a_target_cannot_subscribe_outside_its_own_subjects(secured, secre
 @pytest.mark.parametrize("subject", [
     f"grpc.{NOT_CALLED_BY_A}.gaming.settings.v1.SettingsService.Get",  # a target it does not call
     f"_INBOX_{B}.1.2",  # forging a reply from B's own calls (not its per-call .s. subjects)
+    f"grpc.$cancel.{NOT_CALLED_BY_A}",  # cancelling calls of a target it does not call
     "$KV.auth_keys.signing",  # writing auth's signing key
 ])
 async def test_a_target_cannot_publish_outside_its_grants(secured, secrets, subject):
@@ -169,6 +172,38 @@ async def test_a_target_serves_its_queue_group_and_calls_a_target_it_depends_on(
                 yield eb.PublishBatchRequest(message_id=str(i))
 
         assert (await stub.PublishBatch(batch(), timeout=5)).accepted_count == 50
+        assert errors.violations() == []
+    finally:
+        await server.stop(0)
+        await client_nc.close()
+        await server_nc.close()
+
+
+async def test_a_caller_cancels_its_unary_call_and_the_targets_handler_stops(secured, secrets):
+    caller, callee = "body-broker-integration", "event-bus"
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    class Slow(Events):
+        async def Publish(self, request, context):
+            started.set()
+            try:
+                await asyncio.Event().wait()  # nothing sets it: only the cancel ends this
+            finally:
+                stopped.set()
+
+    errors = Errors()
+    server_nc = await connect(secured.url, secrets, callee, errors)
+    client_nc = await connect(secured.url, secrets, caller, errors)
+    server = nats_transport.aio.server(server_nc, callee)
+    eb_grpc.add_EventBusServiceServicer_to_server(Slow(), server)
+    await server.start()
+    try:
+        stub = eb_grpc.EventBusServiceStub(nats_transport.aio.channel(client_nc, callee))
+        call = stub.Publish(eb.PublishRequest(topic="t"), timeout=30)
+        await wait_for(started.is_set)
+        call.cancel()
+        await wait_for(stopped.is_set, timeout=2)
+        assert server.stats.unary_cancelled == 1
         assert errors.violations() == []
     finally:
         await server.stop(0)

@@ -24,17 +24,19 @@ STREAMS = {"EVENTS": ("events.>", "_EVLOG.EVENTS.>")}
 
 @pytest.mark.parametrize(("target", "expected"), [
     ("a", Permissions(
-        publish=("grpc.b.>", "_INBOX_b.s.>", "grpc.auth.>", "_INBOX_auth.s.>",
-                 "_INBOX_ingress.>", "_INBOX_edge.>", "_INBOX_operator.>", *jetstream_grants("a_things")),
-        subscribe=("grpc.a.> a", "_INBOX_a.>", "$SRV.>"))),
+        publish=("grpc.b.>", "grpc.$cancel.b", "_INBOX_b.s.>", "grpc.auth.>", "grpc.$cancel.auth",
+                 "_INBOX_auth.s.>", "_INBOX_ingress.>", "_INBOX_edge.>", "_INBOX_operator.>",
+                 *jetstream_grants("a_things")),
+        subscribe=("grpc.a.> a", "grpc.$cancel.a", "_INBOX_a.>", "$SRV.>"))),
     ("b", Permissions(
-        publish=("grpc.auth.>", "_INBOX_auth.s.>", "_INBOX_a.>", "_INBOX_ingress.>", "_INBOX_edge.>",
-                 "_INBOX_operator.>", *jetstream_grants("EVENTS", STREAMS)),
-        subscribe=("grpc.b.> b", "_INBOX_b.>", "$SRV.>", "_EVLOG.EVENTS.>"))),
+        publish=("grpc.auth.>", "grpc.$cancel.auth", "_INBOX_auth.s.>", "_INBOX_a.>", "_INBOX_ingress.>",
+                 "_INBOX_edge.>", "_INBOX_operator.>", *jetstream_grants("EVENTS", STREAMS)),
+        subscribe=("grpc.b.> b", "grpc.$cancel.b", "_INBOX_b.>", "$SRV.>", "_EVLOG.EVENTS.>"))),
     ("auth", Permissions(
-        publish=("grpc.auth.>", "_INBOX_auth.s.>", "_INBOX_a.>", "_INBOX_b.>", "_INBOX_auth.>",
-                 "_INBOX_ingress.>", "_INBOX_edge.>", "_INBOX_operator.>", *jetstream_grants("auth_keys")),
-        subscribe=("grpc.auth.> auth", "_INBOX_auth.>", "$SRV.>"))),
+        publish=("grpc.auth.>", "grpc.$cancel.auth", "_INBOX_auth.s.>", "_INBOX_a.>", "_INBOX_b.>",
+                 "_INBOX_auth.>", "_INBOX_ingress.>", "_INBOX_edge.>", "_INBOX_operator.>",
+                 *jetstream_grants("auth_keys")),
+        subscribe=("grpc.auth.> auth", "grpc.$cancel.auth", "_INBOX_auth.>", "$SRV.>"))),
 ])
 def test_a_targets_permissions_follow_its_calls_its_callers_and_its_storage(target, expected):
     assert target_permissions(target, calls=CALLS, storage=STORAGE, stream_subjects=STREAMS) == expected
@@ -79,6 +81,14 @@ def test_edge_clients_call_any_target_but_auths_internal_methods(client):
     assert {f"_INBOX_{t}.s.>" for t in catalogue.CATALOGUE} <= set(permissions.publish)
     assert ("$JS.API.INFO" in permissions.publish) == (client == "operator")
     assert not any(s.startswith("$KV.") for s in permissions.publish)
+
+
+def test_a_target_hears_cancels_of_its_own_calls_only_and_may_cancel_its_calls_to_others():
+    for target in catalogue.CATALOGUE:
+        permissions = permissions_for(target)
+        assert [s for s in permissions.subscribe if "$cancel" in s] == [f"grpc.$cancel.{target}"], target
+        cancels = {s for s in permissions.publish if "$cancel" in s}
+        assert cancels == {f"grpc.$cancel.{callee}" for callee in catalogue.CALLS.get(target, ())}, target
 
 
 def test_every_target_answers_its_callers_and_the_edge():
