@@ -16,6 +16,7 @@ from nats.aio.client import Client
 import nats_transport
 import nats_transport.aio
 from tests._scripted import SERVICE, Script, Scripted
+from tests._waiting import wait_for
 
 U, OK = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK
 
@@ -86,3 +87,10 @@ async def test_the_deadline_covers_every_copy(nc, scripted):
     scripted.scripts["k"] = Script(["SLOW"])
     assert await _call(nc, scripted, hedging(3, "0.05s"), "k", timeout=0.5) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(scripted.seen["k"]) == 3
+
+
+async def test_the_losing_copies_are_cancelled_on_their_servers(nc, scripted):
+    # Wire protocol 1.1 carries the cancel of a unary call to the replica running it.
+    scripted.scripts["k"] = Script(["SLOW", "OK"])
+    assert await _call(nc, scripted, hedging(2, "0.05s"), "k") == OK
+    await wait_for(lambda: scripted.cancelled == ["k"], timeout=2)
