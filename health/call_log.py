@@ -1,5 +1,10 @@
 """Structured JSON logs: one line per event; one line per call with target, method, code,
-duration and trace id (a ``grpc.aio.ServerInterceptor``)."""
+duration and trace id (a ``grpc.aio.ServerInterceptor``).
+
+The trace id is the one of the caller's ``traceparent``; when the process traces
+(``health.tracing``), it is the trace id of the call's server span, so logs and traces agree even
+for a call that arrived without one.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import grpc
 
 from health.metrics import SKIPPED_SERVICES
 from health.observe import grpc_type, observe_handler, split_method
+from health.trace_context import current_trace_id
 
 log = logging.getLogger("mesh.calls")
 
@@ -73,10 +79,15 @@ LEVEL_BY_CODE = {
 
 
 class CallLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Logs every finished call of a target (health and reflection skipped)."""
+    """Logs every finished call of a target (health and reflection skipped).
 
-    def __init__(self, target: str) -> None:
+    With ``traced``, the trace id is read from the span active in the handler: install it after
+    the tracing interceptor, whose span is current by the time the call begins.
+    """
+
+    def __init__(self, target: str, *, traced: bool = False) -> None:
         self._target = target
+        self._traced = traced
 
     async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = await continuation(details)
@@ -88,7 +99,15 @@ class CallLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             "type": grpc_type(handler.request_streaming, handler.response_streaming),
             "trace_id": trace_id(details.invocation_metadata),
         }
+        if self._traced:
+            return observe_handler(handler, lambda: _LoggedCall(_with_span_trace_id(fields)))
         return observe_handler(handler, lambda: _LoggedCall(fields))
+
+
+def _with_span_trace_id(fields: dict[str, str]) -> dict[str, str]:
+    # The server span continues the caller's trace, or starts one when the call carried none.
+    active = current_trace_id()
+    return {**fields, "trace_id": active} if active else fields
 
 
 class _LoggedCall:

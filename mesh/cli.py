@@ -1,5 +1,5 @@
-"""The ``mesh`` command line: ``up``, ``serve``, ``gateway``, ``services``, ``call``, ``security``,
-``k8s`` and ``bench``.
+"""The ``mesh`` command line: ``up``, ``serve``, ``gateway``, ``services``, ``call``, ``trace``,
+``security``, ``k8s`` and ``bench``.
 
 Exit codes: 0 done, 1 something failed while running, 2 bad usage or configuration (including a
 port that is already taken), 130 interrupted before the signal handlers were in place.
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from mesh import gateway_command, serve, tools
+from mesh import gateway_command, serve, tools, trace_command
 from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
 from mesh.k8s import command as k8s_command
@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tools.add_call_arguments(call)
     call.set_defaults(command=tools.run_call, parser=call, takes_any_arguments=False)
+    trace = subcommands.add_parser("trace", help="print a trace kept by 'mesh up --trace' as a waterfall",
+                                   description=trace_command.__doc__)
+    trace_command.add_arguments(trace)
+    trace.set_defaults(command=trace_command.run, parser=trace, takes_any_arguments=False)
     # No -h of its own: every argument, --help included, goes on to ``python -m benchmarks``.
     bench = subcommands.add_parser("bench", help="run the benchmarks (python -m benchmarks; --quick, --help)",
                                    add_help=False)
@@ -133,6 +137,10 @@ def _add_up_arguments(up: argparse.ArgumentParser) -> None:
         help="run N embedded nats-servers (1, 3 or 5) as one JetStream cluster, stores in DIR/nats-<i>/; "
              "services use JetStream R3 on 3 or more and a node that dies is restarted (1)",
     )
+    up.add_argument(
+        "--trace", action="store_true",
+        help="keep the spans of every call in DIR/traces (bounded) for 'mesh trace'",
+    )
     up.set_defaults(command=_run_up, parser=up, takes_any_arguments=False)
 
 
@@ -168,7 +176,7 @@ def _run_up(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _fail("up", str(error), EXIT_USAGE)
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, trace=args.trace))
     except PortUnavailableError as error:
         flag = flag_of({"client": "nats_port", "cluster": "nats_cluster_port"}.get(error.role, "nats_monitor_port"))
         return _fail("up", f"{flag}: cannot listen on {error.host}:{error.port}: {error.reason}", EXIT_USAGE)

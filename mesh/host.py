@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,11 +19,20 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 import nats_transport.aio
 from health.admin import AdminServer
 from health.call_log import CallLog
-from health.metrics import ServerMetrics, client_interceptors
+from health.metrics import (
+    Reporter,
+    ServerMetrics,
+    client_interceptors,
+    client_reporter,
+    initialize,
+    server_reporter,
+)
+from health.tracing import TracingConfigError, from_environment
 from health.transport_metrics import TransportMetrics
 from mesh import catalogue
 from mesh.call_credentials import forwarding_interceptors
@@ -38,10 +47,17 @@ from nats_transport import ServerOptions, ServiceConfig, connection_problem
 from servicers.auth import AccessPolicy, LocalVerifier, ServiceTokenSource
 from servicers.dependencies import Dependencies
 
+if TYPE_CHECKING:
+    from health.trace_pipeline import Tracing
+
 log = logging.getLogger("mesh.host")
 
 # Seconds between two warnings about the same NATS connection failing.
 _WARN_EVERY = 30.0
+
+# The host's own background polls of auth (servicers.auth.LocalVerifier): traced, they would be a
+# trace every few seconds that no caller made, burying the ones that matter (as probes would).
+_UNTRACED_POLLS = ("/gaming.auth.v1.AuthService/ListRevocations", "/gaming.auth.v1.AuthService/GetVerificationKeys")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -105,10 +121,18 @@ class _Hosted:
 
 
 class Host:
-    """Runs targets until :meth:`drain`."""
+    """Runs targets until :meth:`drain`.
 
-    def __init__(self, config: HostConfig, registry: CollectorRegistry = REGISTRY) -> None:
+    ``tracing``: the span pipeline of the host's calls; None reads it from the environment at
+    start (``health.tracing``: ``OTEL_TRACES_EXPORTER``, ``MESH_TRACE_DIR``), which by default
+    asks for none, and then no tracing interceptor is installed at all.
+    """
+
+    def __init__(self, config: HostConfig, registry: CollectorRegistry = REGISTRY,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
+        self._tracing = tracing
+        self._owns_tracing = False
         self._connections: dict[str, Client] = {}
         self._hosted: list[_Hosted] = []
         self._registry = registry
@@ -149,6 +173,14 @@ class Host:
             if module is None:
                 raise catalogue.UnknownTarget(f"target {target!r} has no servicer yet")
             modules[target] = module
+        if self._tracing is None:
+            try:
+                self._tracing = from_environment(f"host-{self.config.targets[0]}", skip_methods=_UNTRACED_POLLS)
+            except TracingConfigError as error:
+                variable, _, message = str(error).partition(": ")
+                raise ConfigError(variable, message) from None
+            self._owns_tracing = self._tracing is not None
+        _initialize_client_metrics(client_reporter(self._registry), self.config.targets)
         # Probes first: while NATS is away the process is alive and says why it is not ready.
         if self.config.admin_port is not None:
             self._admin = AdminServer(self.readiness, self.metrics_text, host=self.config.admin_host,
@@ -227,9 +259,16 @@ class Host:
 
     async def _start_target(self, target: str, module: Any) -> _Hosted:
         storage = StorageHealth(self.connection_of(target), target)
-        # Metrics and logs see refusals too; the storage check comes before the access policy so
-        # an outage answers at once, even before a token is verified.
-        interceptors: list[Any] = [ServerMetrics(), CallLog(target), StorageGate(storage)]
+        reporter = server_reporter(self._registry)
+        initialize(reporter, module.SERVICE_NAMES)  # every series at zero before the first call
+        # Tracing first, so its span is current while the rest run (logs and exemplars read its
+        # trace id); metrics and logs see refusals too; the storage check comes before the access
+        # policy so an outage answers at once, even before a token is verified.
+        traced = self._tracing is not None
+        interceptors: list[Any] = [
+            *(self._tracing.server_interceptors(target) if self._tracing is not None else ()),
+            ServerMetrics(reporter, exemplars=traced), CallLog(target, traced=traced), StorageGate(storage),
+        ]
         # Who may call each method is declared in the protos (gaming.common.v1.access); tokens
         # are verified locally with auth's public keys (one verifier per host). Auth's own
         # methods are all public and carry their own proof, so auth does not verify tokens on
@@ -315,7 +354,10 @@ class Host:
         channel = self._channels.get((caller, target))
         if channel is None:
             source = self._service_tokens.get(caller)
-            interceptors = [*client_interceptors(self._registry),
+            tracing = self._tracing
+            # Tracing outermost: its client span is current while the metrics read its trace id.
+            interceptors = [*(tracing.client_interceptors(caller, target) if tracing is not None else ()),
+                            *client_interceptors(self._registry, exemplars=tracing is not None),
                             *forwarding_interceptors(source.token if source is not None else None)]
             channel = self._channels[(caller, target)] = nats_transport.aio.channel(
                 self.connection_of(caller), target, interceptors=interceptors,
@@ -352,9 +394,12 @@ class Host:
             return False, "storage unavailable: " + "; ".join(outages)
         return True, "ready: " + ", ".join(h.target for h in self._hosted)
 
-    def metrics_text(self) -> tuple[bytes, str]:
-        """Prometheus exposition of this process."""
+    def metrics_text(self, accept: str = "") -> tuple[bytes, str]:
+        """Prometheus exposition of this process: the text format, or OpenMetrics (the only one
+        that shows exemplars) when ``accept``, a scraper's Accept header, asks for it."""
         self._refresh_now()
+        if "application/openmetrics-text" in accept:
+            return openmetrics.generate_latest(self._registry), openmetrics.CONTENT_TYPE_LATEST  # type: ignore[no-untyped-call]
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
     def _refresh_now(self) -> None:
@@ -395,7 +440,18 @@ class Host:
                     await nc.drain()
         if self._admin is not None:
             await self._admin.stop()
+        if self._owns_tracing and self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)  # exports the spans still queued
         log.info("drained")
+
+
+def _initialize_client_metrics(reporter: Reporter, targets: tuple[str, ...]) -> None:
+    """The client series of every method the hosted targets may call, at zero."""
+    called = dict.fromkeys(other for target in targets for other in catalogue.CALLS.get(target, ()))
+    for other in called:
+        module = catalogue.load(other)
+        if module is not None:
+            initialize(reporter, module.SERVICE_NAMES)
 
 
 async def _close_servicer(servicer: Any) -> None:

@@ -30,6 +30,7 @@ from gateway.edge import Edge
 from gateway.envoy_config import TlsPair
 from gateway.ingress import Ingress
 from health.admin import AdminServer
+from health.tracing import TRACE_DIR
 from mesh.catalogue import built_targets
 from mesh.config import LOOPBACK, UpConfig, flag_of
 from mesh.connection import AccessDenied, NatsAccess, connect
@@ -60,8 +61,9 @@ class NatsNotUsable(UpError):
     configuration to fix, so ``mesh up`` exits 2."""
 
 
-async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
+async def run(config: UpConfig, out: TextIO = sys.stdout, *, trace: bool = False) -> None:
     """Start everything ``config`` asks for, print the endpoints, and run until SIGINT or SIGTERM.
+    With ``trace``, the hosts keep their spans in ``<data dir>/traces`` (``mesh trace``).
 
     Raises:
         mesh.embedded_nats.PortUnavailableError: an embedded NATS port is taken.
@@ -87,7 +89,7 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
         elif config.embedded:
             server = await _start_embedded(config, stack)
         await _check_nats(config)
-        hosts = _start_hosts(config, stack)
+        hosts = _start_hosts(config, stack, trace)
         front: list[int] = []  # the ingress and Envoy ports, once they are started
         admin = AdminServer(
             lambda: _mesh_ready(hosts, front),
@@ -103,7 +105,7 @@ async def run(config: UpConfig, out: TextIO = sys.stdout) -> None:
         front += [ingress.port, edge.http_port]
         # Envoy listens a moment after its configuration is pushed: "ready" only once it does.
         await _wait_until_ready(hosts, stop, front)
-        _print_endpoints(config, server, hosts, ingress, edge, time.monotonic() - began, out)
+        _print_endpoints(config, server, hosts, ingress, edge, time.monotonic() - began, out, trace)
         await _wait_for_stop(stop, server if isinstance(server, EmbeddedNats) else None, supervision, hosts)
     print("mesh up: stopped", file=out, flush=True)
 
@@ -124,7 +126,7 @@ def _check_ports_free(config: UpConfig) -> None:
         raise PortsTaken("; ".join(taken))
 
 
-def _start_hosts(config: UpConfig, stack: AsyncExitStack) -> list[HostProcess]:
+def _start_hosts(config: UpConfig, stack: AsyncExitStack, trace: bool = False) -> list[HostProcess]:
     # One host process per core: the servicers are Python, so a second process is what lets a
     # busy mesh use the second core.
     metrics_dir = prepare_metrics_dir(config.data_dir / "metrics")
@@ -138,6 +140,11 @@ def _start_hosts(config: UpConfig, stack: AsyncExitStack) -> list[HostProcess]:
         # can tell which of them asks for a service token.
         extra_args = ("--secrets", str(config.secrets_dir))
         extra_env = {"MESH_AUTH_SERVICE_KEYS": str(_service_keys_file(config))}
+    if trace:
+        # Each host appends to a file of its own there, rotated at a bound (health.span_file).
+        traces = config.data_dir / "traces"
+        traces.mkdir(parents=True, exist_ok=True)
+        extra_env[TRACE_DIR] = str(traces)
     hosts = [HostProcess(i, group, config.client_url, log_dir, metrics_dir, extra_args=extra_args, extra_env=extra_env)
              for i, group in enumerate(groups)]
     for host in hosts:
@@ -331,7 +338,7 @@ async def _ignore_error(error: Exception) -> None:
 
 def _print_endpoints(
     config: UpConfig, server: EmbeddedNats | EmbeddedCluster | None, hosts: list[HostProcess], ingress: Ingress,
-    edge: Edge, elapsed: float, out: TextIO,
+    edge: Edge, elapsed: float, out: TextIO, trace: bool = False,
 ) -> None:
     targets = sum(len(h.targets) for h in hosts)
     rows = [
@@ -342,6 +349,8 @@ def _print_endpoints(
         _edge_row(config, edge),
         ("admin server", f"http://{LOOPBACK}:{config.admin_port}  (/livez /readyz /metrics)"),
     ]
+    if trace:
+        rows.append(("traces", f"{config.data_dir / 'traces'}  (mesh trace --last)"))
     width = max(len(name) for name, _ in rows)
     print(f"mesh up: ready in {elapsed:.2f} s; Ctrl-C or SIGTERM stops it", file=out)
     for name, where in rows:

@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 
@@ -48,6 +48,15 @@ def time_remaining() -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+class _Metadatum(NamedTuple):
+    """One metadata entry as grpc hands it to handlers: a ``(key, value)`` tuple that also has
+    ``.key`` and ``.value``. Named like grpc's own (``grpc._cython.cygrpc._Metadatum``), which is
+    private; stock interceptors (OpenTelemetry's among them) read the attributes."""
+
+    key: str
+    value: MetadataValue
+
+
 class AbortError(Exception):
     """Raised by ``abort`` to unwind the handler; the status is already in the call state."""
 
@@ -67,6 +76,7 @@ class CallState:
         "initial_metadata",
         "initial_metadata_sent",
         "invocation_metadata",
+        "metadatum",
         "method",
         "peer",
         "started_ns",
@@ -83,6 +93,7 @@ class CallState:
     ) -> None:
         self.method = method
         self.invocation_metadata = invocation_metadata
+        self.metadatum: tuple[_Metadatum, ...] | None = None
         self.deadline = deadline
         self.peer = peer
         self.code: grpc.StatusCode | None = None
@@ -97,6 +108,13 @@ class CallState:
         self.started_ns = time.monotonic_ns()
         self._cancelled = False
         self._callbacks: list[Callable[[], None]] = []
+
+    def invocation_metadatum(self) -> tuple[_Metadatum, ...]:
+        """The invocation metadata as grpc's metadatum objects, made on first use: most calls
+        never ask, and the fast path should not pay for objects nobody reads."""
+        if self.metadatum is None:
+            self.metadatum = tuple(map(_Metadatum._make, self.invocation_metadata))
+        return self.metadatum
 
     def time_remaining(self) -> float | None:
         if self.deadline is None:
@@ -181,8 +199,8 @@ class _ContextBase:
         self._writer = writer
         self._reader = reader
 
-    def invocation_metadata(self) -> tuple[MetadataTuple, ...]:
-        return self._state.invocation_metadata
+    def invocation_metadata(self) -> tuple[_Metadatum, ...]:
+        return self._state.invocation_metadatum()
 
     def set_trailing_metadata(self, trailing_metadata: Any) -> None:
         self._state.set_trailing_metadata(trailing_metadata)
@@ -209,7 +227,13 @@ class _ContextBase:
         """Accepted for compatibility; messages travel uncompressed over NATS."""
 
     def peer(self) -> str:
-        return self._state.peer
+        # grpc's peers read "<scheme>:<address>:<port>", and stock interceptors (OpenTelemetry's
+        # server interceptor) split them so and fail the call when they cannot. A NATS caller's
+        # address is its inbox prefix (its identity under `mesh security`); the NUID and the
+        # call's token that follow it in the reply subject stay out, since the reply subject is
+        # what a cancel must name (wire protocol §11). There is no port: 0.
+        inbox = self._state.peer.rsplit(".", 2)[0]
+        return f"{inbox}:0"
 
     def peer_identities(self) -> None:
         return None

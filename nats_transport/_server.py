@@ -83,7 +83,7 @@ class TransportStats:
 
 class _HandlerCallDetails(NamedTuple):
     method: str
-    invocation_metadata: tuple[tuple[str, Any], ...]
+    invocation_metadata: Sequence[tuple[str, Any]]
 
 
 class _CallFailed(Exception):
@@ -310,7 +310,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             continuation = _wrap_interceptor(interceptor, continuation)
         return continuation
 
-    async def _lookup(self, method: str, metadata: tuple[tuple[str, Any], ...]) -> Any:
+    async def _lookup(self, method: str, metadata: Sequence[tuple[str, Any]]) -> Any:
         details = _HandlerCallDetails(method, metadata)
         if self._resolve is None:
             return self._find_handler(details)
@@ -411,7 +411,9 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         if method is None:
             raise _CallFailed(*_status.UNIMPLEMENTED_METHOD)
         state = self._call_state(msg, method)
-        handler = await self._lookup(method, state.invocation_metadata)
+        # Interceptors get grpc's metadatum objects (.key/.value), made only when there are any.
+        metadata = state.invocation_metadatum() if self._resolve else state.invocation_metadata
+        handler = await self._lookup(method, metadata)
         if handler is None:
             raise _CallFailed(*_status.UNIMPLEMENTED_METHOD)
         return state, handler

@@ -67,12 +67,16 @@ class Scripted:
     async def server_stream(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         key = request.decode()
         script, answer = self._attempt(key, context)
-        if script.stream_first:
-            yield b"first"
-        if answer == "OK":
-            yield str(len(self.seen[key])).encode()
-            return
-        await self._fail(script, answer, context)
+        try:
+            if script.stream_first:
+                yield b"first"
+            if answer == "OK":
+                yield str(len(self.seen[key])).encode()
+                return
+            await self._fail(script, answer, context)
+        except asyncio.CancelledError:
+            self.cancelled.append(key)
+            raise
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {

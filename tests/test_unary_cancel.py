@@ -49,12 +49,21 @@ class Handlers:
 
     def __init__(self, replica: str = "") -> None:
         self.replica = replica
-        self.started: dict[str, str] = {}  # quest_id -> reply subject of the call
+        self.started: set[str] = set()
+        self.replies: dict[str, str] = {}  # quest_id -> reply subject of the call, seen on the wire
         self.cancelled_at: dict[str, float] = {}
         self.release = asyncio.Event()
 
+    async def watch(self, nc: Client, target: str) -> None:
+        """Note each call's reply subject as NATS delivers it (a plain subscriber sees every call)."""
+        async def note(msg: Any) -> None:
+            self.replies[quest_pb2.GetQuestRequest.FromString(msg.data[5:]).quest_id] = msg.reply
+
+        await nc.subscribe(f"grpc.{target}.>", cb=note)
+        await nc.flush()
+
     async def get_quest(self, request: quest_pb2.GetQuestRequest, context: Any) -> quest_pb2.GetQuestResponse:
-        self.started[request.quest_id] = context.peer().removeprefix("nats:").removesuffix(":0")
+        self.started.add(request.quest_id)
         try:
             await self.release.wait()
         except asyncio.CancelledError:
@@ -86,11 +95,12 @@ async def test_cancelling_an_aio_call_cancels_its_handler_and_the_server_sends_n
     nc: Client, target: str
 ) -> None:
     handlers = Handlers()
+    await handlers.watch(nc, target)
     after_cancel: list[bytes] = []
     async with serving(nc, target, handlers.get_quest) as server, stub_for(nc, target) as stub:
         call = stub.GetQuest(request("q"), timeout=30)
         await wait_for(lambda: "q" in handlers.started)
-        reply_subject = handlers.started["q"]
+        reply_subject = handlers.replies["q"]
 
         async def spy(msg: Any) -> None:
             after_cancel.append(msg.data)
@@ -251,13 +261,14 @@ async def test_with_two_replicas_only_the_one_running_the_call_cancels_its_handl
 
 async def test_cancelling_a_finished_call_is_harmless(nc: Client, target: str) -> None:
     handlers = Handlers()
+    await handlers.watch(nc, target)
     handlers.release.set()
     async with serving(nc, target, handlers.get_quest) as server, stub_for(nc, target) as stub:
         call = stub.GetQuest(request("done"), timeout=5)
         assert (await call).quest.quest_id == "done"
         assert not call.cancel()  # nothing is sent for a call that has its outcome
         # A cancel that crossed the reply on the wire: it names a call no longer running.
-        await publish_cancel(nc, target, handlers.started["done"])
+        await publish_cancel(nc, target, handlers.replies["done"])
         await wait_for(lambda: server.stats.cancels_ignored == 1)
         assert (await stub.GetQuest(request("next"), timeout=5)).quest.quest_id == "next"
         assert server.stats.unary_cancelled == 0
@@ -280,7 +291,7 @@ async def test_a_cancel_that_overtakes_its_call_ends_it_before_the_handler_runs(
         await nc.publish(call_subject, _framing.encode_message(b""), reply=reply_subject)
         await wait_for(lambda: server.stats.unary_cancelled == 1)
         await nc.flush()
-        assert handlers.started == {}
+        assert handlers.started == set()
         assert server.endpoint_stats[GET_QUEST].last_error.startswith("CANCELLED")
     await inbox.unsubscribe()
     assert answers == []
@@ -288,11 +299,12 @@ async def test_a_cancel_that_overtakes_its_call_ends_it_before_the_handler_runs(
 
 async def test_a_cancel_carrying_a_status_ends_the_call_with_it(nc: Client, target: str) -> None:
     handlers = Handlers()
+    await handlers.watch(nc, target)
     async with serving(nc, target, handlers.get_quest) as server, stub_for(nc, target) as stub:
         call = stub.GetQuest(request("q"), timeout=30)
         await wait_for(lambda: "q" in handlers.started)
         status = _framing.encode_trailers(_framing.Trailers(grpc.StatusCode.UNAVAILABLE.value[0], "gone"))
-        await publish_cancel(nc, target, handlers.started["q"], status)
+        await publish_cancel(nc, target, handlers.replies["q"], status)
         await wait_for(lambda: "q" in handlers.cancelled_at, timeout=2)
         await wait_for(lambda: server.in_flight == 0)
         assert server.endpoint_stats[GET_QUEST].last_error == "UNAVAILABLE: gone"

@@ -196,17 +196,19 @@ class _MultiCallable(
             policy=policy,
         )
 
-    async def _chain(self, index: int, details: Any, request: Any) -> Any:
+    async def _chain(self, index: int, details: Any, request: Any, owner: _InterceptedCall) -> Any:
         if index == len(self._interceptors):
             subject, policy = self._subject, self._policy
             if details.method != self._method:
                 subject = call_subject(self._channel._options.subject_prefix, self._channel.target, details.method)
                 policy = self._channel._policy(details.method)
             wait_for_ready = getattr(details, "wait_for_ready", None)
-            return self._start(subject, request, details.timeout, details.metadata, wait_for_ready, policy)
+            call = self._start(subject, request, details.timeout, details.metadata, wait_for_ready, policy)
+            owner._last_call = call
+            return call
 
         async def continuation(next_details: Any, next_request: Any) -> Any:
-            result = await self._chain(index + 1, next_details, next_request)
+            result = await self._chain(index + 1, next_details, next_request, owner)
             if not self._kind[1] and not isinstance(result, grpc.aio.Call | _InterceptedCall):
                 # An inner interceptor answered with the response itself: callers up the chain
                 # still get a call, as with grpc.aio.
@@ -263,11 +265,23 @@ class _InterceptedCall:
 
     def __init__(self, callable_: _MultiCallable, details: Any, request: Any) -> None:
         self._request_streaming, self._response_streaming = callable_._kind
+        # The transport call the chain started last. An interceptor may hand back an async
+        # iterator of responses instead of a call (OpenTelemetry's does for streams): cancel()
+        # and the status then go to this call, as in grpc.aio.
+        self._last_call: Any = None
+        self._responses: AsyncIterator[Any] | None = None
         # With no request iterator, write() must reach the inner call once the chain has run.
-        self._task = asyncio.get_running_loop().create_task(callable_._chain(0, details, request))
+        self._task = asyncio.get_running_loop().create_task(callable_._chain(0, details, request, self))
 
     async def _inner(self) -> Any:
         return await asyncio.shield(self._task)
+
+    async def _call(self) -> Any:
+        """The call object behind the chain's result: the result itself when it is a call."""
+        inner = await self._inner()
+        if hasattr(inner, "code") or self._last_call is None:
+            return inner
+        return self._last_call
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._response().__await__()
@@ -287,7 +301,15 @@ class _InterceptedCall:
             yield item
 
     async def read(self) -> Any:
-        return await (await self._inner()).read()
+        inner = await self._inner()
+        if hasattr(inner, "read"):
+            return await inner.read()
+        if self._responses is None:
+            self._responses = inner.__aiter__()
+        try:
+            return await self._responses.__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF
 
     async def write(self, request: Any) -> None:
         await (await self._inner()).write(request)
@@ -296,21 +318,21 @@ class _InterceptedCall:
         await (await self._inner()).done_writing()
 
     async def initial_metadata(self) -> Any:
-        return await (await self._inner()).initial_metadata()
+        return await (await self._call()).initial_metadata()
 
     async def trailing_metadata(self) -> Any:
-        return await (await self._inner()).trailing_metadata()
+        return await (await self._call()).trailing_metadata()
 
     async def code(self) -> grpc.StatusCode:
         try:
-            inner = await self._inner()
+            inner = await self._call()
         except grpc.aio.AioRpcError as err:
             return err.code()
         return await inner.code() if hasattr(inner, "code") else grpc.StatusCode.OK
 
     async def details(self) -> str:
         try:
-            inner = await self._inner()
+            inner = await self._call()
         except grpc.aio.AioRpcError as err:
             return err.details() or ""
         return await inner.details() if hasattr(inner, "details") else ""
@@ -318,6 +340,8 @@ class _InterceptedCall:
     def cancel(self) -> bool:
         if self._task.done() and not self._task.cancelled() and self._task.exception() is None:
             inner = self._task.result()
+            if not hasattr(inner, "cancel"):
+                inner = self._last_call
             return bool(inner.cancel()) if hasattr(inner, "cancel") else False
         return self._task.cancel()
 
