@@ -209,6 +209,12 @@ def exporters_from(environ: Mapping[str, str]) -> list[SpanExporter]:
             raise TracingConfigError(f"{TRACES_EXPORTER}: unknown exporter {name!r}; known: {', '.join(known)}")
         try:
             exporters.append(next(iter(found)).load()())
+        except ImportError as error:
+            # xds-protos ships an old copy of opentelemetry-proto's modules; installed after it,
+            # it leaves the OTLP exporter unable to import (docs/operations.md, "Tracing").
+            raise TracingConfigError(
+                f"{TRACES_EXPORTER}: {name}: {error}; reinstall opentelemetry-proto after the rest: "
+                "pip install --no-deps --force-reinstall opentelemetry-proto") from None
         except Exception as error:  # an exporter's own settings (OTEL_EXPORTER_*) it refuses
             raise TracingConfigError(f"{TRACES_EXPORTER}: {name}: {error}") from None
     return exporters

@@ -28,6 +28,10 @@ __all__ = ["ClusterSettings", "EmbeddedNats", "EmbeddedNatsError", "PortUnavaila
 # Between two readiness probes the wait is spent in Popen.wait, so an early exit ends it at once.
 _PROBE_INTERVAL = 0.02
 
+# How nats-server finds clients that stopped reading (see _write_config).
+PING_INTERVAL = "2s"
+PING_MAX = 2
+
 
 class EmbeddedNatsError(RuntimeError):
     """The embedded nats-server could not be started, or stopped working."""
@@ -224,6 +228,11 @@ class EmbeddedNats:
             f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}",
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
             f"pid_file: {json.dumps(str(self.pid_path))}",
+            # A hung client (a host stopped or wedged) keeps its place in its queue groups until
+            # the server closes it as stale: after 2 minutes by default. Here after 2 to 6 s.
+            # nats-server PINGs only clients that sent nothing within the interval.
+            f'ping_interval: "{PING_INTERVAL}"',
+            f"ping_max: {PING_MAX}",
         ]
         if self.cluster is not None:
             lines += _cluster_block(self.host, self.cluster)

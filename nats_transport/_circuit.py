@@ -3,12 +3,18 @@
 A target that *answers*, even with an error, costs its callers microseconds; one that does not
 (every replica hung, a region cut off) costs each call its keepalive timeout or its deadline,
 and callers pile up behind it. So the breaker counts only calls that heard nothing in time:
-DEADLINE_EXCEEDED, and UNAVAILABLE because the server went silent or the call's NATS connection
-was lost while it waited. After ``failures`` of them in a row (a success in between resets the
-count) the circuit opens: calls fail at once with UNAVAILABLE for ``cool_down`` seconds. Then
-it is half-open: one call goes through as a probe; its success closes the circuit, its failure
-opens it again. "No server is serving this target" never counts: NATS says so at once, so
-breaking would save nothing.
+DEADLINE_EXCEEDED, and UNAVAILABLE because the server went silent. After ``failures`` of them
+in a row (an answer in between resets the count) the circuit opens: calls fail at once with
+UNAVAILABLE for ``cool_down`` seconds. Then it is half-open: one call goes through as a probe;
+its answer closes the circuit, its silence opens it again.
+
+What never counts, because it says nothing about the target as a whole:
+
+- a silent call that started before the target's latest answer: one replica dying or hanging
+  fails every call it held at once, while the others go on answering;
+- a call whose own NATS connection broke or reconnected while it waited: the caller's link is
+  at fault, not the target;
+- "no server is serving this target": NATS says so at once, so breaking would save nothing.
 
 States are kept per NATS connection and target, shared by the channels on that connection, and
 exported by :func:`circuit_states` (the ``nats_transport_circuit_state`` metric).
@@ -58,27 +64,34 @@ class CircuitBreakerOptions:
             raise ValueError("cool_down must be positive")
 
 
-# Failures that mean "the target did not answer in time": what the breaker counts.
-_SILENT_UNAVAILABLE = frozenset({_status.SERVER_SILENT[1], _status.CONNECTION_LOST_DURING_CALL[1]})
+# When a call started: the clock, and how often its connection had reconnected by then.
+Stamp = tuple[float, int]
 
 
 def is_silent_failure(code: grpc.StatusCode, details: str) -> bool:
-    """Whether a call's outcome counts against its target's circuit."""
+    """Whether a call's outcome says its target did not answer in time."""
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return True
-    return code is grpc.StatusCode.UNAVAILABLE and details in _SILENT_UNAVAILABLE
+    return code is grpc.StatusCode.UNAVAILABLE and details == _status.SERVER_SILENT[1]
+
+
+def _no_reconnects() -> int:
+    return 0
 
 
 class CircuitBreaker:
     """The circuit of one target on one connection."""
 
-    def __init__(self, target: str, options: CircuitBreakerOptions, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, target: str, options: CircuitBreakerOptions, clock: Callable[[], float] = time.monotonic,
+                 reconnects: Callable[[], int] = _no_reconnects):
         self.target = target
         self.options = options
         self._clock = clock
+        self._reconnects = reconnects
         self._state = CircuitState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
+        self._last_answer = -1.0
         self._probing = False
 
     def __repr__(self) -> str:
@@ -106,18 +119,25 @@ class CircuitBreaker:
         return (f"circuit to {self.target!r} is open after {self.options.failures} calls in a row heard nothing "
                 f"in time; next try in {max(wait, 0):.1f} s")
 
-    def record(self, code: grpc.StatusCode, details: str) -> None:
+    def stamp(self) -> Stamp:
+        """When a call starts: pass it to :meth:`record` when the call ends."""
+        return self._clock(), self._reconnects()
+
+    def record(self, code: grpc.StatusCode, details: str, started: Stamp) -> None:
         """Count a finished call that :meth:`admit` let through."""
-        probe, self._probing = self._probing, False
+        self._probing = False  # whatever this call was, the next one may probe
         if is_silent_failure(code, details):
+            if started[0] < self._last_answer or started[1] != self._reconnects():
+                return  # the target answered since this call began, or the caller's link broke meanwhile
             self._failures += 1
             if self._state is CircuitState.HALF_OPEN or (
                 self._state is CircuitState.CLOSED and self._failures >= self.options.failures
             ):
                 self._open()
             return
-        if code is grpc.StatusCode.CANCELLED and probe:
-            return  # the caller gave up on the probe: no verdict, the next call probes instead
+        if code is grpc.StatusCode.CANCELLED or (code is grpc.StatusCode.UNAVAILABLE and not _answered(details)):
+            return  # no verdict (a probe given up, a broken link): the next call probes instead
+        self._last_answer = self._clock()
         self._failures = 0
         if self._state is not CircuitState.CLOSED:
             self._transition(CircuitState.CLOSED, "a call was answered")
@@ -137,6 +157,17 @@ class CircuitBreaker:
                 extra={"target": self.target, "circuit_state": state.name})
 
 
+def _answered(details: str) -> bool:
+    # UNAVAILABLE the caller's side decided (its link broke, NATS reconnecting) is no answer.
+    return details not in _LOCAL_UNAVAILABLE
+
+
+_LOCAL_UNAVAILABLE = frozenset({
+    _status.CONNECTION_LOST_DURING_CALL[1], "NATS connection closed", "NATS reconnecting",
+    "NATS connection draining", "NATS connection stale", "NATS outbound buffer full", "NATS error",
+    "connection error",
+})
+
 _breakers: weakref.WeakKeyDictionary[Client, dict[str, CircuitBreaker]] = weakref.WeakKeyDictionary()
 
 
@@ -148,7 +179,13 @@ def breaker_for(nc: Client, target: str, options: CircuitBreakerOptions) -> Circ
         per_target = _breakers[nc] = {}
     breaker = per_target.get(target)
     if breaker is None:
-        breaker = per_target[target] = CircuitBreaker(target, options)
+        connection = weakref.ref(nc)  # the registry is keyed weakly by nc: hold it weakly here too
+
+        def reconnects() -> int:
+            client = connection()
+            return -1 if client is None else int(client.stats.get("reconnects", 0))
+
+        breaker = per_target[target] = CircuitBreaker(target, options, reconnects=reconnects)
     return breaker
 
 

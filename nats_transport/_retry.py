@@ -137,12 +137,13 @@ def _admitted(attempt: Attempt, breaker: CircuitBreaker | None) -> Attempt:
         refusal = breaker.admit()
         if refusal is not None:
             return failed(grpc.StatusCode.UNAVAILABLE, refusal)
+        started = breaker.stamp()
         try:
             outcome = await attempt(previous)
         except asyncio.CancelledError:
-            breaker.record(grpc.StatusCode.CANCELLED, "")
+            breaker.record(grpc.StatusCode.CANCELLED, "", started)
             raise
-        breaker.record(_code(outcome), outcome.trailers.message)
+        breaker.record(_code(outcome), outcome.trailers.message, started)
         return outcome
 
     return once

@@ -36,28 +36,52 @@ def test_the_breaker_opens_probes_and_closes():
     breaker = CircuitBreaker("t", CircuitBreakerOptions(failures=2, cool_down=5), clock)
     for _ in range(2):
         assert breaker.admit() is None
-        breaker.record(D, "Deadline Exceeded")
+        breaker.record(D, "Deadline Exceeded", breaker.stamp())
     assert breaker.state is CircuitState.OPEN
     assert "open after 2 calls in a row" in (breaker.admit() or "")
     clock.now += 5
     assert breaker.state is CircuitState.HALF_OPEN
     assert breaker.admit() is None  # the probe
     assert "probe call is still running" in (breaker.admit() or "")
-    breaker.record(grpc.StatusCode.NOT_FOUND, "no such quest")  # an answer, even an error, closes it
+    breaker.record(grpc.StatusCode.NOT_FOUND, "no such quest", breaker.stamp())  # an answer, even an error, closes it
     assert breaker.state is CircuitState.CLOSED
 
 
 def test_a_failed_probe_opens_the_circuit_again_and_a_cancelled_one_gives_no_verdict():
     clock = Clock()
     breaker = CircuitBreaker("t", CircuitBreakerOptions(failures=1, cool_down=1), clock)
-    breaker.record(U, "the server stopped answering (no keepalive)")
+    breaker.record(U, "the server stopped answering (no keepalive)", breaker.stamp())
     clock.now += 1
     assert breaker.admit() is None
-    breaker.record(grpc.StatusCode.CANCELLED, "")
+    breaker.record(grpc.StatusCode.CANCELLED, "", breaker.stamp())
     assert breaker.state is CircuitState.HALF_OPEN
     assert breaker.admit() is None
-    breaker.record(D, "Deadline Exceeded")
+    breaker.record(D, "Deadline Exceeded", breaker.stamp())
     assert breaker.state is CircuitState.OPEN
+
+
+def test_a_silent_call_that_began_before_an_answer_does_not_count():
+    # One replica of several dies holding calls: they all time out at once, after the others
+    # answered calls that began later.
+    clock = Clock()
+    breaker = CircuitBreaker("t", CircuitBreakerOptions(failures=2), clock)
+    held = [breaker.stamp() for _ in range(5)]
+    clock.now += 1
+    breaker.record(grpc.StatusCode.OK, "", breaker.stamp())
+    clock.now += 1
+    for started in held:
+        breaker.record(U, "the server stopped answering (no keepalive)", started)
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_calls_whose_connection_broke_or_reconnected_give_no_verdict():
+    reconnects = [0]
+    breaker = CircuitBreaker("t", CircuitBreakerOptions(failures=1), reconnects=lambda: reconnects[0])
+    started = breaker.stamp()
+    reconnects[0] += 1
+    breaker.record(D, "Deadline Exceeded", started)
+    breaker.record(U, "the connection to NATS was lost during the call", breaker.stamp())
+    assert breaker.state is CircuitState.CLOSED
 
 
 @pytest.mark.parametrize(("code", "details"), [
@@ -68,14 +92,14 @@ def test_a_failed_probe_opens_the_circuit_again_and_a_cancelled_one_gives_no_ver
 ])
 def test_answers_and_no_responders_never_count(code, details):
     breaker = CircuitBreaker("t", CircuitBreakerOptions(failures=1))
-    breaker.record(code, details)
+    breaker.record(code, details, breaker.stamp())
     assert breaker.state is CircuitState.CLOSED
 
 
 def test_a_success_in_between_resets_the_count():
     breaker = CircuitBreaker("t", CircuitBreakerOptions(failures=2))
     for code in (D, grpc.StatusCode.OK, D, grpc.StatusCode.OK, D):
-        breaker.record(code, "")
+        breaker.record(code, "", breaker.stamp())
     assert breaker.state is CircuitState.CLOSED
 
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from mesh.embedded_nats import PING_INTERVAL, PING_MAX
 from mesh.security.permissions import Permissions
 
 __all__ = ["quote", "render_security", "render_server"]
@@ -64,6 +65,9 @@ def render_server(data_dir: Path, *, server_name: str = "mesh", listen: str = "1
         f"listen: {quote(listen)}",
         f"server_name: {quote(server_name)}",
         f"jetstream {{ store_dir: {quote(str(data_dir / 'jetstream'))} }}",
+        "# A hung host leaves its queue groups within seconds, not the default 2 minutes.",
+        f"ping_interval: {quote(PING_INTERVAL)}",
+        f"ping_max: {PING_MAX}",
         "# nats-server resolves an include relative to the file that includes it.",
         'include "nats-security.conf"',
     ]) + "\n"

@@ -12,6 +12,7 @@ import grpc
 from nats.aio.client import Client
 
 from nats_transport import _client
+from nats_transport._circuit import Stamp
 from nats_transport._framing import Trailers
 from nats_transport._metadata import MetadataError, MetadataTuple
 from nats_transport._options import TransportOptions
@@ -134,17 +135,19 @@ async def attempt_unary(nc: Client, options: TransportOptions, subject: str, pay
     if config.retry is None and config.hedging is None and not ready:
         # The common case, kept free of closures: one attempt, watched by the breaker.
         breaker = policy.breaker
-        refusal = None if breaker is None else breaker.admit()
-        if refusal is not None:
-            return _client.failed(grpc.StatusCode.UNAVAILABLE, refusal)
-        try:
+        if breaker is None:
             outcome = await _client.unary_call(nc, options, subject, payload, metadata, deadline)
-        except asyncio.CancelledError:
-            if breaker is not None:
-                breaker.record(grpc.StatusCode.CANCELLED, "")
-            raise
-        if breaker is not None:
-            breaker.record(code_from_number(outcome.trailers.code), outcome.trailers.message)
+        else:
+            refusal = breaker.admit()
+            if refusal is not None:
+                return _client.failed(grpc.StatusCode.UNAVAILABLE, refusal)
+            started = breaker.stamp()
+            try:
+                outcome = await _client.unary_call(nc, options, subject, payload, metadata, deadline)
+            except asyncio.CancelledError:
+                breaker.record(grpc.StatusCode.CANCELLED, "", started)
+                raise
+            breaker.record(code_from_number(outcome.trailers.code), outcome.trailers.message, started)
         if policy.throttle is not None and outcome.trailers.code == 0:
             policy.throttle.succeeded()
         return outcome
@@ -272,6 +275,7 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         self._retry = None if retry is None or policy is None else RetryState(retry, policy.throttle, policy.rng)
         self._attempt_changed = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._started: Stamp | None = None  # when the current attempt began, for the breaker
         self._opened = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._response_task: asyncio.Task[Any] | None = None
@@ -296,6 +300,7 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
             self._set_outcome(Trailers(grpc.StatusCode.UNAVAILABLE.value[0], refusal), ())
             self._opened.set()
             return
+        self._started = None if self._breaker is None else self._breaker.stamp()
         try:
             headers = _client.call_headers(metadata, deadline)
         except MetadataError as exc:
@@ -323,8 +328,8 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
     async def _watch(self, stream: _client.ClientStream, reopen: Callable[[], Awaitable[bool]] | None) -> None:
         trailers = await stream.trailers()
         initial = await stream.initial_metadata()
-        if self._breaker is not None:
-            self._breaker.record(code_from_number(trailers.code), trailers.message)
+        if self._breaker is not None and self._started is not None:
+            self._breaker.record(code_from_number(trailers.code), trailers.message, self._started)
         if reopen is not None and self._retry is not None and not self.done():
             responded = bool(initial) or stream.endpoint.messages_received > 0
             wait = self._retry.next_wait(code_from_number(trailers.code), trailers, responded)
@@ -347,6 +352,7 @@ class StreamCall(_CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall,
         if refusal is not None:
             self._set_outcome(Trailers(grpc.StatusCode.UNAVAILABLE.value[0], refusal), ())
             return True
+        self._started = None if self._breaker is None else self._breaker.stamp()
         headers = _client.call_headers(metadata, self._deadline, {PREVIOUS_ATTEMPTS_HEADER: str(self._retry.attempts)})
         stream = _client.ClientStream(nc, _client.ReplyMux.of(nc), options, subject, headers, self._deadline)
         self._stream = stream
