@@ -1,0 +1,1 @@
+"""Chaos tests: replicas killed and hung, NATS restarted, and slow consumers, under load."""
