@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sys
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import clients, document, load, procstat
+from benchmarks import clients, document, load, procstat, traced
 from benchmarks.cases import (
     BY_KEY,
     FULL,
@@ -40,6 +41,7 @@ SERVER_LABELS = {
     "raw": "raw nats-py responder",
     "ours": "nats_transport server (async def servicer)",
     "ours-sync-servicer": "nats_transport server (def servicer)",
+    "ours-traced": "nats_transport server, tracing on (async def servicer)",
     "ingress": "gRPC ingress (gateway.ingress)",
     "edge": "Envoy edge control plane (gateway.edge, Python)",
 }
@@ -58,6 +60,7 @@ def _servers(endpoints: Endpoints, transports: tuple[Transport, ...]) -> Servers
         "raw": ServerProcess("raw", *nats),
         "ours": ServerProcess("ours", *nats),
         "ours-sync-servicer": ServerProcess("ours-sync-servicer", *nats),
+        "ours-traced": ServerProcess("ours-traced", *nats, "--trace-dir", endpoints.trace_dir),
         "ingress": ServerProcess("ingress", *nats, "--port", str(endpoints.ingress_port)),
         "edge": ServerProcess(
             "edge", "--ingress-port", str(endpoints.ingress_port), "--port", str(endpoints.edge_port)
@@ -179,6 +182,27 @@ def main(argv: list[str] | None = None) -> None:
     transports = tuple(t for t in TRANSPORTS if t.key not in missing)
     session = document.Session(settings, transports, profile_note=note)
     began = time.monotonic()
+    folder = document.HERE if args.write_results else Path(tempfile.mkdtemp(prefix="mesh-bench-"))
+    with contextlib.ExitStack() as stack:
+        # The traced case's spans: beside a scratch RESULTS.md (`mesh trace --spans` reads them),
+        # or in a temporary folder rather than among the committed results.
+        if args.write_results:
+            trace_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mesh-bench-traces-")))
+        else:
+            trace_dir = folder / "traces"
+        _measure(session, trace_dir, profile)
+        if "ours-traced" in {key for key, _ in session.results}:
+            # Read once every server has stopped, so the traced one has written what it queued.
+            session.spans = traced.kept(trace_dir)
+            if (problem := session.spans.problem()) is not None:
+                _say(f"tracing on: {problem}")
+    session.wall = time.monotonic() - began
+    print("\n".join(document.write(session, folder / "RESULTS.md").splitlines()[:40]))
+    print(f"\nwritten: {folder / 'RESULTS.md'} and its plots", flush=True)
+
+
+def _measure(session: document.Session, trace_dir: Path, profile: bool) -> None:
+    """Start nats-server and the servers, run every case, read the processes' costs, stop them."""
     with NatsServer(jetstream=False, name="bench") as nats_server:
         assert nats_server.process is not None
         broker = nats_server.process.pid
@@ -189,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
             grpc_sync_port=sync_port,
             ingress_port=ingress_port,
             edge_port=edge_port,
+            trace_dir=str(trace_dir),
         )
-        servers = _servers(endpoints, transports)
+        servers = _servers(endpoints, session.transports)
         try:
             _start(servers)
             run_unary(session, endpoints, servers, broker)
@@ -212,10 +237,6 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    session.wall = time.monotonic() - began
-    folder = document.HERE if args.write_results else Path(tempfile.mkdtemp(prefix="mesh-bench-"))
-    print("\n".join(document.write(session, folder / "RESULTS.md").splitlines()[:40]))
-    print(f"\nwritten: {folder / 'RESULTS.md'} and its plots", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ TRANSPORTS = (
         threads=False,
         in_flight=(64,),
     ),
+    # The "ours" server and channel with the tracing interceptors a host installs under
+    # `mesh up --trace` (benchmarks/traced.py); "ours" at 64 is the same setup with tracing off.
+    Transport(
+        key="ours-traced", label="nats_transport aio, tracing on", server="ours-traced", threads=False, in_flight=(64,)
+    ),
     Transport(key="ours-sync", label="nats_transport sync channel", server="ours", threads=True, in_flight=(1, 16)),
     # grpc.aio stubs over HTTP/2 to gateway.ingress, which forwards over NATS to the "ours" server.
     Transport(
@@ -49,13 +54,15 @@ PROFILED = (("ours", 64), ("ours-sync", 16), ("raw", 64), ("ingress", 64))
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoints:
-    """Where the servers listen: one nats-server for the NATS kinds, a port per grpcio server."""
+    """Where the servers listen: one nats-server for the NATS kinds, a port per grpcio server;
+    and where the traced server and client keep their spans."""
 
     nats_url: str
     grpc_aio_port: int
     grpc_sync_port: int
     ingress_port: int
     edge_port: int  # Envoy's HTTP listener
+    trace_dir: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,7 +17,7 @@ import nats
 from gaming.quest.v1 import quest_pb2_grpc
 
 import nats_transport
-from benchmarks import http1, workload
+from benchmarks import http1, traced, workload
 from benchmarks.cases import Endpoints
 from nats_transport._metadata import TIMEOUT_HEADER, encode_timeout
 
@@ -143,10 +143,14 @@ async def raw_nats(url: str) -> AsyncIterator[Call]:
 
 
 @asynccontextmanager
-async def ours(url: str, target: str = workload.OURS_TARGET) -> AsyncIterator[Call]:
-    """GetQuest through nats_transport.aio.channel."""
+async def ours(url: str, target: str = workload.OURS_TARGET, trace_dir: str | None = None) -> AsyncIterator[Call]:
+    """GetQuest through nats_transport.aio.channel; given a ``trace_dir``, with the client
+    interceptors a host's channels get when it traces."""
     nc = await nats.connect(url, max_reconnect_attempts=0)
-    channel = nats_transport.aio.channel(nc, target)
+    # As a host decides: None without a trace folder, and then no interceptor at all.
+    tracing = traced.tracing(traced.CLIENT_PROCESS, trace_dir)
+    interceptors = tracing.client_interceptors(traced.CALLER, target) if tracing is not None else None
+    channel = nats_transport.aio.channel(nc, target, interceptors=interceptors)
     try:
         stub = quest_pb2_grpc.QuestServiceStub(channel)
 
@@ -157,6 +161,8 @@ async def ours(url: str, target: str = workload.OURS_TARGET) -> AsyncIterator[Ca
     finally:
         await channel.close()
         await nc.close()
+        if tracing is not None:
+            tracing.shutdown()  # after the last window: the spans still queued go to the file
 
 
 @asynccontextmanager
@@ -203,6 +209,8 @@ def open_client(key: str, endpoints: Endpoints) -> AbstractAsyncContextManager[C
         return ours(endpoints.nats_url)
     if key == "ours-sync-servicer":
         return ours(endpoints.nats_url, workload.OURS_SYNC_SERVICER_TARGET)
+    if key == "ours-traced":
+        return ours(endpoints.nats_url, workload.OURS_TRACED_TARGET, endpoints.trace_dir)
     raise ValueError(f"no asyncio client for {key!r}")
 
 

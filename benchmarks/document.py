@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks import payloads, plots, profile_report, profiling, workload
+from benchmarks import payloads, plots, profile_report, profiling, traced, workload
 from benchmarks.cases import BY_KEY, Settings, Transport
 from benchmarks.report import (
     Ratio,
@@ -46,6 +46,7 @@ class Session:
     profiles: profile_report.Profiles = field(default_factory=dict)
     profile_note: str = ""  # why there is no profile, if there is none
     processes: list[tuple[str, float, float]] = field(default_factory=list)  # name, CPU s, peak RSS MiB
+    spans: traced.Kept | None = None  # read back after the traced case, if it ran
     wall: float = 0.0
 
 
@@ -62,9 +63,36 @@ def _machine() -> list[str]:
     ]
 
 
-def _method(settings: Settings) -> list[str]:
+def _tracing(spans: traced.Kept | None) -> str:
+    text = (
+        "- Tracing on vs off (nats_transport aio, 64 in flight): the `async def` server and the aio channel "
+        "with the interceptors a host installs when it traces, built by the project's own pipeline "
+        "(`health.tracing.from_environment` given only `MESH_TRACE_DIR`, as `mesh up --trace` runs its hosts "
+        "when no `OTEL_TRACES_EXPORTER` is set): the stock OpenTelemetry gRPC server and client interceptors "
+        "with ours inside them, every call sampled (the SDK's default), and the SDK's batch span processor "
+        "exporting to the span-file exporter (`health.span_file`: a JSON line per span appended to a file on "
+        "disk, rotated at 4 MiB). Each call makes a client span in the client process and a server span "
+        f"continuing its trace in the server, a process and target (`{workload.OURS_TRACED_TARGET}`) of their "
+        "own. The hosts' metrics and call-log interceptors (which read the trace id when tracing) are on "
+        "neither side: this is the cost of tracing alone. Tracing off installs nothing in the call path "
+        "(`from_environment` returns None and neither server nor channel gets an interceptor), so the off "
+        "side is the plain nats_transport aio case at 64 in flight: the same code, so off costs nothing over "
+        "that case by construction, and no separate figure is measured for it."
+    )
+    if spans is None:
+        return text
+    if (problem := spans.problem()) is not None:
+        return f"{text} **After the run, {problem}: the tracing-on figures may not measure tracing.**"
+    return (
+        f"{text} After the run the span files held the most recent {spans.server:,} server and {spans.client:,} "
+        f"client spans; {spans.continued:,} of those server spans continue a trace one of those client spans began."
+    )
+
+
+def _method(session: Session) -> list[str]:
+    settings = session.settings
     runs = "1 run" if settings.runs == 1 else f"{settings.runs} runs, interleaved; median (min-max over runs)"
-    return [
+    lines = [
         f"- Mode `{settings.name}`. Each case: {settings.warmup:g} s warm-up, then a {settings.duration:g} s "
         f"window; {runs}.",
         "- Unary `QuestService.GetQuest` (request 8 bytes, response a 171-byte Quest); every call has a 5 s "
@@ -87,6 +115,9 @@ def _method(settings: Settings) -> list[str]:
         "gateway section; its 'server' CPU is Envoy + the edge's control plane + the ingress.",
         "- CPU seconds are utime+stime from /proc/<pid>/stat over the window; peak RSS is VmHWM.",
     ]
+    if any(t.key == "ours-traced" for t in session.transports):
+        lines.insert(-1, _tracing(session.spans))
+    return lines
 
 
 def _streams(session: Session) -> tuple[list[str], Ratio | None]:
@@ -234,7 +265,7 @@ def write(session: Session, path: Path) -> str:
         "",
         "## Method",
         "",
-        *_method(session.settings),
+        *_method(session),
         "",
         "## Unary results",
         "",

@@ -115,6 +115,7 @@ def run_client(
         "--grpc-sync-port", str(endpoints.grpc_sync_port),
         "--ingress-port", str(endpoints.ingress_port),
         "--edge-port", str(endpoints.edge_port),
+        "--trace-dir", endpoints.trace_dir,
         "--helper-pids", ",".join(map(str, helpers)),
         "--in-flight", ",".join(map(str, in_flight or transport.in_flight)),
         "--warmup", str(settings.warmup), "--duration", str(settings.duration),
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grpc-sync-port", type=int, required=True)
     parser.add_argument("--ingress-port", type=int, required=True)
     parser.add_argument("--edge-port", type=int, required=True)
+    parser.add_argument("--trace-dir", required=True, help="where the traced client keeps its spans")
     parser.add_argument("--helper-pids", default="", help="comma-separated; CPU counted as the server's")
     parser.add_argument("--in-flight", required=True, help="comma-separated, e.g. 1,64")
     parser.add_argument("--warmup", type=float, required=True)
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         grpc_sync_port=args.grpc_sync_port,
         ingress_port=args.ingress_port,
         edge_port=args.edge_port,
+        trace_dir=args.trace_dir,
     )
     in_flight = [int(n) for n in args.in_flight.split(",")]
     helpers = tuple(int(pid) for pid in args.helper_pids.split(",") if pid)

@@ -140,6 +140,16 @@ _FIGURES: tuple[tuple[str, tuple[str, int], tuple[str, int], Metric, float | Non
 )
 
 
+# References named for what they compare rather than by their cases: the same server and channel
+# with the tracing interceptors of `mesh up --trace` (on) and with nothing installed (off, which is
+# the plain "ours" case: tracing off is the same code).
+TRACING_CASES = (("ours-traced", 64), ("ours", 64))
+_TRACING_FIGURES: tuple[tuple[str, Metric], ...] = (
+    ("throughput: tracing on / tracing off (nats_transport aio, 64 in flight)", rate),
+    ("p50 latency: tracing on / tracing off (nats_transport aio, 64 in flight)", p50),
+)
+
+
 def unary_ratios(results: Results) -> list[Ratio]:
     """The unary figures whose two cases were both measured."""
     found = []
@@ -148,6 +158,10 @@ def unary_ratios(results: Results) -> list[Ratio]:
             value = paired([metric(m) for m in results[num]], [metric(m) for m in results[den]])
             name = f"{what}: {case_name(*num)} / {BY_KEY[den[0]].label}"
             found.append(Ratio(name, value, target, at_least))
+    on, off = TRACING_CASES
+    if on in results and off in results:
+        for name, metric in _TRACING_FIGURES:
+            found.append(Ratio(name, paired([metric(m) for m in results[on]], [metric(m) for m in results[off]])))
     return found
 
 

@@ -2,7 +2,8 @@
 
 Kinds: ``grpc-aio`` and ``grpc-sync`` (grpcio over HTTP/2, asyncio server or a thread-pool
 server), ``raw`` (a bare nats-py responder), ``ours`` and ``ours-sync-servicer``
-(nats_transport.aio.server with an ``async def`` or a plain ``def`` servicer), and ``ingress``
+(nats_transport.aio.server with an ``async def`` or a plain ``def`` servicer), ``ours-traced``
+(the ``ours`` server with the tracing interceptors of ``mesh up --trace``), and ``ingress``
 (gateway.ingress forwarding HTTP/2 calls over NATS to the ``ours`` server), and ``edge``
 (gateway.edge's Envoy, transcoding HTTP/JSON to gRPC calls of the ingress; its READY line also
 gives Envoy's pid).
@@ -38,7 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.msg import Msg
 
 import nats_transport
-from benchmarks import procstat, workload
+from benchmarks import procstat, traced, workload
 
 READY = "READY"
 _REPO = Path(__file__).resolve().parent.parent
@@ -132,14 +133,21 @@ async def serve_raw(url: str) -> None:
     await nc.drain()
 
 
-async def serve_ours(url: str, *, sync_servicer: bool) -> None:
-    """nats_transport.aio.server for the benchmark target (or the sync-servicer one)."""
+async def serve_ours(url: str, *, sync_servicer: bool, trace_dir: str | None = None) -> None:
+    """nats_transport.aio.server for the benchmark target (or the sync-servicer one, or, given a
+    ``trace_dir``, the traced one)."""
     nc = await nats.connect(url, max_reconnect_attempts=0)
     if sync_servicer:
-        server = nats_transport.aio.server(nc, workload.OURS_SYNC_SERVICER_TARGET)
+        target = workload.OURS_SYNC_SERVICER_TARGET
+    else:
+        target = workload.OURS_TRACED_TARGET if trace_dir else workload.OURS_TARGET
+    # As a host decides: None without a trace folder, and then no interceptor at all.
+    tracing = traced.tracing(traced.SERVER_PROCESS, trace_dir)
+    interceptors = tracing.server_interceptors(target) if tracing is not None else None
+    server = nats_transport.aio.server(nc, target, interceptors=interceptors)
+    if sync_servicer:
         quest_pb2_grpc.add_QuestServiceServicer_to_server(SyncQuests(), server)
     else:
-        server = nats_transport.aio.server(nc, workload.OURS_TARGET)
         quest_pb2_grpc.add_QuestServiceServicer_to_server(Quests(), server)
         # The ingress learns method types from reflection (unary calls then take the fast path).
         reflection.enable_server_reflection((workload.SERVICE, reflection.SERVICE_NAME), server)
@@ -150,6 +158,8 @@ async def serve_ours(url: str, *, sync_servicer: bool) -> None:
     await _until_sigterm()
     await server.stop(grace=1)
     await nc.drain()
+    if tracing is not None:
+        tracing.shutdown()  # the spans still queued go to the file
 
 
 def ingress_available() -> bool:
@@ -283,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
         kinds.add_parser(kind).add_argument("--port", type=int, required=True)
     for kind in ("raw", "ours", "ours-sync-servicer"):
         kinds.add_parser(kind).add_argument("--nats", required=True)
+    ours_traced = kinds.add_parser("ours-traced")
+    ours_traced.add_argument("--nats", required=True)
+    ours_traced.add_argument("--trace-dir", required=True)
     ingress = kinds.add_parser("ingress")
     ingress.add_argument("--nats", required=True)
     ingress.add_argument("--port", type=int, required=True)
@@ -301,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(serve_ingress(args.nats, args.port))
         elif args.kind == "edge":
             asyncio.run(serve_edge(args.ingress_port, args.port))
+        elif args.kind == "ours-traced":
+            asyncio.run(serve_ours(args.nats, sync_servicer=False, trace_dir=args.trace_dir))
         else:
             asyncio.run(serve_ours(args.nats, sync_servicer=args.kind == "ours-sync-servicer"))
 

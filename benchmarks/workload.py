@@ -11,6 +11,7 @@ SERVICE = "gaming.quest.v1.QuestService"
 METHOD = "GetQuest"
 OURS_TARGET = "benchquest"  # target of the nats_transport server
 OURS_SYNC_SERVICER_TARGET = "benchquestsync"  # the nats_transport server whose servicer is plain def
+OURS_TRACED_TARGET = "benchquesttraced"  # the nats_transport server that traces its calls
 RAW_TARGET = "benchraw"  # the raw responder listens where a server for this target would
 RAW_SUBJECT = f"grpc.{RAW_TARGET}.{SERVICE}.{METHOD}"
 CALL_TIMEOUT = 5.0  # seconds, every call of every transport

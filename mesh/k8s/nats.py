@@ -10,7 +10,9 @@ from mesh.k8s.common import (
     NATS_CLIENT_PORT,
     NATS_CLIENT_SERVICE,
     NATS_CLUSTER_PORT,
+    NATS_EXPORTER_IMAGE,
     NATS_IMAGE,
+    NATS_METRICS_PORT,
     NATS_MONITOR_PORT,
     NATS_NODES,
     container_security,
@@ -25,6 +27,8 @@ __all__ = [
     "CONFIG_DIR",
     "CONFIG_MAP",
     "DATA_DIR",
+    "EXPORTER",
+    "EXPORTER_ARGS",
     "PID_FILE",
     "PROBES",
     "SECURITY_DIR",
@@ -69,6 +73,16 @@ PROBES = {
     "readinessProbe": "/healthz",
     "livenessProbe": "/healthz?js-enabled-only=true",
 }
+
+# The metrics sidecar (prometheus-nats-exporter): /varz gives gnatsd_varz_* (slow consumers
+# among them), -jsz=all the jetstream_* series of every stream and consumer this server holds
+# a replica of, which the replica-lag alert compares across servers. It names the server by its
+# server_name (the pod's name), not by the URL it reads, so the series tell the three apart.
+EXPORTER = "metrics"
+EXPORTER_ARGS = [
+    f"-port={NATS_METRICS_PORT}", "-use_internal_server_name", "-varz", "-jsz=all",
+    f"http://localhost:{NATS_MONITOR_PORT}",
+]
 
 
 def config(*, secure: bool) -> str:
@@ -182,6 +196,18 @@ def statefulset() -> dict[str, Any]:
             {"name": "run", "mountPath": PID_FILE.rsplit("/", 1)[0]},
         ],
     }
+    exporter: dict[str, Any] = {
+        "name": EXPORTER,
+        "image": NATS_EXPORTER_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "args": EXPORTER_ARGS,
+        "ports": [{"name": "metrics", "containerPort": NATS_METRICS_PORT}],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "250m", "memory": "128Mi"},
+        },
+        "securityContext": container_security(),
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -193,7 +219,16 @@ def statefulset() -> dict[str, Any]:
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector(NATS)},
             "template": {
-                "metadata": {"labels": labels(NATS, "broker")},
+                "metadata": {
+                    "labels": labels(NATS, "broker"),
+                    "annotations": {
+                        # kubectl exec and logs (docs/deploy.md) reach the server, not the sidecar.
+                        "kubectl.kubernetes.io/default-container": NATS,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(NATS_METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
@@ -206,7 +241,7 @@ def statefulset() -> dict[str, Any]:
                         "whenUnsatisfiable": "DoNotSchedule",
                         "labelSelector": {"matchLabels": selector(NATS)},
                     }],
-                    "containers": [container],
+                    "containers": [container, exporter],
                     "volumes": [
                         {"name": "config", "configMap": {"name": CONFIG_MAP}},
                         {"name": "run", "emptyDir": {}},
@@ -276,7 +311,7 @@ def pdb() -> dict[str, Any]:
 
 
 def network_policy() -> dict[str, Any]:
-    """Clients from this namespace, routes between the servers, monitoring from anywhere."""
+    """Clients from this namespace, routes between the servers, monitoring and metrics from anywhere."""
     dns = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
     peers = [{"podSelector": {"matchLabels": selector(NATS)}}]
     return {
@@ -289,8 +324,9 @@ def network_policy() -> dict[str, Any]:
             "ingress": [
                 {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": NATS_CLIENT_PORT}]},
                 {"from": peers, "ports": [{"protocol": "TCP", "port": NATS_CLUSTER_PORT}]},
-                # Probes and metrics scrapers: the monitoring port is read-only.
-                {"ports": [{"protocol": "TCP", "port": NATS_MONITOR_PORT}]},
+                # Probes and metrics scrapers: both ports are read-only.
+                {"ports": [{"protocol": "TCP", "port": NATS_MONITOR_PORT},
+                           {"protocol": "TCP", "port": NATS_METRICS_PORT}]},
             ],
             "egress": [
                 {"to": peers, "ports": [{"protocol": "TCP", "port": NATS_CLUSTER_PORT}]},

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from mesh.k8s import nats
-from mesh.k8s.common import GATEWAY, IMAGE, NAMESPACE, NATS_IMAGE
+from mesh.k8s.common import GATEWAY, IMAGE, NAMESPACE, NATS_EXPORTER_IMAGE, NATS_IMAGE, NATS_METRICS_PORT
+from mesh.k8s.observability import DASHBOARD_FILE, FOLDER
 from mesh.k8s.overlays import SECURITY
 
 __all__ = ["readme"]
@@ -43,6 +44,13 @@ def readme(files: Sequence[_File], header: str) -> str:
         f"  `overlays/prod/{SECURITY}/` (git-ignored: keys, nkey seeds and certificates never enter",
         "  the repository); without them kustomize stops with the name of the first missing file.",
         "",
+        f"Beside them, `kubectl apply -k k8s/{FOLDER}` adds what a Prometheus Operator and Grafana",
+        "need (it needs the Operator's CRDs, as a kube-prometheus-stack installs them, with",
+        "kube-state-metrics and the kubelet's cAdvisor metrics): PodMonitors for the mesh pods and",
+        "NATS, the alert rules, and the dashboard as a ConfigMap for Grafana's dashboard sidecar;",
+        f"`{FOLDER}/{DASHBOARD_FILE}` is the same dashboard to import by hand.",
+        "[docs/operations.md](../docs/operations.md#dashboards-and-alerts) says what each alert means.",
+        "",
         "What runs:",
         "",
         f"- NATS: a StatefulSet of 3 `{NATS_IMAGE}` servers (pods `nats-0.nats`, `nats-1.nats`,",
@@ -50,7 +58,8 @@ def readme(files: Sequence[_File], header: str) -> str:
         f"  probes on the monitoring port (started and ready: `{nats.PROBES['readinessProbe']}`, every",
         f"  stream current; alive: `{nats.PROBES['livenessProbe']}`), lame duck mode on preStop,",
         "  one server down at most by choice (PodDisruptionBudget). Routes are mutual TLS in prod",
-        "  (the route certificate of `mesh security init`), plain TCP in dev.",
+        "  (the route certificate of `mesh security init`), plain TCP in dev. Beside each server,",
+        f"  `{NATS_EXPORTER_IMAGE}` serves its monitoring data as Prometheus metrics on :{NATS_METRICS_PORT}.",
         f"- One Deployment per catalogue target running `mesh serve <target>` from the `{IMAGE}`",
         "  image (the `Dockerfile` at the repository root), probes `/livez` and `/readyz` on :8080,",
         "  a PodDisruptionBudget and a CPU HorizontalPodAutoscaler each. Targets have no Service:",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh import catalogue
-from mesh.k8s import gateway, nats, overlays, targets
+from mesh.k8s import alerts, dashboard, gateway, nats, observability, overlays, targets
 from mesh.k8s.emit import documents
 from mesh.k8s.readme import readme
 
@@ -59,7 +59,7 @@ def render(target_names: Sequence[str] | None = None) -> list[Rendered]:
     """Every file, README last (it lists the others). ``target_names`` defaults to the built
     targets of the catalogue."""
     names = list(catalogue.built_targets() if target_names is None else target_names)
-    files = [*_base(names), *_dev(), *_prod(names)]
+    files = [*_base(names), *_dev(), *_prod(names), *_observability()]
     files.append(Rendered("README.md", readme(files, HEADER), "this file"))
     return files
 
@@ -125,6 +125,21 @@ def _prod(names: Sequence[str]) -> list[Rendered]:
     return files
 
 
+def _observability() -> list[Rendered]:
+    folder = observability.FOLDER
+    return [
+        _yaml(f"{folder}/{observability.MONITORS_FILE}", observability.pod_monitors(),
+              "PodMonitors: the admin port (`/metrics`) of every target and the gateway, NATS's exporter"),
+        _yaml(f"{folder}/{observability.RULES_FILE}", [alerts.prometheus_rule()],
+              "PrometheusRule: errors, p99 latency, replicas, CPU and memory, NATS, circuits, dropped messages"),
+        # JSON has no comments: the dashboard's description carries the header (its second line).
+        Rendered(f"{folder}/{observability.DASHBOARD_FILE}", dashboard.text(HEADER),
+                 "the Grafana dashboard, to import by hand"),
+        _yaml(f"{folder}/kustomization.yaml", [observability.kustomization()],
+              "the files above, the dashboard also as a ConfigMap for Grafana's sidecar (`grafana_dashboard: \"1\"`)"),
+    ]
+
+
 def write(files: Sequence[Rendered], out: Path) -> list[Path]:
     """Write ``files`` under ``out``; remove rendered files no longer rendered. The paths written."""
     written = []
@@ -163,8 +178,9 @@ def _stale(files: Sequence[Rendered], out: Path) -> list[str]:
 
 
 def _is_rendered(path: Path) -> bool:
+    # The header is on the first line, or on the second of a JSON file (after its "{").
     try:
         with path.open(errors="replace") as file:
-            return HEADER in file.readline()
+            return any(HEADER in file.readline() for _ in range(2))
     except OSError:
         return False

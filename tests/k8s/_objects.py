@@ -27,10 +27,23 @@ def mesh_pods(built: Built) -> list[dict[str, Any]]:
     return [o for o in built.objects if o["kind"] == "Deployment" and container(o)["command"] == ["mesh"]]
 
 
+DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
+
+
+def main_container(template: dict[str, Any]) -> dict[str, Any]:
+    """A pod template's own container: its only one, or the one its default-container annotation
+    names (beside it, sidecars: the NATS pods' metrics exporter)."""
+    containers: list[dict[str, Any]] = template["spec"]["containers"]
+    if len(containers) == 1:
+        return containers[0]
+    name = template["metadata"]["annotations"][DEFAULT_CONTAINER]
+    (main,) = [c for c in containers if c["name"] == name]
+    return main
+
+
 def container(workload: dict[str, Any]) -> dict[str, Any]:
-    """The one container of a workload's pod."""
-    (only,) = workload["spec"]["template"]["spec"]["containers"]
-    return only
+    """The main container of a workload's pod."""
+    return main_container(workload["spec"]["template"])
 
 
 def env(workload: dict[str, Any]) -> dict[str, str]:

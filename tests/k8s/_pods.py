@@ -23,6 +23,7 @@ from typing import Any
 
 from nats_transport.testing import find_nats_server
 from tests.k8s._kustomize import Built
+from tests.k8s._objects import main_container
 
 LOOPBACK = "127.0.0.1"
 _QUOTED_PATH = re.compile(r'"(/[^"]*)"')
@@ -115,7 +116,8 @@ def pod_of(workload: Mapping[str, Any], built: Built, name: str, root: Path, net
     ``ports``: container port name -> the local port it gets.
     """
     spec = workload["spec"]["template"]["spec"]
-    (container,) = spec["containers"]
+    # The pod's own container; a sidecar (NATS's metrics exporter) does not run here.
+    container = main_container(workload["spec"]["template"])
     container_ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
     assert set(ports) == set(container_ports), (ports, container_ports)
 

@@ -51,7 +51,7 @@ def test_every_object_of_the_base_and_of_each_overlay_is_strictly_valid_kubernet
 
 def test_every_file_a_kustomization_names_exists_and_every_rendered_file_is_named_by_one(tree: Path) -> None:
     named: set[Path] = set()
-    for folder in (tree / "base", tree / "overlays" / "dev", tree / "overlays" / "prod"):
+    for folder in (tree / "base", tree / "overlays" / "dev", tree / "overlays" / "prod", tree / "observability"):
         spec = kustomization(folder)
         for resource in spec.get("resources", []):
             path = (folder / resource).resolve()
@@ -66,7 +66,7 @@ def test_every_file_a_kustomization_names_exists_and_every_rendered_file_is_name
                 assert source.is_file(), f"{entry['name']}: {source}"
                 named.add(source.resolve())
     rendered = {(tree / f.path).resolve() for f in render()
-                if f.path.endswith((".yaml", ".conf")) and not f.path.endswith("kustomization.yaml")}
+                if f.path.endswith((".yaml", ".conf", ".json")) and not f.path.endswith("kustomization.yaml")}
     assert rendered - named == set()
 
 
