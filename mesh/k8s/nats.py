@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh.embedded_nats import PING_INTERVAL, PING_MAX
 from mesh.k8s.common import (
     NATS,
     NATS_CLIENT_PORT,
@@ -96,6 +97,9 @@ def config(*, secure: bool) -> str:
         f'pid_file: "{PID_FILE}"',
         f'lame_duck_duration: "{LAME_DUCK}s"',
         f'lame_duck_grace_period: "{LAME_DUCK_GRACE}s"',
+        "# A hung host leaves its queue groups within seconds, not the default 2 minutes.",
+        f'ping_interval: "{PING_INTERVAL}"',
+        f"ping_max: {PING_MAX}",
         "",
         "jetstream {",
         f'  store_dir: "{DATA_DIR}/jetstream"',
