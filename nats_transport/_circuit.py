@@ -162,11 +162,13 @@ def _answered(details: str) -> bool:
     return details not in _LOCAL_UNAVAILABLE
 
 
-_LOCAL_UNAVAILABLE = frozenset({
-    _status.CONNECTION_LOST_DURING_CALL[1], "NATS connection closed", "NATS reconnecting",
-    "NATS connection draining", "NATS connection stale", "NATS outbound buffer full", "NATS error",
-    "connection error",
-})
+# The caller's own NATS failures (the transport's failure table) and a link lost mid-call; "no
+# server is serving this target" is NATS answering for the target, so it stays an answer.
+_LOCAL_UNAVAILABLE = frozenset(
+    {message for _, code, message in _status.FAILURE_TABLE if code is grpc.StatusCode.UNAVAILABLE}
+    - {_status.NO_SERVER[1]}
+    | {_status.CONNECTION_LOST_DURING_CALL[1]}
+)
 
 _breakers: weakref.WeakKeyDictionary[Client, dict[str, CircuitBreaker]] = weakref.WeakKeyDictionary()
 

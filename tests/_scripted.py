@@ -4,11 +4,15 @@ script says, and every attempt is recorded with its ``grpc-previous-rpc-attempts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from nats.aio.client import Client
+
+import nats_transport.aio
 
 SERVICE = "test.retry.v1.Scripted"
 
@@ -83,3 +87,15 @@ class Scripted:
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
         })
+
+
+@contextlib.asynccontextmanager
+async def serving(nc: Client, target: str, servicer: Scripted) -> AsyncIterator[Scripted]:
+    """``servicer`` served as ``target`` by a nats_transport server, stopped afterwards."""
+    server = nats_transport.aio.server(nc, target)
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    await server.start()
+    try:
+        yield servicer
+    finally:
+        await server.stop(None)

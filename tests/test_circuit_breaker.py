@@ -15,7 +15,7 @@ import nats_transport
 import nats_transport.aio
 from health.transport_metrics import TransportMetrics
 from nats_transport._circuit import CircuitBreaker, CircuitBreakerOptions, CircuitState, circuit_states
-from tests._scripted import SERVICE, Script, Scripted
+from tests._scripted import SERVICE, Script, Scripted, serving
 from tests._waiting import wait_for
 
 TARGET = "circuit"
@@ -105,12 +105,8 @@ def test_a_success_in_between_resets_the_count():
 
 @pytest.fixture
 async def scripted(nc: Client) -> AsyncIterator[Scripted]:
-    servicer = Scripted()
-    server = nats_transport.aio.server(nc, TARGET)
-    server.add_generic_rpc_handlers((servicer.handler(),))
-    await server.start()
-    yield servicer
-    await server.stop(None)
+    async with serving(nc, TARGET, Scripted()) as servicer:
+        yield servicer
 
 
 async def _code(channel: nats_transport.aio.Channel, key: str, timeout: float) -> grpc.StatusCode:

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 
 import nats_transport
 import nats_transport.aio
-from tests._scripted import SERVICE, Script, Scripted
+from tests._scripted import SERVICE, Script, Scripted, serving
 from tests._waiting import wait_for
 
 U, OK = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK
@@ -32,12 +32,8 @@ TARGET = "hedged"
 
 @pytest.fixture
 async def scripted(nc: Client) -> AsyncIterator[Scripted]:
-    servicer = Scripted()
-    server = nats_transport.aio.server(nc, TARGET)
-    server.add_generic_rpc_handlers((servicer.handler(),))
-    await server.start()
-    yield servicer
-    await server.stop(None)
+    async with serving(nc, TARGET, Scripted()) as servicer:
+        yield servicer
 
 
 async def _call(nc: Client, servicer: Scripted, config: dict[str, Any], key: str,

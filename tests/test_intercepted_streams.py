@@ -11,7 +11,7 @@ from nats.aio.client import Client
 
 import nats_transport
 import nats_transport.aio
-from tests._scripted import SERVICE, Script, Scripted
+from tests._scripted import SERVICE, Script, Scripted, serving
 from tests._waiting import wait_for
 
 
@@ -28,34 +28,21 @@ class Rewrapping(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
         return responses()
 
 
-async def _serving(nc: Client, servicer: Scripted) -> Any:
-    server = nats_transport.aio.server(nc, "rewrapped")
-    server.add_generic_rpc_handlers((servicer.handler(),))
-    await server.start()
-    return server
-
-
 async def test_cancel_reaches_the_server_through_an_interceptor_that_rewraps_the_stream(nc: Client) -> None:
     servicer = Scripted({"s": Script(["SLOW"], stream_first=True)})
-    server = await _serving(nc, servicer)
-    try:
+    async with serving(nc, "rewrapped", servicer):
         channel = nats_transport.aio.channel(nc, "rewrapped", interceptors=[Rewrapping()])
         call = channel.unary_stream(f"/{SERVICE}/ServerStream")(b"s", timeout=30)
         assert await call.read() == b"first"
         assert call.cancel()
         await wait_for(lambda: servicer.cancelled == ["s"], timeout=2)
         assert await call.code() == grpc.StatusCode.CANCELLED
-    finally:
-        await server.stop(None)
 
 
 async def test_read_and_status_work_through_an_interceptor_that_rewraps_the_stream(nc: Client) -> None:
     servicer = Scripted({"s": Script(["OK"], stream_first=True)})
-    server = await _serving(nc, servicer)
-    try:
+    async with serving(nc, "rewrapped", servicer):
         channel = nats_transport.aio.channel(nc, "rewrapped", interceptors=[Rewrapping()])
         call = channel.unary_stream(f"/{SERVICE}/ServerStream")(b"s", timeout=5)
         assert [await call.read(), await call.read(), await call.read()] == [b"first", b"1", grpc.aio.EOF]
         assert await call.code() == grpc.StatusCode.OK
-    finally:
-        await server.stop(None)

@@ -24,7 +24,7 @@ from nats.aio.client import Client
 import nats_transport
 import nats_transport.aio
 from nats_transport.testing import free_port
-from tests._scripted import SERVICE, Script, Scripted
+from tests._scripted import SERVICE, Script, Scripted, serving
 
 
 def retry_config(attempts: int = 3, codes: tuple[str, ...] = ("UNAVAILABLE",), backoff: str = "0.01s",
@@ -130,14 +130,9 @@ async def _over_grpcio(servicer: Scripted, config: dict[str, Any], case: Case) -
 
 async def _over_nats(nc: Client, servicer: Scripted, config: dict[str, Any], case: Case,
                      target: str) -> list[grpc.StatusCode]:
-    server = nats_transport.aio.server(nc, target)
-    server.add_generic_rpc_handlers((servicer.handler(),))
-    await server.start()
-    try:
+    async with serving(nc, target, servicer):
         channel = nats_transport.aio.channel(nc, target, service_config=config)
         return await _run_case(channel, case)
-    finally:
-        await server.stop(None)
 
 
 async def test_the_config_timeout_bounds_a_call_without_one(nc: Client) -> None:
