@@ -15,7 +15,9 @@ log = logging.getLogger("health.admin")
 
 # (ready, reason): reason is shown to humans in the 503 body.
 Readiness = Callable[[], Awaitable[tuple[bool, str]]]
-MetricsText = Callable[[], tuple[bytes, str]]  # (body, content type)
+# Given the scraper's Accept header, (body, content type): Prometheus asks for OpenMetrics, the
+# only exposition that carries exemplars.
+MetricsText = Callable[[str], tuple[bytes, str]]
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
@@ -53,7 +55,7 @@ class AdminServer:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
             method, path = _request_line(request)
-            status, body, content_type = await self._route(method, path)
+            status, body, content_type = await self._route(method, path, _header(request, b"accept"))
             head = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -67,7 +69,7 @@ class AdminServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _route(self, method: str, path: str) -> tuple[int, bytes, str]:
+    async def _route(self, method: str, path: str, accept: str = "") -> tuple[int, bytes, str]:
         text = "text/plain; charset=utf-8"
         if method not in ("GET", "HEAD"):
             return 405, b"only GET\n", text
@@ -79,7 +81,7 @@ class AdminServer:
             ready, reason = await self._readiness()
             return (200 if ready else 503), f"{reason}\n".encode(), text
         if route == "/metrics":
-            body, content_type = self._metrics()
+            body, content_type = self._metrics(accept)
             return 200, body, content_type
         return 404, b"not found: try /livez /readyz /metrics\n", text
 
@@ -90,3 +92,13 @@ def _request_line(request: bytes) -> tuple[str, str]:
     if len(parts) != 3:
         raise ValueError("bad request line")
     return parts[0], parts[1]
+
+
+def _header(request: bytes, name: bytes) -> str:
+    """The value of header ``name`` (lowercase) in a request head, or "" (repeats joined by ",")."""
+    values = []
+    for line in request.split(b"\r\n")[1:]:
+        key, colon, value = line.partition(b":")
+        if colon and key.strip().lower() == name:
+            values.append(value.strip().decode("latin-1"))
+    return ",".join(values)

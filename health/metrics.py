@@ -20,7 +20,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import REGISTRY
 
 from health.observe import grpc_type, observe_handler, split_method
@@ -238,3 +239,12 @@ def initialize(reporter: Reporter, services: Iterable[str],
         for method in pool.FindServiceByName(name).methods:
             kind = grpc_type(method.client_streaming, method.server_streaming)
             reporter.initialize(kind, f"/{name}/{method.name}")
+
+
+def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """``registry`` as (body, content type) for a scraper whose Accept header is ``accept``:
+    OpenMetrics (the only format that carries exemplars) when it asks for it, as Prometheus does,
+    else the classic text format."""
+    if "application/openmetrics-text" in accept:
+        return openmetrics.generate_latest(registry), openmetrics.CONTENT_TYPE_LATEST  # type: ignore[no-untyped-call]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

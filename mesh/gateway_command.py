@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nats.aio.client import Client
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from gateway.edge import Edge, start_edge
 from gateway.envoy import EnvoyError, EnvoyProcess
@@ -34,6 +34,7 @@ from gateway.ingress import Ingress, IngressOptions, TlsFiles, run_ingress
 from gateway.xds import ConfigRejected
 from health.admin import AdminServer
 from health.call_log import configure_json_logging
+from health.metrics import exposition
 from health.transport_metrics import TransportMetrics
 from mesh import serve
 from mesh.config import ConfigError
@@ -327,15 +328,16 @@ class Gateway:
             return False, "Envoy exited and could not be restarted"
         return True, "alive"
 
-    def metrics(self) -> tuple[bytes, str]:
-        """Prometheus text: this process, its NATS connection, discovery and Envoy restarts."""
+    def metrics(self, accept: str = "") -> tuple[bytes, str]:
+        """Prometheus exposition (for a scraper's ``accept``): this process, its NATS connection,
+        discovery and Envoy restarts."""
         if self.nc is not None:
             self._transport_metrics.refresh((), (self.nc,))
         if self.ingress is not None:
             self._services.set(len(self.ingress.discovery.services()))
         if self.edge is not None:
             self._envoy_starts.set(self.edge.envoy.starts)
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return exposition(self.registry, accept)
 
     async def stop(self) -> None:
         """Readiness 503, the ingress refuses new calls and waits out the grace for in-flight

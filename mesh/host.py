@@ -18,8 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client import REGISTRY, CollectorRegistry
 
 import nats_transport.aio
 from health.admin import AdminServer
@@ -29,6 +28,7 @@ from health.metrics import (
     ServerMetrics,
     client_interceptors,
     client_reporter,
+    exposition,
     initialize,
     server_reporter,
 )
@@ -398,9 +398,7 @@ class Host:
         """Prometheus exposition of this process: the text format, or OpenMetrics (the only one
         that shows exemplars) when ``accept``, a scraper's Accept header, asks for it."""
         self._refresh_now()
-        if "application/openmetrics-text" in accept:
-            return openmetrics.generate_latest(self._registry), openmetrics.CONTENT_TYPE_LATEST  # type: ignore[no-untyped-call]
-        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        return exposition(self._registry, accept)
 
     def _refresh_now(self) -> None:
         if self._connections:

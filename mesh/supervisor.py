@@ -12,9 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from health.metrics import exposition
 from mesh.config import LOOPBACK
 from nats_transport.testing import free_port
 
@@ -128,8 +129,9 @@ def prepare_metrics_dir(path: Path) -> Path:
     return path
 
 
-def multiprocess_metrics(path: Path) -> tuple[bytes, str]:
-    """Every host process's metrics, merged."""
+def multiprocess_metrics(path: Path, accept: str = "") -> tuple[bytes, str]:
+    """Every host process's metrics, merged (in the format ``accept`` asks for; multiprocess
+    mode keeps no exemplars)."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(path))  # type: ignore[no-untyped-call]
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return exposition(registry, accept)

@@ -93,7 +93,7 @@ async def run(config: UpConfig, out: TextIO = sys.stdout, *, trace: bool = False
         front: list[int] = []  # the ingress and Envoy ports, once they are started
         admin = AdminServer(
             lambda: _mesh_ready(hosts, front),
-            lambda: multiprocess_metrics(config.data_dir / "metrics"),
+            lambda accept: multiprocess_metrics(config.data_dir / "metrics", accept),
             host=LOOPBACK, port=config.admin_port, liveness=lambda: _hosts_alive(hosts),
         )
         await admin.start()

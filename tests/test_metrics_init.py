@@ -147,6 +147,11 @@ async def test_a_host_starts_with_its_series_at_zero_and_keeps_spans_its_call_lo
     assert span.attributes["rpc.method"] == "GetTime"
     assert span.attributes["messaging.destination.name"] == f"grpc.{TARGET}.{SERVICE}.GetTime"
     assert (traces / f"host-{TARGET}.jsonl").is_file()
+    # As Prometheus scrapes: it asks for OpenMetrics, the format that carries exemplars.
+    scraped = await _scrape_openmetrics(serving.admin_port)
+    assert any(line.startswith("grpc_server_handled_total{") and 'grpc_method="GetTime"' in line
+               and f'# {{trace_id="{span.trace_id}"}}' in line for line in scraped.splitlines()), \
+        "the handled counter's exemplar names the call's trace"
     assert serving.terminate() == 0
 
     serving.log.seek(0)
@@ -166,3 +171,14 @@ def test_a_host_answers_in_openmetrics_when_the_scraper_asks_and_in_text_otherwi
     body, content_type = host.metrics_text()
     assert content_type.startswith("text/plain")
     assert "# EOF" not in body.decode()
+
+
+async def _scrape_openmetrics(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                 b"Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"application/openmetrics-text" in head, head
+    return body.decode()
