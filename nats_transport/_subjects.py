@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 DEFAULT_PREFIX = "grpc"
-_SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_METHOD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+# Used with fullmatch: a `$` anchor would also match before a final newline.
+_SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_METHOD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 def check_token(name: str, what: str) -> str:
@@ -16,7 +17,7 @@ def check_token(name: str, what: str) -> str:
     One token only: a dotted target ``quest.x`` would fall under target ``quest``'s wildcard
     ``grpc.quest.>``, and ADR-32 service names allow no dots either.
     """
-    if not _TOKEN.match(name):
+    if not _TOKEN.fullmatch(name):
         raise ValueError(f"{what} {name!r} must be one token of [A-Za-z0-9_-]")
     return name
 
@@ -24,7 +25,7 @@ def check_token(name: str, what: str) -> str:
 def call_subject(prefix: str, target: str, method: str) -> str:
     """Subject for a gRPC method path ``/package.Service/Method``."""
     service, _, name = method.lstrip("/").partition("/")
-    if not _SERVICE.match(service) or not _METHOD.match(name):
+    if not _SERVICE.fullmatch(service) or not _METHOD.fullmatch(name):
         raise ValueError(f"method {method!r} is not of the form /package.Service/Method")
     return f"{prefix}.{target}.{service}.{name}"
 
