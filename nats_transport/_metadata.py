@@ -29,7 +29,7 @@ TRANSPORT_HEADERS = frozenset({TIMEOUT_HEADER, CONTENT_TYPE_HEADER, "te", "user-
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")
-_TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
+_TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])\Z")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # Finest unit first: the most precise encoding that fits in 8 digits wins.
 _UNITS_BY_PRECISION = ("n", "u", "m", "S", "M", "H")

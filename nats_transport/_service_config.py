@@ -21,7 +21,7 @@ import grpc
 # A6: maxAttempts above this is treated as this (a config must not make a client hammer a server).
 MAX_ATTEMPTS_LIMIT = 5
 
-_DURATION = re.compile(r"^(-?)(\d*)(?:\.(\d{0,9}))?s$")
+_DURATION = re.compile(r"^(-?)(\d*)(?:\.(\d{0,9}))?s\Z")
 _CODE_BY_NAME = {code.name: code for code in grpc.StatusCode}
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 

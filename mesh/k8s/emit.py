@@ -23,14 +23,14 @@ Data = object  # a tree of dict, list, str, int, bool and None
 # Plain only when every YAML 1.1 and 1.2 reader sees a string: starts with a letter, "_" or "/",
 # holds no character that means something (":", "#", ",", brackets, quotes, spaces), and is not
 # one of the words YAML 1.1 reads as booleans or null.
-_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*\Z")
 _RESERVED = frozenset({"y", "n", "yes", "no", "true", "false", "on", "off", "null"})
 _INDENT = "  "
 _FLOW_WIDTH = 100
 # A literal block keeps every character of its lines: only lines of printable characters (no
 # tab), none ending in whitespace, the first one neither empty nor indented (YAML would take its
 # indentation for the block's), and no final line break (``|-`` strips it).
-_BLOCK_LINE = re.compile(r"^[^\x00-\x1f\x7f\x85\u2028\u2029\ufeff]*$")
+_BLOCK_LINE = re.compile(r"^[^\x00-\x1f\x7f\x85\u2028\u2029\ufeff]*\Z")
 
 
 def document(data: Mapping[str, Data]) -> str:

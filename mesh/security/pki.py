@@ -45,7 +45,7 @@ LEAF_DAYS = 825
 DEFAULT_SERVER_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 # A DNS name, optionally with one leading wildcard label (``*.nats.default.svc.cluster.local``).
-_DNS = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_DNS = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z")
 
 
 class InvalidHost(ValueError):

@@ -23,10 +23,10 @@ MAX_DEADLINE = 300.0
 DEFAULT_ATTEMPTS = 3
 MAX_ATTEMPTS = 10
 
-_STEP_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+_STEP_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")
 # One NATS token, as the transport requires of targets.
-_TARGET = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_METHOD = re.compile(r"^/?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)/([A-Za-z_][A-Za-z0-9_]*)$")
+_TARGET = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_METHOD = re.compile(r"^/?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)/([A-Za-z_][A-Za-z0-9_]*)\Z")
 
 
 class InvalidInput(ValueError):

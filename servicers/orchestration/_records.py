@@ -35,7 +35,7 @@ WORKFLOW_TTL = 7 * 24 * 3600.0
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
-_ID = re.compile(r"^[0-9]{13}-[0-9a-f]{12}$")
+_ID = re.compile(r"^[0-9]{13}-[0-9a-f]{12}\Z")
 _FIELD = descriptor_pb2.FieldDescriptorProto
 
 
