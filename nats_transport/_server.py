@@ -606,7 +606,9 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             if kind == Kind.HALF_CLOSE:
                 endpoint.inbound.put_nowait(END)
             elif kind == Kind.CANCEL:
-                on_failure(StreamFailure(grpc.StatusCode.CANCELLED, "cancelled by the client"))
+                # The client has ended the call: cancel the handler and send nothing more, not
+                # even trailers (wire spec §6.7); closing the endpoint silences it.
+                endpoint.fail(failure_of_cancel(payload, _CLIENT_CANCELLED), tell_peer=False)
 
         endpoint = StreamEndpoint(
             self._nc,
@@ -656,8 +658,10 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             request: Any = stream
             behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
         else:
-            first = await endpoint.read()
-            if first is None:
+            first = await _read_request(endpoint, state)
+            if first is _FAILED:
+                request = _FAILED
+            elif first is None:
                 state.code = state.code or grpc.StatusCode.INTERNAL
                 state.details = state.details or "the client half-closed without sending the request"
                 request = _FAILED
@@ -746,6 +750,19 @@ class _StreamIO:
 
 _FAILED: Any = object()
 _CLIENT_CANCELLED = StreamFailure(grpc.StatusCode.CANCELLED, CANCELLED_BY_CLIENT)
+
+
+async def _read_request(endpoint: StreamEndpoint, state: CallState) -> Any:
+    """The one request of a unary-request stream call, or None at a half-close without one, or
+    _FAILED when the call's deadline passes first (the handler's own deadline is armed only
+    once it runs, so the wait for its request needs its own)."""
+    if state.deadline is None:
+        return await endpoint.read()
+    try:
+        return await asyncio.wait_for(endpoint.read(), max(state.deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        state.code, state.details = grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
+        return _FAILED
 
 
 def _next_or(iterator: Any, default: Any) -> Any:

@@ -190,7 +190,6 @@ class Call:
     client_stream: bytearray = field(default_factory=bytearray)
     client_frames: int = 0
     request_seen: bool = False
-    handler_started_at: float | None = None
     outcome: frozenset[int] = frozenset({OK})  # what the handler ends with once it has run
     # What the server sent.
     form: str | None = None
@@ -277,7 +276,7 @@ class Call:
             if flag == 0x01:  # compressed, which v1 forbids: only the unary path says what follows
                 self._unspecified()
             elif self.method is not None and not self.method.request_streaming and not self.request_seen:
-                self.request_seen, self.handler_started_at = True, now
+                self.request_seen = True
                 self._handler_may_end(self.outcome)
 
     def _requests_end(self, now: float) -> None:
@@ -440,9 +439,7 @@ class Call:
         elif self.silence_timeout is not None:
             bounds.append(self.last_sent_at + self.silence_timeout + PING_EVERY + SLACK)
         if self.deadline is not None:
-            enforced = self.sent_at if self.mode != "stream" else self.handler_started_at
-            if enforced is not None:  # see the xfail test at the end of this module
-                bounds.append(max(self.sent_at + self.deadline, enforced) + SLACK)
+            bounds.append(self.sent_at + self.deadline + SLACK)
         return min(bounds)
 
     def verdict(self, drops_now: int) -> list[str]:
@@ -454,9 +451,8 @@ class Call:
         if self.must_not_end:
             problems.append(f"answered ({self.status}) after its cancel (§5: nothing more is sent)")
         if self.cancelled_by_us and (self.status, self.details) == (CANCELLED, "cancelled by the client"):
-            # A known server bug, pinned by a strict xfail in test_server_fuzz: it answers a
-            # client's CANCEL with trailers, where §6.7 has it send nothing more.
-            return problems
+            # Trailers the server could only have written after our CANCEL reached it.
+            problems.append("answered the client's CANCEL with trailers (§6.7: nothing more is sent)")
         allowed = (TABLE | {OK} | self.extra_codes) if self.allowed is None else self.allowed
         if self.phase == "predictable" and not self.cancelled_by_us:
             allowed = {UNAVAILABLE}  # nothing else could end it: only the keepalive timeout
@@ -517,8 +513,6 @@ def stream_expectation(call: Call, target: Method | str, view: HeaderView, openi
     call.method, call.silence_timeout, call.credit_limit = method, view.silence_timeout, view.window
     deadline = view.timeout if isinstance(view.timeout, float) else None
     call.deadline = deadline
-    if method is not None and method.request_streaming:
-        call.handler_started_at = call.sent_at
     if method is ABORT:
         call.extra_codes = frozenset(range(1, 17))
     if method is not None and not method.request_streaming:

@@ -22,10 +22,8 @@ subjects of no call; and cancel messages. Everything the server sends back is re
 - after every example the server holds no call, its connection is healthy, nothing it sent was
   unreadable to a client, and a well-formed unary call and a stream call on it succeed.
 
-A property times deadlines on their own (§8). Strict xfails pin two server bugs the fuzz found,
-which its checks tolerate (each tolerance names its xfail): a stream call of a method with a
-unary request misses its deadline while the request has not arrived, and a client's CANCEL is
-answered with trailers where §6.7 has the server send nothing more.
+A property times deadlines on their own (§8), including a stream call of a method with a unary
+request whose request never arrives.
 """
 
 from __future__ import annotations
@@ -596,15 +594,6 @@ def test_a_call_whose_deadline_passes_ends_with_deadline_exceeded_on_time(
     harness.run(wait_for(lambda: harness.server.in_flight == 0, 2 + SLACK))
 
 
-DEADLINE_BEFORE_REQUEST_BUG = (
-    "_server.py arms a stream call's deadline in _invoke, which a method with a unary request "
-    "reaches only after `await endpoint.read()` returns the request: until the request arrives "
-    "no deadline is enforced, so the call ends by keepalive timeout (UNAVAILABLE), or never when "
-    "the opening asked for no keepalives"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=DEADLINE_BEFORE_REQUEST_BUG)
 @pytest.mark.parametrize(
     ("method", "opening"),
     [(ECHO, b""), (SPLIT, encode_message(b"half a request")[:8])],
@@ -626,15 +615,6 @@ def test_a_unary_request_stream_call_ends_at_its_deadline_before_its_request_arr
         harness.run(wait_for(lambda: harness.server.in_flight == 0, 2 + SLACK))
 
 
-CANCEL_ANSWERED_BUG = (
-    "_server.py: a client's CANCEL cancels the handler's task, but _invoke catches that "
-    "CancelledError (state.cancelled) and returns, so _run_stream goes on to queue a final DATA "
-    "with trailers CANCELLED 'cancelled by the client'; §6.7 has the server send nothing more, "
-    "not even trailers"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CANCEL_ANSWERED_BUG)
 @pytest.mark.parametrize(
     ("method", "opening"),
     [(CHAT, b""), (COLLECT, b""), (SLEEP, encode_message(b"long"))],
