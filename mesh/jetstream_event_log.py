@@ -36,7 +36,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from mesh.replication import VALID_REPLICAS, ensure_replicas
+from mesh.replication import VALID_REPLICAS, ensure_replicas, unplaceable
 from mesh.storage_health import StorageHealth
 from servicers.event_log import (
     Appended,
@@ -201,7 +201,13 @@ class JetStreamEventLog:
                 await ensure_replicas(self._js, info, self._config.num_replicas or 1)
             except nats.js.errors.NotFoundError:
                 # Creating with an identical config is idempotent, so racing replicas both succeed.
-                await self._js.add_stream(self._config)
+                try:
+                    await self._js.add_stream(self._config)
+                except nats.js.errors.APIError as err:
+                    reason = unplaceable(err, f"stream {self._stream}", self._config.num_replicas or 1)
+                    if reason is None:
+                        raise
+                    raise EventLogUnavailable(reason) from err
         if self._health is not None:
             self._health.track(self._stream)
         self._stream_ready = True

@@ -15,7 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.kv import KeyValue as NatsKeyValue
 
 import nats_transport
-from mesh.replication import VALID_REPLICAS, ensure_replicas
+from mesh.replication import VALID_REPLICAS, ensure_replicas, unplaceable
 from mesh.storage_health import StorageHealth
 from servicers.storage import Change, Entry, RevisionConflict, StorageUnavailable, ValueTooLarge
 
@@ -216,11 +216,17 @@ class JetStreamStorage:
             await ensure_replicas(self._js, await self._js.stream_info(f"KV_{bucket}"), self._replicas,
                                   kind="bucket")
         except nats.js.errors.BucketNotFoundError:
-            kv = await self._js.create_key_value(
-                KeyValueConfig(
-                    bucket=bucket, history=history, ttl=ttl, max_bytes=max_bytes, replicas=self._replicas
+            try:
+                kv = await self._js.create_key_value(
+                    KeyValueConfig(
+                        bucket=bucket, history=history, ttl=ttl, max_bytes=max_bytes, replicas=self._replicas
+                    )
                 )
-            )
+            except nats.js.errors.APIError as err:
+                reason = unplaceable(err, f"bucket {bucket}", self._replicas)
+                if reason is None:
+                    raise
+                raise StorageUnavailable(reason) from err
         if self._health is not None:
             self._health.track(f"KV_{bucket}")
         return JetStreamKeyValue(kv, self._nc.max_payload, self._js, timeout=self._timeout, health=self._health)

@@ -25,6 +25,7 @@ from nats.js.api import StreamInfo
 log = logging.getLogger("mesh.replication")
 
 VALID_REPLICAS = (1, 3, 5)
+NO_PLACEMENT = 10005  # JetStream's "no suitable peers for placement"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +37,16 @@ class ReplicaChoice:
 
 
 def choose_replicas(nc: Client, asked: int | None) -> ReplicaChoice:
-    """``asked`` when given; otherwise 3 if the connected server's cluster has at least three
-    servers, else 1.
+    """``asked`` when given; otherwise 3 if the connected server is part of a cluster, else 1.
 
-    The count comes from the server's INFO: a clustered server lists the client URLs of every
-    server in its cluster (``connect_urls``), its own included. That is the only place a
-    non-system user can count them (``$JS.API.INFO`` carries no cluster data). A cluster
-    configured with ``no_advertise`` lists none; then the choice is 1, with a reason that says
-    to set the count explicitly.
+    Whether it is comes from the server's INFO (``cluster``, its cluster's name). The number of
+    servers it advertises (``connect_urls``) is not used: it is a snapshot of the routes up at
+    connect time, so a host that starts while its cluster is still forming (the first deploy of
+    a StatefulSet, two of three servers up) would pick R1 for good, and a cluster configured
+    with ``no_advertise`` lists none. A cluster is run for redundancy, so R3 it is; where it
+    really has fewer than three JetStream servers, creating a bucket fails with JetStream's own
+    "insufficient resources", which the target reports as its storage outage (on ``/readyz``)
+    until the servers are there or ``MESH_REPLICAS=1`` says otherwise.
     """
     if asked is not None:
         if asked not in VALID_REPLICAS:
@@ -55,12 +58,18 @@ def choose_replicas(nc: Client, asked: int | None) -> ReplicaChoice:
     if not cluster:
         return ReplicaChoice(1, "R1: the NATS server is not part of a cluster")
     servers = len(set(info.get("connect_urls") or ()))
-    if servers == 0:
-        return ReplicaChoice(1, f"R1: cluster {cluster!r} does not advertise its servers (no_advertise); "
-                                "set MESH_REPLICAS=3 for replicated storage")
-    if servers >= 3:
-        return ReplicaChoice(3, f"R3: cluster {cluster!r} has {servers} servers")
-    return ReplicaChoice(1, f"R1: cluster {cluster!r} has only {servers} server(s)")
+    seen = f"{servers} server(s) advertised so far" if servers else "servers not advertised"
+    return ReplicaChoice(3, f"R3: the NATS server is part of cluster {cluster!r} ({seen}); "
+                            "set MESH_REPLICAS=1 for a cluster of fewer than three JetStream servers")
+
+
+def unplaceable(err: nats.js.errors.APIError, name: str, replicas: int) -> str | None:
+    """What to tell an operator when JetStream cannot place ``name``'s ``replicas`` replicas
+    (fewer JetStream servers up than replicas), or None for any other refusal."""
+    if err.err_code != NO_PLACEMENT:
+        return None
+    return (f"JetStream cannot place {name} on {replicas} servers ({err.description}): waiting for "
+            f"{replicas} JetStream servers; set MESH_REPLICAS=1 if the cluster has fewer")
 
 
 async def ensure_replicas(js: JetStreamContext, info: StreamInfo, wanted: int, *, kind: str = "stream") -> int:
