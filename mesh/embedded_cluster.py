@@ -31,7 +31,7 @@ from mesh.supervisor import http_get
 __all__ = ["CLUSTER_NAME", "DEFAULT_REPLICAS", "EmbeddedCluster"]
 
 CLUSTER_NAME = "mesh"
-# What hosts choose on a cluster of three or more servers (``mesh serve --replicas auto``).
+# What hosts choose on a cluster (``mesh serve --replicas auto``).
 DEFAULT_REPLICAS = 3
 # A node that exits is started again after this pause; one that exits more than RESTART_LIMIT
 # times within RESTART_WINDOW seconds ends ``mesh up``.

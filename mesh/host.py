@@ -78,7 +78,7 @@ class HostConfig:
         grace: seconds in-flight calls get to finish on SIGTERM.
         drain_pause: seconds between NOT_SERVING and refusing calls, so probes notice first.
         replicas: JetStream replica count for buckets and streams; None (auto): 3 when NATS runs
-            a cluster of at least three servers, else 1 (``mesh.replication``).
+            a cluster, else 1 (``mesh.replication``).
         max_concurrent_rpcs: per target; more calls get RESOURCE_EXHAUSTED.
         settings: per-target settings handed to servicers (``MESH_<TARGET>_<NAME>``).
         service_config: the gRPC service config of calls from hosted targets to others

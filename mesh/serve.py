@@ -119,8 +119,8 @@ SETTINGS = (
     Setting("--grace", "MESH_GRACE", _seconds, 10.0, "seconds in-flight calls get on SIGTERM"),
     Setting("--drain-pause", "MESH_DRAIN_PAUSE", _seconds, 1.0, "seconds NOT_SERVING before refusing calls"),
     Setting("--replicas", "MESH_REPLICAS", _replicas, None,
-            "JetStream replicas of new buckets and streams: auto (3 on a cluster of 3 or more servers, "
-            "else 1), 1, 3 or 5; fewer existing replicas are scaled up"),
+            "JetStream replicas of new buckets and streams: auto (3 when NATS is a cluster, else 1), "
+            "1, 3 or 5; fewer existing replicas are scaled up"),
     Setting("--tls-ca", "MESH_TLS_CA", _existing_file, None, "CA file to verify the NATS server"),
     Setting("--tls-cert", "MESH_TLS_CERT", _existing_file, None, "client certificate (mTLS)"),
     Setting("--tls-key", "MESH_TLS_KEY", _existing_file, None, "client key (mTLS)"),
