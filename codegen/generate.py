@@ -20,6 +20,9 @@ import grpc_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
+# An include path only: nothing under it is compiled. Python takes google.api, google.rpc and
+# grpc.health from their wheels (googleapis-common-protos, grpcio-health-checking); modules
+# generated from these copies would define the same symbols again and clash in the pool.
 THIRD_PARTY = PROTO_ROOT / "third_party"
 PACKAGE = "gaming"
 DESCRIPTOR_SET = Path(PACKAGE) / "descriptor_set.binpb"

@@ -1,35 +1,95 @@
-"""The service catalogue: every target of the mesh and the servicer module that implements it."""
+"""The service catalogue: every target of the mesh and the servicer module that implements it.
+
+Target names are declared in the protos, not here: every service carries
+``option (gaming.common.v1.target) = "<target>";``, read below from the generated descriptors,
+so the mesh and clients in other languages, which read the same option, cannot disagree.
+"""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-# target -> module under servicers/ (each exposes TARGET, SERVICE_NAMES, create, add_to_server).
-CATALOGUE: dict[str, str] = {
-    "ai-integration": "ai_integration",
-    "model-management": "model_management",
-    "ai-router": "ai_router",
-    "state-manager": "state_manager",
-    "quest-system": "quest",
-    "npc-behavior": "npc_behavior",
-    "world-state": "world_state",
-    "orchestration": "orchestration",
-    "router": "router",
-    "event-bus": "event_bus",
-    "time-manager": "time_manager",
-    "weather-manager": "weather",
-    "auth": "auth",
-    "settings": "settings",
-    "payment": "payment",
-    "performance-mode": "performance_mode",
-    "capability-registry": "capability_registry",
-    "knowledge-base": "knowledge_base",
-    "language-system": "language",
-    "environmental-narrative": "environmental_narrative",
-    "story-teller": "story_teller",
-    "body-broker-integration": "body_broker_integration",
+from gaming.common.v1 import common_pb2
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import ServiceDescriptor
+
+# proto service -> module under servicers/ (each exposes TARGET, SERVICE_NAMES, create,
+# add_to_server), in catalogue order; the target that serves each is its .proto's option.
+MODULES: dict[str, str] = {
+    "gaming.ai_integration.v1.AiIntegrationService": "ai_integration",
+    "gaming.model_management.v1.ModelManagementService": "model_management",
+    "gaming.ai_router.v1.AiRouterService": "ai_router",
+    "gaming.state_manager.v1.StateManagerService": "state_manager",
+    "gaming.quest.v1.QuestService": "quest",
+    "gaming.npc_behavior.v1.NpcBehaviorService": "npc_behavior",
+    "gaming.world_state.v1.WorldStateService": "world_state",
+    "gaming.orchestration.v1.OrchestrationService": "orchestration",
+    "gaming.router.v1.RouterService": "router",
+    "gaming.event_bus.v1.EventBusService": "event_bus",
+    "gaming.time_manager.v1.TimeManagerService": "time_manager",
+    "gaming.weather.v1.WeatherService": "weather",
+    "gaming.auth.v1.AuthService": "auth",
+    "gaming.settings.v1.SettingsService": "settings",
+    "gaming.payment.v1.PaymentService": "payment",
+    "gaming.performance_mode.v1.PerformanceModeService": "performance_mode",
+    "gaming.capability_registry.v1.CapabilityRegistryService": "capability_registry",
+    "gaming.knowledge_base.v1.KnowledgeBaseService": "knowledge_base",
+    "gaming.language.v1.LanguageService": "language",
+    "gaming.environmental_narrative.v1.EnvironmentalNarrativeService": "environmental_narrative",
+    "gaming.story_teller.v1.StoryTellerService": "story_teller",
+    "gaming.body_broker_integration.v1.BodyBrokerIntegrationService": "body_broker_integration",
 }
+
+
+class MissingTarget(LookupError):
+    """A service whose .proto declares no ``option (gaming.common.v1.target)``."""
+
+
+def service_target(service: ServiceDescriptor) -> str:
+    """The ``(gaming.common.v1.target)`` option of ``service``.
+
+    Raises:
+        MissingTarget: its .proto declares none.
+    """
+    options = service.GetOptions()
+    if not options.HasExtension(common_pb2.target):
+        raise MissingTarget(f"{service.full_name} declares no option (gaming.common.v1.target) in its .proto")
+    return options.Extensions[common_pb2.target]
+
+
+def proto_target(service: str) -> str:
+    """The target that serves ``service`` (``gaming.weather.v1.WeatherService``), as its .proto
+    declares it.
+
+    The service's generated module is imported first, so its descriptor is in the default pool:
+    by the layout of every service (docs/architecture.md, held by buf lint and
+    tests/test_catalogue_protos.py), ``gaming.<name>.v1.<Service>`` is defined in
+    ``gaming/<name>/v1/<name>.proto``, generated as ``gaming.<name>.v1.<name>_pb2``.
+
+    Raises:
+        ModuleNotFoundError: ``service``'s package has no generated module.
+        KeyError: the generated module defines no such service.
+        MissingTarget: its .proto declares no target.
+    """
+    package = service.rpartition(".")[0]
+    importlib.import_module(f"{package}.{package.split('.')[1]}_pb2")
+    return service_target(descriptor_pool.Default().FindServiceByName(service))
+
+
+def _catalogue() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for service, module in MODULES.items():
+        target = proto_target(service)
+        if target in table:
+            # Two services would share one queue group and one NATS identity.
+            raise ValueError(f"target {target!r} is declared by two services, one of them {service}")
+        table[target] = module
+    return table
+
+
+# target -> module under servicers/, in MODULES order.
+CATALOGUE: dict[str, str] = _catalogue()
 
 
 # Who calls whom over the mesh (deps.channel(<target>)), read from servicers/ and checked against

@@ -289,5 +289,14 @@ class Access(_message.Message):
 Global___Access: _TypeAlias = Access  # noqa: Y015
 
 ACCESS_FIELD_NUMBER: _builtins.int
+TARGET_FIELD_NUMBER: _builtins.int
 access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Access]
 """The access policy of an RPC (see Access). Field number from the range for in-house options."""
+target: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, _builtins.str]
+"""The mesh target that serves a service, declared on every service as
+`option (gaming.common.v1.target)`: the `{target}` of its NATS call subjects
+(`grpc.{target}.{package.Service}.{Method}`, docs/wire-protocol.md) and the name that
+`mesh serve`, `mesh call` and the service catalogue use. It is declared here, once, so that
+clients in any language read it from the descriptors instead of keeping a table of their own.
+Lowercase words joined by dashes. Field number from the range for in-house options.
+"""
