@@ -15,6 +15,11 @@ unary method uses the NATS transport's one-message fast path). Anything else (a 
 discovery has not seen yet, descriptors still loading) gets a bidi handler that resolves the
 service first: HTTP/2 frames every call type alike, and a nats_transport server serves any
 method over a stream, so a bidi relay is correct for all four.
+
+Streaming handlers are async generators that yield each response, not coroutines that call
+``context.write``: server interceptors (OpenTelemetry's among them) wrap a streaming handler by
+iterating it, which a coroutine cannot be. Client interceptors for the NATS channels come from
+the ``interceptors`` factory, per target; without one the channels have none.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -36,6 +41,8 @@ from gateway.schemas import Schemas
 from nats_transport import ChannelOptions
 
 Context = Any  # grpc.aio.ServicerContext; grpc ships no types
+# target -> the grpc.aio client interceptors of the NATS channel to it
+ChannelInterceptors = Callable[[str], Sequence[Any]]
 
 
 def split_method(path: str) -> tuple[str, str] | None:
@@ -49,15 +56,21 @@ def split_method(path: str) -> tuple[str, str] | None:
 
 
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """The grpc.aio generic handler behind every method the ingress does not serve itself."""
+    """The grpc.aio generic handler behind every method the ingress does not serve itself.
+
+    ``interceptors``: the client interceptors of the channel to a target (tracing's, say),
+    asked once per target; None installs none.
+    """
 
     def __init__(
-        self, nc: Client, discovery: Discovery, schemas: Schemas, options: ChannelOptions | None = None
+        self, nc: Client, discovery: Discovery, schemas: Schemas, options: ChannelOptions | None = None,
+        *, interceptors: ChannelInterceptors | None = None,
     ) -> None:
         self._nc = nc
         self._discovery = discovery
         self._schemas = schemas
         self._options = options or ChannelOptions()
+        self._interceptors = interceptors
         self._channels: dict[str, nats_transport.aio.Channel] = {}
 
     def __repr__(self) -> str:
@@ -67,7 +80,10 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         """The (cached) NATS channel to ``target``."""
         channel = self._channels.get(target)
         if channel is None:
-            channel = self._channels[target] = nats_transport.aio.channel(self._nc, target, options=self._options)
+            # None rather than an empty list: a channel without interceptors runs none of their code.
+            interceptors = None if self._interceptors is None else list(self._interceptors(target)) or None
+            channel = self._channels[target] = nats_transport.aio.channel(
+                self._nc, target, options=self._options, interceptors=interceptors)
         return channel
 
     def service(self, handler_call_details: Any) -> Any:
@@ -86,23 +102,23 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     async def _resolve_and_forward(
         self, service: str, path: str, requests: AsyncIterator[bytes], context: Context
-    ) -> None:
+    ) -> AsyncIterator[bytes]:
         target = await self._discovery.resolve(service)
         if target is None:
             if self._discovery.knows(service):
                 await abort(context, grpc.StatusCode.UNAVAILABLE, f"no live target serves {service}")
             await abort(context, grpc.StatusCode.UNIMPLEMENTED, f"unknown service {service}")
-        call = self.channel(target).stream_stream(path)(requests, **_call_options(context))
-        await _relay_stream(call, context)
+        async for message in _relay_stream(self.channel(target).stream_stream(path), requests, context):
+            yield message
 
 
 def _handler(kind: MethodKind, channel: nats_transport.aio.Channel, path: str) -> Any:
     if kind.client_streaming and kind.server_streaming:
-        return grpc.stream_stream_rpc_method_handler(functools.partial(_stream_stream, channel.stream_stream(path)))
+        return grpc.stream_stream_rpc_method_handler(functools.partial(_relay_stream, channel.stream_stream(path)))
     if kind.client_streaming:
         return grpc.stream_unary_rpc_method_handler(functools.partial(_stream_unary, channel.stream_unary(path)))
     if kind.server_streaming:
-        return grpc.unary_stream_rpc_method_handler(functools.partial(_unary_stream, channel.unary_stream(path)))
+        return grpc.unary_stream_rpc_method_handler(functools.partial(_relay_stream, channel.unary_stream(path)))
     return grpc.unary_unary_rpc_method_handler(functools.partial(_unary_unary, channel.unary_unary(path)))
 
 
@@ -113,7 +129,7 @@ def _call_options(context: Context) -> dict[str, Any]:
     }
 
 
-# -- the four relays ---------------------------------------------------------------------------
+# -- the relays -------------------------------------------------------------------------------
 
 
 async def _unary_unary(start: Callable[..., Any], request: bytes, context: Context) -> bytes:
@@ -124,14 +140,6 @@ async def _unary_unary(start: Callable[..., Any], request: bytes, context: Conte
 async def _stream_unary(start: Callable[..., Any], requests: AsyncIterator[bytes], context: Context) -> bytes:
     call = start(requests, **_call_options(context))
     return await _relay_response(call, context)
-
-
-async def _unary_stream(start: Callable[..., Any], request: bytes, context: Context) -> None:
-    await _relay_stream(start(request, **_call_options(context)), context)
-
-
-async def _stream_stream(start: Callable[..., Any], requests: AsyncIterator[bytes], context: Context) -> None:
-    await _relay_stream(start(requests, **_call_options(context)), context)
 
 
 async def _relay_response(call: Any, context: Context) -> bytes:
@@ -148,21 +156,26 @@ async def _relay_response(call: Any, context: Context) -> bytes:
     return response
 
 
-async def _relay_stream(call: Any, context: Context) -> None:
-    """Copy a streaming call's responses to the HTTP/2 side as they come, then its outcome."""
+async def _relay_stream(start: Callable[..., Any], request: Any, context: Context) -> AsyncIterator[bytes]:
+    """Start a response-streaming call (``request``: the one message or the client's stream),
+    yield its responses to the HTTP/2 side as they come, then hand on its outcome."""
+    call = start(request, **_call_options(context))
+    ended = False
     try:
         message = await _first_message(call, context)
-        while True:
-            if message is grpc.aio.EOF:
-                break
-            await context.write(message)
+        while message is not grpc.aio.EOF:
+            yield message
             message = await call.read()
         trailing = await call.trailing_metadata()
+        ended = True
     except grpc.aio.AioRpcError as err:
+        ended = True
         await _fail(context, err)
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
+    finally:
+        # The client went away or its deadline passed: while a read was awaited (the handler is
+        # cancelled), or while a response was being sent (grpc closes this generator then).
+        if not ended:
+            call.cancel()
     context.set_trailing_metadata(metadata.trailing_metadata(trailing))
 
 

@@ -8,11 +8,15 @@ from ``$SRV`` discovery (``gateway.discovery``) and each target's reflection
     ingress = await run_ingress(nc, "127.0.0.1", 50051)
     ...                      # grpcurl -plaintext 127.0.0.1:50051 list
     await ingress.stop()
+
+Interceptors come from the caller (``IngressOptions``), so whoever runs the ingress decides
+whether it traces: the gateway itself knows no tracing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from nats.aio.client import Client
 
 from gateway import health, reflection
 from gateway.discovery import Discovery
-from gateway.forwarding import Forwarder
+from gateway.forwarding import ChannelInterceptors, Forwarder
 from gateway.schemas import Schemas
 from nats_transport import ChannelOptions
 
@@ -66,6 +70,13 @@ class IngressOptions:
         max_message_size: largest message either way, in bytes (the NATS transport's default).
         channel: NATS transport settings of forwarded calls.
         tls: serve TLS with these files instead of plaintext.
+        server_interceptors: ``grpc.aio.ServerInterceptor`` instances of the HTTP/2 server, in
+            order; they see the ingress's own health and reflection calls too (a tracing filter
+            should skip them). They must not expect decoded messages: forwarded calls carry the
+            client's bytes.
+        channel_interceptors: target -> the ``grpc.aio`` client interceptors of the NATS channel
+            forwarded calls to that target take (asked once per target; the ingress's health
+            checks of that target use the channel too); None: none.
     """
 
     poll_interval: float = 1.5
@@ -76,6 +87,8 @@ class IngressOptions:
     max_message_size: int = 4 * 1024 * 1024
     channel: ChannelOptions = field(default_factory=ChannelOptions)
     tls: TlsFiles | None = None
+    server_interceptors: Sequence[Any] = ()
+    channel_interceptors: ChannelInterceptors | None = None
 
     def __post_init__(self) -> None:
         if self.poll_interval <= 0 or self.poll_window <= 0 or self.poll_misses < 1:
@@ -106,7 +119,8 @@ class Ingress:
             misses=self.options.poll_misses, ignore=OWN_SERVICES,
         )
         self.schemas = Schemas(nc, timeout=self.options.reflection_timeout, options=self.options.channel)
-        self.forwarder = Forwarder(nc, self.discovery, self.schemas, self.options.channel)
+        self.forwarder = Forwarder(nc, self.discovery, self.schemas, self.options.channel,
+                                   interceptors=self.options.channel_interceptors)
         self.health = health.MeshHealth(self.discovery, self.forwarder.channel, OWN_SERVICES, self._connected)
         self.reflection = reflection.MeshReflection(self.discovery, self.schemas, OWN_SERVICES)
         self._server: Any = None
@@ -132,7 +146,8 @@ class Ingress:
             RuntimeError: the address could not be bound.
         """
         size = self.options.max_message_size
-        server = grpc.aio.server(options=[
+        # None rather than an empty list: a server without interceptors runs none of their code.
+        server = grpc.aio.server(interceptors=list(self.options.server_interceptors) or None, options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             # grpc sets SO_REUSEPORT by default: a second process would share a taken port and

@@ -74,11 +74,15 @@ class Tracing:
             self._providers[target] = provider
         return provider
 
-    def server_interceptors(self, target: str) -> list[Any]:
+    def server_interceptors(self, target: str, *, over_nats: bool = True) -> list[Any]:
         """The stock grpc.aio server interceptor for ``target``'s server (put it first: its span
-        must be current while the interceptors after it run, so logs and metrics see it)."""
+        must be current while the interceptors after it run, so logs and metrics see it).
+
+        ``over_nats=False`` is for a server that takes its calls over HTTP/2 (the ingress): its
+        spans get the outcome but no NATS subject, since none carried the call to it.
+        """
         stock = aio_server_interceptor(tracer_provider=self.provider(target), filter_=self._filter)  # type: ignore[no-untyped-call]
-        return [stock, ServerSpanFacts(target, self._prefix)]
+        return [stock, ServerSpanFacts(target, self._prefix if over_nats else None)]
 
     def client_interceptors(self, caller: str, target: str) -> list[Any]:
         """The stock grpc.aio client interceptors for calls from ``caller`` to ``target``, and
@@ -109,15 +113,15 @@ class ServerSpanFacts(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Runs inside the stock server interceptor's span (install it right after): adds the NATS
     facts when a call begins and the status code it ended with."""
 
-    def __init__(self, target: str, prefix: str = DEFAULT_SUBJECT_PREFIX) -> None:
+    def __init__(self, target: str, prefix: str | None = DEFAULT_SUBJECT_PREFIX) -> None:
         self._target = target
-        self._prefix = prefix
+        self._prefix = prefix  # None: the calls do not come over NATS (no subject to name)
 
     async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = await continuation(details)
         if handler is None or split_method(details.method)[0] in SKIPPED_SERVICES:
             return handler
-        subject = subject_of(self._prefix, self._target, details.method)
+        subject = None if self._prefix is None else subject_of(self._prefix, self._target, details.method)
         return observe_handler(handler, lambda: _SpanOutcome(subject))
 
 
@@ -126,9 +130,9 @@ class _SpanOutcome:
 
     __slots__ = ("_span",)
 
-    def __init__(self, subject: str) -> None:
+    def __init__(self, subject: str | None) -> None:
         self._span = trace.get_current_span()
-        if self._span.is_recording():
+        if subject is not None and self._span.is_recording():
             self._span.set_attributes({MESSAGING_SYSTEM: "nats", MESSAGING_DESTINATION: subject})
 
     def received(self) -> None:

@@ -21,7 +21,7 @@ from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
 from mesh.k8s import command as k8s_command
 from mesh.security import command as security_command
-from mesh.up import NatsNotUsable, PortsTaken, UpError, run
+from mesh.up import NatsNotUsable, PortsTaken, TracingNotUsable, UpError, run
 
 __all__ = ["build_parser", "main"]
 
@@ -180,7 +180,7 @@ def _run_up(args: argparse.Namespace) -> int:
     except PortUnavailableError as error:
         flag = flag_of({"client": "nats_port", "cluster": "nats_cluster_port"}.get(error.role, "nats_monitor_port"))
         return _fail("up", f"{flag}: cannot listen on {error.host}:{error.port}: {error.reason}", EXIT_USAGE)
-    except (NatsNotUsable, PortsTaken) as error:
+    except (NatsNotUsable, PortsTaken, TracingNotUsable) as error:
         return _fail("up", str(error), EXIT_USAGE)
     except (EmbeddedNatsError, UpError) as error:
         return _fail("up", str(error), EXIT_FAILED)

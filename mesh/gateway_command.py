@@ -5,6 +5,10 @@ Every setting comes from a flag or, when the flag is absent, from its ``MESH_*``
 variable, then the default. A bad value, a taken port or refused NATS credentials is one line
 naming the flag or variable, and exit code 2. SIGTERM or SIGINT: /readyz 503, the ingress refuses
 new calls and gives in-flight ones ``--grace`` seconds, Envoy stops, NATS drains, exit 0.
+
+The ingress traces as hosts do when the standard ``OTEL_*`` variables (or ``MESH_TRACE_DIR``)
+ask for it (``health.tracing``): a server span per call it takes, a client span per call it
+forwards, both named ``ingress``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -22,7 +27,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from nats.aio.client import Client
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
@@ -35,13 +40,18 @@ from gateway.xds import ConfigRejected
 from health.admin import AdminServer
 from health.call_log import configure_json_logging
 from health.metrics import exposition
+from health.tracing import TracingConfigError, from_environment
 from health.transport_metrics import TransportMetrics
 from mesh import serve
 from mesh.config import ConfigError
 from mesh.connection import AccessDenied, NatsAccess, connect
 from nats_transport import connection_problem
 
-__all__ = ["GatewayConfig", "GatewayError", "add_arguments", "resolve", "run", "start_edge_for", "start_ingress"]
+if TYPE_CHECKING:
+    from health.trace_pipeline import Tracing
+
+__all__ = ["GatewayConfig", "GatewayError", "add_arguments", "ingress_tracing", "resolve", "run", "start_edge_for",
+           "start_ingress"]
 
 log = logging.getLogger("mesh.gateway")
 
@@ -51,6 +61,10 @@ EXIT_USAGE = 2
 
 # Bound of each readiness check's TCP connect: a probe must answer well within its own timeout.
 _PROBE_CONNECT_TIMEOUT = 1.0
+
+# The ingress's name in traces: the service.name of its spans, the caller on its client spans,
+# and its spans file in MESH_TRACE_DIR.
+INGRESS = "ingress"
 
 
 def _port(text: str) -> int:
@@ -199,14 +213,34 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -
 # -- the parts `mesh up` shares ------------------------------------------------------------
 
 
+def ingress_tracing(environ: Mapping[str, str] = os.environ) -> Tracing | None:
+    """The ingress's span pipeline as ``environ`` asks for it (``health.tracing``), or None
+    (the default: nothing traced, nothing installed). Shut it down after the ingress stops.
+
+    Raises:
+        GatewayError: a value that cannot be used; ``flag`` is the variable that holds it.
+    """
+    try:
+        return from_environment(INGRESS, environ)
+    except TracingConfigError as error:
+        raise GatewayError(str(error), str(error).partition(": ")[0]) from None
+
+
 async def start_ingress(nc: Client, host: str, port: int, *, tls: TlsPair | None = None,
-                        grace: float = 5.0) -> Ingress:
-    """A started gRPC ingress on ``host:port`` over ``nc`` (``tls``: serve TLS to clients).
+                        grace: float = 5.0, tracing: Tracing | None = None) -> Ingress:
+    """A started gRPC ingress on ``host:port`` over ``nc`` (``tls``: serve TLS to clients;
+    ``tracing``: trace the calls it takes and forwards).
 
     Raises:
         GatewayError: the port cannot be bound (flag ``--grpc-port``).
     """
-    options = IngressOptions(grace=grace, tls=None if tls is None else TlsFiles(cert=tls.cert, key=tls.key))
+    options = IngressOptions(
+        grace=grace, tls=None if tls is None else TlsFiles(cert=tls.cert, key=tls.key),
+        # The server span of each call is the parent of the client span of its forwarded call,
+        # whose traceparent the target continues. Off, neither list exists.
+        server_interceptors=() if tracing is None else tracing.server_interceptors(INGRESS, over_nats=False),
+        channel_interceptors=None if tracing is None else functools.partial(tracing.client_interceptors, INGRESS),
+    )
     try:
         return await run_ingress(nc, host, port, options=options)
     except RuntimeError as error:
@@ -249,11 +283,18 @@ def dial_host(listen_host: str) -> str:
 
 
 class Gateway:
-    """The running parts, for the probes and the drain; each is None until it has started."""
+    """The running parts, for the probes and the drain; each is None until it has started.
 
-    def __init__(self, config: GatewayConfig, registry: CollectorRegistry = REGISTRY) -> None:
+    ``tracing``: the ingress's span pipeline; None reads it from the environment at start
+    (:func:`ingress_tracing`), and then the gateway shuts it down when it stops.
+    """
+
+    def __init__(self, config: GatewayConfig, registry: CollectorRegistry = REGISTRY,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
         self.registry = registry
+        self.tracing = tracing
+        self._owns_tracing = False
         self.nc: Client | None = None
         self.ingress: Ingress | None = None
         self.edge: Edge | None = None
@@ -266,8 +307,16 @@ class Gateway:
                                    registry=registry)
 
     async def start(self) -> None:
-        """Admin server first (probes answer while NATS is awaited), then NATS, ingress, Envoy."""
+        """Tracing (a bad ``OTEL_*`` value fails before anything listens), the admin server
+        (probes answer while NATS is awaited), then NATS, ingress, Envoy.
+
+        Raises:
+            GatewayError: a port is taken, a tracing variable is bad, or Envoy failed.
+        """
         config = self.config
+        if self.tracing is None:
+            self.tracing = ingress_tracing()
+            self._owns_tracing = self.tracing is not None
         if config.admin_port is not None:
             self.admin = AdminServer(self.readiness, self.metrics, host=config.listen_host, port=config.admin_port,
                                      liveness=self.liveness)
@@ -279,7 +328,7 @@ class Gateway:
                                    f"{error.strerror or error}", "--admin-port") from error
         self.nc = await self._connect(config.access)
         self.ingress = await start_ingress(self.nc, config.listen_host, config.grpc_port, tls=config.serve_tls,
-                                           grace=config.grace)
+                                           grace=config.grace, tracing=self.tracing)
         if config.edge:
             self.edge = await start_edge_for(self.ingress, config.http_port, http_host=config.listen_host,
                                              tls=config.serve_tls, upstream_ca=config.upstream_ca)
@@ -341,7 +390,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Readiness 503, the ingress refuses new calls and waits out the grace for in-flight
-        ones, then Envoy stops, NATS drains and the admin server closes."""
+        ones, then Envoy stops, NATS drains, the admin server closes and the spans still queued
+        are exported."""
         self.stopping = True
         if self.ingress is not None:
             await self.ingress.stop()
@@ -352,6 +402,8 @@ class Gateway:
                 await self.nc.drain()
         if self.admin is not None:
             await self.admin.stop()
+        if self._owns_tracing and self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # blocks while it exports
 
 
 def _gave_up(envoy: EnvoyProcess) -> bool:

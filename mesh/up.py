@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
@@ -36,12 +36,15 @@ from mesh.config import LOOPBACK, UpConfig, flag_of
 from mesh.connection import AccessDenied, NatsAccess, connect
 from mesh.embedded_cluster import CLUSTER_NAME, DEFAULT_REPLICAS, EmbeddedCluster
 from mesh.embedded_nats import EmbeddedNats, EmbeddedNatsError
-from mesh.gateway_command import GatewayError, accepts_tcp, start_edge_for, start_ingress
+from mesh.gateway_command import GatewayError, accepts_tcp, ingress_tracing, start_edge_for, start_ingress
 from mesh.security import SecurityInitError, initialise, read_identity
 from mesh.security.routes import route_tls_in
 from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
 
-__all__ = ["NatsNotUsable", "PortsTaken", "UpError", "run"]
+if TYPE_CHECKING:
+    from health.trace_pipeline import Tracing
+
+__all__ = ["NatsNotUsable", "PortsTaken", "TracingNotUsable", "UpError", "run"]
 
 # Bounds for the start-up check, so an unreachable --nats-url fails in seconds, not minutes.
 _CONNECT_TIMEOUT = 2.0
@@ -61,14 +64,21 @@ class NatsNotUsable(UpError):
     configuration to fix, so ``mesh up`` exits 2."""
 
 
+class TracingNotUsable(UpError):
+    """An ``OTEL_*`` or ``MESH_TRACE_DIR`` value the tracing cannot use; the message is one line
+    naming the variable. Found before anything starts (the hosts would refuse it too)."""
+
+
 async def run(config: UpConfig, out: TextIO = sys.stdout, *, trace: bool = False) -> None:
     """Start everything ``config`` asks for, print the endpoints, and run until SIGINT or SIGTERM.
-    With ``trace``, the hosts keep their spans in ``<data dir>/traces`` (``mesh trace``).
+    With ``trace``, the hosts and the ingress keep their spans in ``<data dir>/traces``
+    (``mesh trace``); the ``OTEL_*`` variables apply to both, as to ``mesh serve``.
 
     Raises:
         mesh.embedded_nats.PortUnavailableError: an embedded NATS port is taken.
         mesh.embedded_nats.EmbeddedNatsError: the embedded server failed to start.
         UpError: NATS is unreachable, lacks JetStream, or the embedded server died while up.
+        TracingNotUsable: a tracing variable holds a value that cannot be used.
     """
     began = time.monotonic()
     # Every taken port at once, before anything starts: fixing them one run at a time is tedious.
@@ -80,7 +90,11 @@ async def run(config: UpConfig, out: TextIO = sys.stdout, *, trace: bool = False
     else:
         print("mesh up: INSECURE: anyone who can reach NATS can read, call and impersonate every service; "
               "use --secure beyond a laptop (docs/security.md)", file=out, flush=True)
+    tracing = _ingress_tracing(config, trace)
     async with AsyncExitStack() as stack:
+        if tracing is not None:
+            # The first callback runs last: the ingress has stopped, its spans have ended.
+            stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         server: EmbeddedNats | EmbeddedCluster | None = None
         supervision: asyncio.Task[None] | None = None
         if config.embedded and config.cluster > 1:
@@ -99,7 +113,7 @@ async def run(config: UpConfig, out: TextIO = sys.stdout, *, trace: bool = False
         await admin.start()
         stack.push_async_callback(admin.stop)
         await _wait_until_ready(hosts, stop)
-        ingress = await _start_ingress(config, stack)
+        ingress = await _start_ingress(config, stack, tracing)
         edge = await _start_edge(config, ingress, stack)
         assert ingress.port is not None  # bound: start_ingress returns a started ingress
         front += [ingress.port, edge.http_port]
@@ -190,8 +204,19 @@ async def _wait_until_ready(hosts: list[HostProcess], stop: asyncio.Event, front
         await asyncio.sleep(0.05)  # polling the hosts' /readyz: there is no event to wait on
 
 
-async def _start_ingress(config: UpConfig, stack: AsyncExitStack) -> Ingress:
-    """The gRPC ingress, in this process, on its own NATS connection (stopped before the hosts)."""
+def _ingress_tracing(config: UpConfig, trace: bool) -> Tracing | None:
+    """The in-process ingress's span pipeline: what the environment asks of the hosts too, and
+    with ``trace`` its own spans file among theirs (``ingress.jsonl``)."""
+    environ = {**os.environ, TRACE_DIR: str(config.data_dir / "traces")} if trace else os.environ
+    try:
+        return ingress_tracing(environ)
+    except GatewayError as error:
+        raise TracingNotUsable(str(error)) from None
+
+
+async def _start_ingress(config: UpConfig, stack: AsyncExitStack, tracing: Tracing | None = None) -> Ingress:
+    """The gRPC ingress, in this process, on its own NATS connection (stopped before the hosts);
+    ``tracing``: its span pipeline, shut down by the caller."""
     nc = await connect(
         _access(config, "ingress"), name="mesh:ingress",
         max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=_CONNECT_TIMEOUT, error_cb=_ignore_error,
@@ -202,7 +227,7 @@ async def _start_ingress(config: UpConfig, stack: AsyncExitStack) -> Ingress:
         server_files = config.secrets_dir / "server"
         tls = TlsPair(cert=server_files / "cert.pem", key=server_files / "key.pem")
     try:
-        ingress = await start_ingress(nc, LOOPBACK, config.grpc_port, tls=tls)
+        ingress = await start_ingress(nc, LOOPBACK, config.grpc_port, tls=tls, tracing=tracing)
     except GatewayError as error:
         raise UpError(str(error)) from error
     stack.push_async_callback(ingress.stop)
