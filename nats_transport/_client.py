@@ -33,6 +33,7 @@ from nats_transport._keepalive import (
 from nats_transport._metadata import (
     CALL_HEADER,
     KEEPALIVE_HEADER,
+    MIN_WINDOW,
     STREAM_HEADER,
     TIMEOUT_HEADER,
     WINDOW_HEADER,
@@ -50,6 +51,7 @@ from nats_transport._stream import (
     cancel_payload,
     failure_of_cancel,
     headers_size,
+    join_repeated_headers,
     publish_quietly,
 )
 from nats_transport._subjects import cancel_subject_of
@@ -129,7 +131,7 @@ class ReplyMux:
         return mux
 
     def __init__(self, nc: Client) -> None:
-        self.nc = nc
+        self.nc = join_repeated_headers(nc)  # every reply is read here: repeated lines join (§4)
         self._prefix = nc.new_inbox()
         self._prefix_len = len(self._prefix) + 1
         self._calls: dict[str, Any] = {}
@@ -282,7 +284,10 @@ class PendingUnary:
 
 def outcome_of(headers: dict[str, str] | None, frames: list[tuple[int, bytes]]) -> Outcome:
     """Turn reply frames into an outcome (exactly one message and/or one trailer frame)."""
-    initial = from_headers(headers) if headers else ()
+    try:
+        initial = from_headers(headers) if headers else ()
+    except MetadataError as exc:
+        return failed(grpc.StatusCode.INTERNAL, f"malformed initial metadata: {exc}")
     response: bytes | None = None
     trailers = _framing.Trailers(0)
     for flag, payload in frames:
@@ -549,6 +554,11 @@ class ClientStream:
                 window, subject = env.unpack_accept(payload)
             except ValueError:
                 self.endpoint.fail(StreamFailure(grpc.StatusCode.INTERNAL, "malformed ACCEPT"))
+                return
+            if window < MIN_WINDOW:  # §6.5; the per-call subject is known, so the server hears why
+                self.endpoint.connect(subject, 0)
+                details = f"ACCEPT announces a window of {window} bytes, below the minimum of {MIN_WINDOW}"
+                self.endpoint.fail(StreamFailure(grpc.StatusCode.INTERNAL, details))
                 return
             self.endpoint.connect(subject, max(window - self._opened_with, 0))
             if headers and KEEPALIVE_HEADER in headers:  # a 1.1 server says which PINGs it sends

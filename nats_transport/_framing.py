@@ -51,6 +51,12 @@ def _percent_encode(text: str) -> str:
     out = []
     for byte in _utf8(text):
         out.append(chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}")
+    # Receivers trim the spaces around a header value (nats-py and our trailer parser alike), so
+    # a space at either end travels escaped (wire spec §3, 1.1); gRPC lets senders escape any byte.
+    if out and out[0] == " ":
+        out[0] = "%20"
+    if out and out[-1] == " ":
+        out[-1] = "%20"
     return "".join(out)
 
 
@@ -113,6 +119,9 @@ def decode_trailer_block(block: bytes) -> Trailers:
         key = key.strip().lower()
         value = value.strip()
         if key == "grpc-status":
+            # Senders put it first; receivers take it from any line, but two are ambiguous (§3).
+            if code is not None:
+                raise FramingError("trailer block has more than one grpc-status")
             if not value.isdigit():
                 raise FramingError(f"bad grpc-status {value[:20]!r}")
             try:

@@ -3,7 +3,8 @@
 gRPC's rules apply: keys are lowercase ``[0-9a-z_.-]``; keys ending in ``-bin`` carry bytes,
 base64-encoded on the wire; other values are printable ASCII. nats-py keeps one value per header
 key, so repeated values are joined with ``,``: exact for ``-bin`` keys (base64 has no comma),
-and the HTTP folding rule (RFC 9110 5.3) for text keys.
+and the HTTP folding rule (RFC 9110 5.3) for text keys. Receivers join header lines that repeat a
+key the same way (:func:`fold_repeated_lines`), where nats-py's parser would keep only the last.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ TRANSPORT_HEADERS = frozenset({TIMEOUT_HEADER, CONTENT_TYPE_HEADER, "te", "user-
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")
+_WINDOW = re.compile(r"[0-9]+")
+MIN_WINDOW = 1024  # the least receive window a stream side may announce (wire spec §6.5)
+MAX_WINDOW = 0xFFFFFFFF  # what a uint32 (ACCEPT's field, a CREDIT) can hold
 _TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])\Z")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # Finest unit first: the most precise encoding that fits in 8 digits wins.
@@ -75,11 +79,16 @@ def encode_value(key: str, value: MetadataValue) -> str:
         return base64.b64encode(raw).decode("ascii")
     if not isinstance(value, str):
         raise MetadataError(f"metadata value for {key!r} must be str (use a '-bin' key for bytes)")
-    if not all(0x20 <= ord(ch) <= 0x7E for ch in value):
+    _check_printable(key, value)
+    return value
+
+
+def _check_printable(key: str, value: str) -> None:
+    # For ASCII, isprintable() is exactly 0x20-0x7E: both checks run in C, once per value.
+    if not (value.isascii() and value.isprintable()):
         raise MetadataError(
             f"metadata value for {key!r} is not printable ASCII; use a '-bin' key for other data"
         )
-    return value
 
 
 def decode_value(key: str, value: str) -> MetadataValue:
@@ -108,7 +117,12 @@ def to_headers(
 
 
 def from_headers(headers: Mapping[str, str] | None) -> tuple[MetadataTuple, ...]:
-    """User metadata from NATS headers, transport headers removed; ``-bin`` repeats split."""
+    """User metadata from NATS headers, transport headers removed; ``-bin`` repeats split.
+
+    Raises :class:`MetadataError` for a ``-bin`` value that is not base64 and for a text value
+    that is not printable ASCII (wire spec §4): nats-py hands over any UTF-8 it received, with
+    U+FFFD for bytes that are not, which no gRPC peer could have sent as a text value.
+    """
     if not headers:
         return ()
     out: list[MetadataTuple] = []
@@ -119,8 +133,45 @@ def from_headers(headers: Mapping[str, str] | None) -> tuple[MetadataTuple, ...]
         if key.endswith("-bin"):
             out.extend((key, decode_value(key, part)) for part in value.split(","))
         else:
+            _check_printable(key, value)
             out.append((key, value))
     return tuple(out)
+
+
+def fold_repeated_lines(block: bytes, parsed: dict[str, str]) -> dict[str, str]:
+    """Join, in ``parsed``, the values of header lines of ``block`` that repeat a key.
+
+    ``block`` is a raw NATS header block (``NATS/1.0...`` line first) and ``parsed`` the dict
+    nats-py made of it, which keeps only the last line of a repeated key. HTTP field-line
+    combination (RFC 9110 5.3), as wire spec §4 has it: keys compare without case, values join
+    with ``,`` in line order, under the key's first spelling. Lines are read as nats-py reads them
+    (split at the first ``:``, both sides trimmed; lines without ``:`` and keys that are not ASCII
+    or hold whitespace are skipped), so keys that do not repeat keep nats-py's value. Returns
+    ``parsed``.
+    """
+    seen: dict[str, tuple[str, list[str]]] = {}
+    for line in block.split(b"\r\n")[1:]:  # the first line is the version (and status) line
+        name, sep, raw_value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if any(ch.isspace() for ch in key):
+            continue
+        value = raw_value.strip().decode("utf-8", "replace")
+        entry = seen.get(key.lower())
+        if entry is None:
+            seen[key.lower()] = (key, [value])
+        else:
+            entry[1].append(value)
+    for lowered, (first, values) in seen.items():
+        if len(values) > 1:
+            for spelling in [k for k in parsed if k.lower() == lowered]:
+                del parsed[spelling]
+            parsed[first] = ",".join(values)
+    return parsed
 
 
 def encode_timeout(seconds: float) -> str:
@@ -141,3 +192,24 @@ def decode_timeout(text: str) -> float:
     if match is None:
         raise ValueError(f"malformed grpc-timeout {text[:20]!r}")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def decode_window(text: str | None) -> int | None:
+    """The receive window a stream opening announces in ``nats-grpc-window`` (wire spec §6.5):
+    None when absent or ``0`` (the peer takes the server's own, as 1.0 allowed); at most
+    :data:`MAX_WINDOW`, since sending less than a window allows is always safe and 1.0 set no
+    bound; ``ValueError`` unless ASCII digits of at least :data:`MIN_WINDOW`."""
+    if text is None:
+        return None
+    # fullmatch, as int() also reads " 7", "+7", "1_0" and non-ASCII digits.
+    if _WINDOW.fullmatch(text) is None:
+        raise ValueError(f"{WINDOW_HEADER} {text[:20]!r} is not a decimal window of at least {MIN_WINDOW} bytes")
+    digits = text.lstrip("0")
+    if not digits:
+        return None
+    if len(digits) > 10:  # beyond MAX_WINDOW, and maybe beyond the 4300 digits int() reads
+        return MAX_WINDOW
+    value = int(digits)
+    if value < MIN_WINDOW:
+        raise ValueError(f"{WINDOW_HEADER} {text[:20]!r} is not a decimal window of at least {MIN_WINDOW} bytes")
+    return min(value, MAX_WINDOW)

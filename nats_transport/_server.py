@@ -42,6 +42,7 @@ from nats_transport._metadata import (
     WINDOW_HEADER,
     MetadataError,
     decode_timeout,
+    decode_window,
     from_headers,
 )
 from nats_transport._options import ServerOptions
@@ -51,6 +52,7 @@ from nats_transport._stream import (
     StreamFailure,
     failure_of_cancel,
     headers_size,
+    join_repeated_headers,
     publish_quietly,
 )
 from nats_transport._subjects import cancel_subject, check_token, method_of, server_wildcard, stream_prefix_of
@@ -106,7 +108,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         interceptors: Sequence[Any] | None = None,
         options: ServerOptions,
     ) -> None:
-        self._nc = guard_connection(nc)
+        self._nc = join_repeated_headers(guard_connection(nc))
         self._target = check_token(target, "target")
         self._options = options
         self._interceptors = tuple(interceptors or ())
@@ -583,12 +585,11 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
 
     async def _serve_stream(self, msg: Msg) -> None:
         headers = msg.headers or {}
-        try:
-            client_window = int(headers.get(WINDOW_HEADER, "0"))
-        except ValueError:
-            client_window = 0
-        if client_window <= 0:  # absent or nonsense: assume the client takes our own window size
-            client_window = self._options.stream_window
+        refusal = None
+        try:  # absent or 0: the client takes our own window size, as 1.0 allowed
+            client_window = decode_window(headers.get(WINDOW_HEADER)) or self._options.stream_window
+        except ValueError as exc:  # refused after ACCEPT, as any bad header is (wire spec §6.3)
+            client_window, refusal = self._options.stream_window, _CallFailed(grpc.StatusCode.INTERNAL, str(exc))
         keepalive = server_stream_terms(self._options, parse_interval(headers.get(KEEPALIVE_HEADER)))
         call_id = str(next(self._ids))
         state_box: list[CallState] = []
@@ -630,6 +631,8 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             )
             endpoint.receive(msg.data, None)
             try:
+                if refusal is not None:
+                    raise refusal
                 state, handler = await self._prepare(msg)
             except _CallFailed as failed:
                 endpoint.queue_final(

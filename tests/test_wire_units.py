@@ -134,6 +134,9 @@ def _round_trip(trailers: Trailers) -> Trailers:
         Trailers(14, "", None, (("retry-after", "5"),)),
         Trailers(0, "", None, (("k", "v1"), ("k", "v2"), ("blob-bin", b"\x00\xff"), ("blob-bin", b"z"))),
         Trailers(9, "emoji 🎮", bytes(range(256)), (("x-user", "alice"),)),
+        Trailers(9, "  padded  "),
+        Trailers(9, " "),
+        Trailers(9, "\t tab and space \t"),
     ],
 )
 def test_trailers_survive_a_round_trip(trailers: Trailers) -> None:
@@ -149,6 +152,14 @@ def test_trailers_survive_a_round_trip(trailers: Trailers) -> None:
         ("✓", "%E2%9C%93"),
         ("a\r\nb", "a%0D%0Ab"),
         ("tab\there", "tab%09here"),
+        # Receivers trim values, so a space at either end travels escaped; inner ones as they are.
+        ("  padded  ", "%20 padded %20"),
+        (" lead", "%20lead"),
+        ("trail ", "trail%20"),
+        (" ", "%20"),
+        ("  ", "%20%20"),
+        ("a b", "a b"),
+        ("\tx ", "%09x%20"),
     ],
 )
 def test_grpc_message_is_percent_encoded_utf8_on_the_wire(message: str, wire: str) -> None:
@@ -178,6 +189,24 @@ def test_status_details_travel_base64_in_grpc_status_details_bin() -> None:
     assert "grpc-status-details-bin: 3q2+7w==\r\n" in block
 
 
+def test_senders_put_grpc_status_first() -> None:
+    trailers = Trailers(3, "x", b"\x01", (("a", "b"),))
+    assert _framing.encode_trailers(trailers)[5:].startswith(b"grpc-status: 3\r\n")
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (b"grpc-status: 3\r\ngrpc-message: m\r\n", Trailers(3, "m")),
+        (b"grpc-message: m\r\ngrpc-status: 3\r\n", Trailers(3, "m")),
+        (b"x-a: 1\r\ngrpc-status: 0\r\nx-b: 2\r\n", Trailers(0, "", None, (("x-a", "1"), ("x-b", "2")))),
+        (b"grpc-status-details-bin: AQ\r\nGRPC-STATUS: 5\r\n", Trailers(5, "", b"\x01")),
+    ],
+)
+def test_receivers_take_grpc_status_from_any_line(block: bytes, expected: Trailers) -> None:
+    assert _framing.decode_trailer_block(block) == expected
+
+
 def test_trailer_block_decoding_lowercases_keys_and_accepts_unpadded_base64() -> None:
     block = b"Grpc-Status: 7\r\nX-Reason: nope\r\nGRPC-STATUS-DETAILS-BIN: 3q2+7w\r\nblob-bin: AP8\r\n"
     assert _framing.decode_trailer_block(block) == Trailers(
@@ -195,6 +224,9 @@ def test_trailer_block_decoding_lowercases_keys_and_accepts_unpadded_base64() ->
         (b"grpc-status: 0\r\nno colon here\r\n", "malformed trailer line"),
         ("grpc-status: 0\r\nk: é\r\n".encode(), "not ASCII"),
         (b"grpc-status: 2\r\ngrpc-status-details-bin: a\r\n", "grpc-status-details-bin"),
+        (b"grpc-status: 0\r\ngrpc-status: 0\r\n", "more than one grpc-status"),
+        (b"grpc-status: 1\r\nx: y\r\nGrpc-Status: 2\r\n", "more than one grpc-status"),
+        (b"grpc-message: m\r\ngrpc-status: 4\r\ngrpc-status: x\r\n", "more than one grpc-status"),
     ],
 )
 def test_a_malformed_trailer_block_is_a_framing_error(block: bytes, complaint: str) -> None:
@@ -291,6 +323,102 @@ def test_repeated_bin_values_split_back_into_separate_entries() -> None:
 def test_repeated_text_values_arrive_folded_into_one_comma_joined_value() -> None:
     # nats-py keeps one value per header key: text repeats fold, as HTTP does (RFC 9110 5.3).
     assert md.from_headers(md.to_headers([("k", "a"), ("k", "b")])) == (("k", "a,b"),)
+
+
+@pytest.mark.parametrize(
+    "value", ["José", "\ufffd", "tab\there", "\x01", "a\x7fb", "line\nbreak", "✓"]
+)
+def test_from_headers_refuses_text_values_outside_printable_ascii(value: str) -> None:
+    # What nats-py hands over for bytes a gRPC peer could not have sent (U+FFFD for non-UTF-8).
+    with pytest.raises(md.MetadataError, match="x-name"):
+        md.from_headers({"x-name": value})
+
+
+@pytest.mark.parametrize("value", ["", " ", "plain", "~!@#$%^&*()_+{}|:<>?", "a,b"])
+def test_from_headers_accepts_printable_ascii_text_values(value: str) -> None:
+    assert md.from_headers({"x-name": value}) == (("x-name", value),)
+
+
+def test_from_headers_lets_transport_headers_it_drops_hold_anything() -> None:
+    assert md.from_headers({"nats-grpc-anything": "é", "user-agent": "é/1"}) == ()
+
+
+# -- _metadata: repeated header lines --------------------------------------------------------
+
+
+def _nats_py_dict(block: bytes) -> dict[str, str]:
+    """What nats-py's parser (2.16.0) makes of a header block: the last line of a key wins."""
+    out: dict[str, str] = {}
+    for line in block.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().isascii() and not any(c.isspace() for c in name.strip().decode()):
+            out[name.strip().decode()] = value.strip().decode("utf-8", "replace")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([b"k: v"], {"k": "v"}),
+        ([b"k: a", b"k: b"], {"k": "a,b"}),
+        ([b"k: a", b"o: x", b"k: b", b"k: c"], {"k": "a,b,c", "o": "x"}),
+        ([b"X-A: 1", b"x-a: 2"], {"X-A": "1,2"}),  # keys compare without case; the first spelling stays
+        ([b"k-bin: AQ==", b"k-bin:Ag=="], {"k-bin": "AQ==,Ag=="}),
+        ([b"k:  a ", b"k:b"], {"k": "a,b"}),  # values trimmed, as nats-py trims them
+        ([b"k: a", b"k:"], {"k": "a,"}),  # an empty line value is a value
+        ([b"k: a", b"no colon", b"k: b"], {"k": "a,b"}),
+        ([b"bad key: 1", b"bad key: 2"], {}),  # nats-py skips keys with whitespace
+        ([b"k: \xc3\xa9", b"k: \xff"], {"k": "\u00e9,\ufffd"}),
+        ([b"t: 00-1:2", b"t: x"], {"t": "00-1:2,x"}),  # split at the first colon only
+    ],
+)
+def test_repeated_header_lines_join_with_commas(lines: list[bytes], expected: dict[str, str]) -> None:
+    block = b"NATS/1.0\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    parsed = _nats_py_dict(block)
+    assert md.fold_repeated_lines(block, parsed) is parsed
+    assert parsed == expected
+
+
+def test_folding_leaves_the_status_line_and_keys_that_do_not_repeat_alone() -> None:
+    block = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 7\r\n\r\n"
+    parsed = {"Status": "100", "Description": "Idle Heartbeat", "Nats-Last-Consumer": "7"}
+    assert md.fold_repeated_lines(block, dict(parsed)) == parsed
+
+
+def test_from_headers_splits_joined_bin_lines_back_into_values() -> None:
+    block = b"NATS/1.0\r\nx-bin: AQ==\r\nx-bin: Ag\r\nx: a\r\nX: b\r\n\r\n"
+    folded = md.fold_repeated_lines(block, _nats_py_dict(block))
+    assert md.from_headers(folded) == (("x-bin", b"\x01"), ("x-bin", b"\x02"), ("x", "a,b"))
+
+
+# -- _metadata: nats-grpc-window ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wire", "window"),
+    [
+        (None, None),
+        ("0", None),
+        ("00", None),
+        ("1024", 1024),
+        ("262144", 262144),
+        ("4294967295", 2**32 - 1),
+        ("4294967296", 2**32 - 1),  # more than a uint32 holds: the most one can, never an error
+        ("9" * 5000, 2**32 - 1),  # more digits than int() reads
+        ("0" * 20 + "1024", 1024),  # leading zeros are no digits of the value
+    ],
+)
+def test_decode_window_reads_decimal_windows_and_0_as_absent(wire: str | None, window: int | None) -> None:
+    assert md.decode_window(wire) == window
+
+
+@pytest.mark.parametrize(
+    "wire",
+    ["1", "100", "1023", "0001023", "", "abc", "-5", "+2048", "1_024", "2048.0", "\uff11024", "0x400", " 2048"],
+)
+def test_decode_window_refuses_windows_below_1024_or_not_decimal(wire: str) -> None:
+    with pytest.raises(ValueError, match=r"nats-grpc-window.*1024"):
+        md.decode_window(wire)
 
 
 def test_from_headers_drops_transport_headers_and_lowercases_keys() -> None:

@@ -34,6 +34,8 @@ TABLE = frozenset(
     {CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS}
 )
 GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+# Headers a server drops before it shows metadata to a handler (§4): their values are not checked.
+_DROPPED = frozenset({"grpc-timeout", "content-type", "te", "user-agent"})
 UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -71,8 +73,8 @@ def abort_outcome(request: bytes) -> tuple[int, str | None]:
     code = request[0] % 17 if request else UNKNOWN
     if code == OK:
         return UNKNOWN, None  # an abort must carry an error (grpcio's rule); the text is the transport's
-    # §3: lone surrogates travel as U+FFFD, and receivers trim the spaces around a value.
-    return code, replace_surrogates(request[1:].decode("utf-8", "surrogateescape")).strip(" ")
+    # §3: lone surrogates travel as U+FFFD; outer spaces travel as %20 (1.1), so they arrive.
+    return code, replace_surrogates(request[1:].decode("utf-8", "surrogateescape"))
 
 
 # -- what the server receives, as the spec reads it --------------------------------------------------
@@ -107,14 +109,28 @@ class HeaderView:
 
     @property
     def bad_metadata(self) -> bool:
-        """A ``-bin`` value that is not base64: the server cannot decode its headers."""
+        """A ``-bin`` value that is not base64, or a text value outside printable ASCII (§4,
+        1.1): the server cannot decode its headers."""
         for key, value in (self.headers or {}).items():
             lowered = key.strip().lower()
-            if lowered.startswith("nats-grpc-") or not lowered.endswith("-bin"):
+            if lowered.startswith("nats-grpc-") or lowered in _DROPPED:
                 continue
-            if not all(_b64_decodes(part) for part in value.strip().split(",")):
+            if not lowered.endswith("-bin"):
+                if not (value.strip().isascii() and value.strip().isprintable()):
+                    return True
+            elif not all(_b64_decodes(part) for part in value.strip().split(",")):
                 return True
         return False
+
+    @property
+    def bad_window(self) -> bool:
+        """A ``nats-grpc-window`` that is not decimal or below 1024 (§6.5, 1.1)."""
+        value = self.get("nats-grpc-window")
+        if value is None:
+            return False
+        if not (value and value.isascii() and value.isdigit()):
+            return True
+        return 0 < int(value) < 1024
 
     @property
     def keepalive_asked(self) -> float | None:
@@ -149,7 +165,7 @@ class HeaderView:
             return SERVER_WINDOW
         if not (value.isascii() and value.isdigit()):
             return None
-        return int(value) or SERVER_WINDOW
+        return min(int(value), 2**32 - 1) or SERVER_WINDOW
 
 
 # -- one call: what was sent, what the spec allows, what came back ----------------------------------------
@@ -523,7 +539,7 @@ def stream_expectation(call: Call, target: Method | str, view: HeaderView, openi
     if call.phase == "decided" and call.allowed is not None:
         opening_errors = call.allowed - {UNAVAILABLE}
     rejections = ({UNIMPLEMENTED} if method is None else set()) | (
-        {INTERNAL} if view.timeout == "bad" or view.bad_metadata else set()
+        {INTERNAL} if view.timeout == "bad" or view.bad_metadata or view.bad_window else set()
     )
     if rejections or opening_errors:
         # §6.3 rejects after ACCEPT; an opening the server cannot read ends the call at once too.

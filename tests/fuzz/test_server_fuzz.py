@@ -275,7 +275,7 @@ good_timeouts = st.floats(0.02, 1.5).map(encode_timeout) | st.sampled_from(("30S
 timeouts = good_timeouts | st.sampled_from(("", "1s", "1.5S", "-1S", "123456789S", "1e3m", "S", "abc", "\u0661S"))
 text_metadata = st.tuples(
     text_keys | st.sampled_from(("X-Upper", "grpc-custom", "traceparent", "te", "user-agent", "content-type")),
-    printable_text | st.sampled_from(("é", "naïve")),  # not printable ASCII: the spec leaves these open
+    printable_text | st.sampled_from(("é", "naïve")),  # not printable ASCII: INTERNAL (§4, 1.1)
 )
 good_base64 = st.binary(max_size=12).map(base64_text) | st.lists(
     st.binary(max_size=6).map(lambda b: base64_text(b, padded=False)), max_size=3
@@ -285,7 +285,8 @@ bin_metadata = st.tuples(
     bin_keys | st.just("X-Blob-Bin"),
     good_base64 | st.sampled_from(("!!", "A", "é", "AA==,%%", "zzé", "AP8=,ÿ")),  # not base64: INTERNAL (§4)
 )
-windows = st.sampled_from(("0", "-5", "abc", "1_000", "+7")) | st.integers(1, 100).map(str)
+# Below 1024 or not decimal: INTERNAL after ACCEPT (§6.5, 1.1); above 2^32-1: taken as 2^32-1.
+windows = st.sampled_from(("0", "-5", "abc", "1_000", "+7", "99999999999")) | st.integers(1, 100).map(str)
 windows |= st.integers(1024, 300_000).map(str)
 keepalives = st.sampled_from(("0", "abc", "-1", "1234567890", "")) | st.integers(1, 200).map(str)
 
