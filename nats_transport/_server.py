@@ -32,6 +32,16 @@ from nats_transport._context import (
 )
 from nats_transport._discovery import EndpointStats, ServiceEndpointInfo, ServicesApi
 from nats_transport._envelope import Kind
+from nats_transport._handler_io import (
+    FAILED,
+    StreamIO,
+    SyncRequestIterator,
+    deserialize,
+    read_request,
+    serialize,
+    sync_reader,
+    sync_writer,
+)
 from nats_transport._keepalive import parse_interval, server_ping, server_stream_terms
 from nats_transport._metadata import (
     CALL_HEADER,
@@ -462,14 +472,14 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self, state: CallState, handler: Any, payload: bytes, headers: dict[str, str] | None
     ) -> bytes | None:
         """Run a unary-response handler; return the serialized response or None (status set)."""
-        request = _deserialize(handler.request_deserializer, payload, state)
-        if request is _FAILED:
+        request = deserialize(handler.request_deserializer, payload, state)
+        if request is FAILED:
             return None
         runner = handler.unary_unary
         response = await self._invoke(state, runner, request, headers, None)
-        if response is _FAILED or state.code not in (None, grpc.StatusCode.OK):
+        if response is FAILED or state.code not in (None, grpc.StatusCode.OK):
             return None
-        return _serialize(handler.response_serializer, response, state)
+        return serialize(handler.response_serializer, response, state)
 
     async def _send_unary_reply(self, reply: str, state: CallState, response: bytes | None, seq: int) -> None:
         state.finish()
@@ -517,7 +527,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         behaviour: Any,
         request: Any,
         headers: dict[str, str] | None,
-        stream: _StreamIO | None,
+        stream: StreamIO | None,
     ) -> Any:
         """Run a handler with the call's deadline, trace context and failure mapping."""
         loop = asyncio.get_running_loop()
@@ -543,9 +553,9 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
                         await stream.write(item)
                     return None
                 return await result
-            sync_context = SyncServicerContext(state, _sync_writer(stream, loop), _sync_reader(stream, loop), loop)
+            sync_context = SyncServicerContext(state, sync_writer(stream, loop), sync_reader(stream, loop), loop)
             if request is stream and stream is not None:
-                request = _SyncRequestIterator(stream, loop)  # plain functions iterate blocking
+                request = SyncRequestIterator(stream, loop)  # plain functions iterate blocking
             call_args = (request, sync_context)
             ctx = contextvars.copy_context()
             if stream is not None and stream.response_streaming:
@@ -558,25 +568,25 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
                     await stream.write(item)
             return await loop.run_in_executor(self._pool, ctx.run, behaviour, *call_args)
         except AbortError:
-            return _FAILED
+            return FAILED
         except asyncio.CancelledError:
             if state.code is None:
                 state.code = grpc.StatusCode.DEADLINE_EXCEEDED if state.expired else grpc.StatusCode.CANCELLED
                 state.details = "Deadline Exceeded" if state.code == grpc.StatusCode.DEADLINE_EXCEEDED else "Cancelled"
             if state.code == grpc.StatusCode.DEADLINE_EXCEEDED or state.cancelled:
-                return _FAILED
+                return FAILED
             raise
         except StreamFailure as failure:
             state.code, state.details = failure.code, failure.details
-            return _FAILED
+            return FAILED
         except MetadataError as exc:
             state.code, state.details = grpc.StatusCode.INTERNAL, str(exc)
-            return _FAILED
+            return FAILED
         except Exception:
             log.exception("exception calling application method %s", state.method)
             if state.code is None or state.code == grpc.StatusCode.OK:
                 state.code, state.details = _status.HANDLER_EXCEPTION
-            return _FAILED
+            return FAILED
         finally:
             if deadline_handle is not None:
                 deadline_handle.cancel()
@@ -656,29 +666,29 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
     async def _run_stream(
         self, state: CallState, handler: Any, endpoint: StreamEndpoint, headers: dict[str, str] | None
     ) -> None:
-        stream = _StreamIO(state, endpoint, handler, self._options.max_message_size)
+        stream = StreamIO(state, endpoint, handler, self._options.max_message_size)
         if handler.request_streaming:
             request: Any = stream
             behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
         else:
-            first = await _read_request(endpoint, state)
-            if first is _FAILED:
-                request = _FAILED
+            first = await read_request(endpoint, state)
+            if first is FAILED:
+                request = FAILED
             elif first is None:
                 state.code = state.code or grpc.StatusCode.INTERNAL
                 state.details = state.details or "the client half-closed without sending the request"
-                request = _FAILED
+                request = FAILED
             else:
-                request = _deserialize(handler.request_deserializer, first, state)
+                request = deserialize(handler.request_deserializer, first, state)
             behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
-        result: Any = _FAILED
-        if request is not _FAILED:
+        result: Any = FAILED
+        if request is not FAILED:
             result = await self._invoke(state, behaviour, request, headers, stream)
-        if not handler.response_streaming and result is not _FAILED and state.code in (None, grpc.StatusCode.OK):
-            serialized = _serialize(handler.response_serializer, result, state)
+        if not handler.response_streaming and result is not FAILED and state.code in (None, grpc.StatusCode.OK):
+            serialized = serialize(handler.response_serializer, result, state)
             if serialized is not None:
                 await stream.write_bytes(serialized)
-        if state.code is None and result is _FAILED:
+        if state.code is None and result is FAILED:
             state.code = grpc.StatusCode.UNKNOWN
         self._record(state)
         if not state.initial_metadata_sent:
@@ -693,79 +703,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         await endpoint.flushed()
 
 
-class _StreamIO:
-    """Reads requests from and writes responses to a stream endpoint, with (de)serialization."""
-
-    def __init__(self, state: CallState, endpoint: StreamEndpoint, handler: Any, max_message: int) -> None:
-        self._state = state
-        self._endpoint = endpoint
-        self._deserialize = handler.request_deserializer
-        self._serialize = handler.response_serializer
-        self.response_streaming: bool = handler.response_streaming
-        self._high_water = endpoint.window
-        self._max_message = max_message
-
-    def __aiter__(self) -> _StreamIO:
-        return self
-
-    async def __anext__(self) -> Any:
-        message = await self.read()
-        if message is grpc.aio.EOF:
-            raise StopAsyncIteration
-        return message
-
-    async def read(self) -> Any:
-        data = await self._endpoint.read()
-        if data is None:
-            if self._endpoint.failure is not None:
-                raise self._endpoint.failure
-            return grpc.aio.EOF
-        message = _deserialize(self._deserialize, data, self._state)
-        if message is _FAILED:
-            raise AbortError()
-        return message
-
-    async def write(self, message: Any) -> None:
-        data = _serialize(self._serialize, message, self._state)
-        if data is None:
-            raise AbortError()
-        await self.write_bytes(data)
-
-    async def write_bytes(self, data: bytes) -> None:
-        if self._state.done:
-            raise asyncio.CancelledError()
-        if len(data) > self._max_message:
-            self._state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            self._state.details = f"response of {len(data)} bytes exceeds the limit of {self._max_message}"
-            raise AbortError()
-        endpoint = self._endpoint
-        if not self._state.initial_metadata_sent:
-            headers = initial_headers(self._state)
-            if headers and headers_size(headers) + 1024 > endpoint.max_payload:
-                self._state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                self._state.details = "initial metadata exceeds the connection's max_payload"
-                raise AbortError()
-            endpoint.headers_to_send = headers
-        endpoint.queue_frames(_framing.message_frame_header(len(data)) + data)
-        if endpoint.backlog >= self._high_water:
-            await endpoint.wait_writable(self._high_water)
-
-
-_FAILED: Any = object()
 _CLIENT_CANCELLED = StreamFailure(grpc.StatusCode.CANCELLED, CANCELLED_BY_CLIENT)
-
-
-async def _read_request(endpoint: StreamEndpoint, state: CallState) -> Any:
-    """The one request of a unary-request stream call, or None at a half-close without one, or
-    _FAILED when the call's deadline passes first (the handler's own deadline is armed only
-    once it runs, so the wait for its request needs its own)."""
-    if state.deadline is None:
-        return await endpoint.read()
-    try:
-        return await asyncio.wait_for(endpoint.read(), max(state.deadline - time.monotonic(), 0.0))
-    except TimeoutError:
-        state.code, state.details = grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
-        return _FAILED
 
 
 def _next_or(iterator: Any, default: Any) -> Any:
@@ -782,61 +720,6 @@ def _expire(state: CallState, task: asyncio.Task[Any]) -> None:
 
 def _is_async(behaviour: Any) -> bool:
     return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
-
-
-def _deserialize(deserializer: Any, data: bytes, state: CallState) -> Any:
-    if deserializer is None:
-        return data
-    try:
-        return deserializer(data)
-    except Exception:
-        state.code, state.details = _status.UNDECODABLE_REQUEST
-        return _FAILED
-
-
-def _serialize(serializer: Any, message: Any, state: CallState) -> bytes | None:
-    if serializer is None:
-        return bytes(message)
-    try:
-        return bytes(serializer(message))
-    except Exception:
-        log.exception("failed to serialize the response of %s", state.method)
-        state.code, state.details = _status.UNSERIALIZABLE_RESPONSE
-        return None
-
-
-def _sync_writer(stream: _StreamIO | None, loop: asyncio.AbstractEventLoop) -> Callable[[Any], None] | None:
-    if stream is None:
-        return None
-
-    def write(message: Any) -> None:
-        asyncio.run_coroutine_threadsafe(stream.write(message), loop).result()
-
-    return write
-
-
-class _SyncRequestIterator:
-    """A blocking iterator over a stream's requests, for plain-function handlers."""
-
-    def __init__(self, stream: _StreamIO, loop: asyncio.AbstractEventLoop) -> None:
-        self._stream = stream
-        self._loop = loop
-
-    def __iter__(self) -> _SyncRequestIterator:
-        return self
-
-    def __next__(self) -> Any:
-        message = asyncio.run_coroutine_threadsafe(self._stream.read(), self._loop).result()
-        if message is grpc.aio.EOF:
-            raise StopIteration
-        return message
-
-    def read(self) -> Any:
-        return self.__next__()
-
-
-def _sync_reader(stream: _StreamIO | None, loop: asyncio.AbstractEventLoop) -> _SyncRequestIterator | None:
-    return None if stream is None else _SyncRequestIterator(stream, loop)
 
 
 def _wrap_interceptor(interceptor: Any, continuation: Callable[[Any], Any]) -> Callable[[Any], Any]:
