@@ -29,7 +29,7 @@ from nats_transport._connection_guard import (
     dropped_messages,
     guard_connection,
 )
-from nats_transport._context import time_remaining
+from nats_transport._context import detached, time_remaining
 from nats_transport._options import ChannelOptions, ServerOptions, TransportOptions
 from nats_transport._service_config import ServiceConfig, ServiceConfigError
 from nats_transport._sync_channel import Channel, RpcError, channel
@@ -49,6 +49,7 @@ __all__ = [
     "channel",
     "circuit_states",
     "connection_problem",
+    "detached",
     "dropped_messages",
     "guard_connection",
     "time_remaining",

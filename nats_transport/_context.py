@@ -48,6 +48,21 @@ def time_remaining() -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def detached() -> contextvars.Context:
+    """A copy of the current context without the deadline of the call being handled, for work
+    that must outlive the call: ``asyncio.create_task(work(), context=nats_transport.detached())``.
+
+    A task copies its creator's context, so calls made from a task started inside a handler
+    inherit the handler's deadline and die with it. Run in this context they carry no deadline
+    of their own (give each its ``timeout=``); the trace context stays, so the work's calls still
+    belong to the trace of the call that started it. Cancellation needs nothing: a task started
+    with ``create_task`` is not cancelled when the handler that started it is.
+    """
+    context = contextvars.copy_context()
+    context.run(current_deadline.set, None)
+    return context
+
+
 class _Metadatum(NamedTuple):
     """One metadata entry as grpc hands it to handlers: a ``(key, value)`` tuple that also has
     ``.key`` and ``.value``. Named like grpc's own (``grpc._cython.cygrpc._Metadatum``), which is

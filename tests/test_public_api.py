@@ -10,7 +10,7 @@ def test_nats_transport_exports_exactly_its_documented_names():
     assert set(nats_transport.__all__) == {
         "Channel", "ChannelOptions", "CircuitBreakerOptions", "CircuitState", "RpcError", "ServerOptions",
         "ServiceConfig", "ServiceConfigError", "TransportOptions", "WATCHDOG_CONNECT_OPTIONS", "aio", "channel",
-        "circuit_states", "connection_problem", "dropped_messages", "guard_connection", "time_remaining",
+        "circuit_states", "connection_problem", "detached", "dropped_messages", "guard_connection", "time_remaining",
     }
     for name in nats_transport.__all__:
         assert getattr(nats_transport, name) is not None
