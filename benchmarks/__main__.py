@@ -1,9 +1,11 @@
-"""``python -m benchmarks [--quick] [--profile | --no-profile]``: the design targets, measured.
+"""``python -m benchmarks [--quick] [--profile | --no-profile] [--write-results]``: the design
+targets, measured.
 
 grpcio sync and grpc.aio over HTTP/2, raw nats-py and nats_transport (asyncio and sync channels,
 async and sync servicers): servers in subprocesses, each transport's client in a subprocess
-per run (benchmarks/load.py); server streaming from this process. Writes benchmarks/RESULTS.md
-and the PNGs beside it.
+per run (benchmarks/load.py); server streaming from this process. Writes RESULTS.md and the PNGs
+beside it into a new scratch folder (its path is printed), or into benchmarks/ with
+--write-results.
 """
 
 from __future__ import annotations

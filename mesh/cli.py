@@ -1,5 +1,5 @@
 """The ``mesh`` command line: ``up``, ``serve``, ``gateway``, ``services``, ``call``, ``trace``,
-``security``, ``k8s`` and ``bench``.
+``conformance``, ``security``, ``k8s`` and ``bench``.
 
 Exit codes: 0 done, 1 something failed while running, 2 bad usage or configuration (including a
 port that is already taken), 130 interrupted before the signal handlers were in place.
@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from mesh import gateway_command, serve, tools, trace_command
 from mesh.config import ConfigError, UpConfig, flag_of
+from mesh.conformance import command as conformance_command
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
 from mesh.k8s import command as k8s_command
 from mesh.security import command as security_command
@@ -68,12 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway_command.add_arguments(gateway)
     gateway.set_defaults(command=gateway_command.run, parser=gateway, takes_any_arguments=False)
-    services = subcommands.add_parser("services", help="list the targets and gRPC services running ($SRV)")
+    services = subcommands.add_parser(
+        "services", help="list the targets and gRPC services running ($SRV)",
+        description="List every target answering the NATS Services API ($SRV.INFO) within --wait seconds: "
+        "its instances, its method count and its gRPC services (--json: the raw answers). Exit 1 when "
+        "nothing answers, 2 when NATS cannot be reached.",
+    )
     tools.add_services_arguments(services)
     services.set_defaults(command=tools.run_services, parser=services, takes_any_arguments=False)
     call = subcommands.add_parser(
         "call", help="call a method over NATS with a JSON body, using the target's reflection",
-        description="mesh call <target> <package.Service/Method> '<json>'",
+        description="mesh call <target> <package.Service/Method> '<json>': call any method over NATS and "
+        "print the answer as JSON (a stream as one JSON line per message, as they arrive). Client and bidi "
+        "streams send one JSON request per line of stdin, as each line comes. Exit 1 when the call fails "
+        "(its code and rich details on stderr), 2 for a bad name or body or an unusable NATS.",
     )
     tools.add_call_arguments(call)
     call.set_defaults(command=tools.run_call, parser=call, takes_any_arguments=False)
@@ -81,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    description=trace_command.__doc__)
     trace_command.add_arguments(trace)
     trace.set_defaults(command=trace_command.run, parser=trace, takes_any_arguments=False)
+    conformance = subcommands.add_parser(
+        "conformance", help="host the conformance service for clients in other languages (docs/conformance.md)",
+        description=conformance_command.__doc__,
+    )
+    conformance_command.add_arguments(conformance)
+    conformance.set_defaults(command=conformance_command.run, parser=conformance, takes_any_arguments=False)
     # No -h of its own: every argument, --help included, goes on to ``python -m benchmarks``.
     bench = subcommands.add_parser("bench", help="run the benchmarks (python -m benchmarks; --quick, --help)",
                                    add_help=False)

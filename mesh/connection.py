@@ -142,7 +142,8 @@ async def connect(access: NatsAccess, *, name: str, error_cb: ErrorCallback | No
 
     Raises:
         AccessDenied: the server refused our credentials or certificate.
-        NatsUnreachable: no server answered within ``give_up_after`` seconds.
+        NatsUnreachable: no server answered within ``give_up_after`` seconds (or, with
+            ``give_up_after``, nats-py's own ``connect_timeout`` ran out first).
         OSError, nats.errors.NoServersError, TimeoutError: the server could not be reached.
     """
     if give_up_after is None:
@@ -154,15 +155,25 @@ async def connect(access: NatsAccess, *, name: str, error_cb: ErrorCallback | No
         if error_cb is not None:
             await error_cb(exc)
 
+    where = ", ".join(access.urls)
     try:
-        return await asyncio.wait_for(_connect(access, name, remember, options), give_up_after)
-    except TimeoutError:
+        async with asyncio.timeout(give_up_after) as bound:
+            return await _connect(access, name, remember, options)
+    except TimeoutError as exc:
+        if not bound.expired():
+            # nats-py's own connect_timeout ran out first (a first attempt without reconnects,
+            # to a port where nothing answers as NATS): not our bound, so not "within N s".
+            raise NatsUnreachable(f"cannot reach NATS at {where}: {_describe(exc)}") from None
         last = f": {_describe(failures[-1])}" if failures else ""
-        where = ", ".join(access.urls)
         raise NatsUnreachable(f"cannot reach NATS at {where} within {give_up_after:g} s{last}") from None
 
 
 def _describe(exc: BaseException) -> str:
+    """A failure to reach NATS as an operator reads it (never a bare class name)."""
+    if isinstance(exc, TimeoutError):
+        # nats-py waits connect_timeout for the TCP connection and each step of the handshake,
+        # and says only that it timed out.
+        return "nothing answered as a NATS server in time (is that a NATS client port?)"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
@@ -228,10 +239,17 @@ async def _connect(access: NatsAccess, name: str, error_cb: ErrorCallback | None
     return guard_connection(nc)
 
 
+# X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the certificate is trusted
+# but names other hosts, so --tls-ca is not what needs fixing.
+_NAME_MISMATCH = (62, 64)
+# TLS alerts a server sends when it does not accept our client certificate (or its absence).
+_CLIENT_CERT_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "CERTIFICATE_UNKNOWN")
+
+
 def _refusal(exc: BaseException) -> str | None:
     """A one-line reason if ``exc`` says the server refused who we are, else None."""
     if isinstance(exc, ssl.SSLError):
-        return f"TLS with NATS failed: {exc.reason or exc}"
+        return f"TLS with NATS failed: {_tls_failure(exc)}"
     text = str(exc)
     if _is_refusal(text):
         return f"NATS refused the credentials: {text}"
@@ -242,3 +260,17 @@ def _is_refusal(text: str) -> bool:
     lowered = text.lower()
     return any(word in lowered for word in ("authorization violation", "authentication", "certificate",
                                             "tls required", "permissions violation for connect"))
+
+
+def _tls_failure(exc: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, naming the setting that fixes it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:
+            return f"{exc.verify_message.rstrip('.')}: use a --nats-url host that the server's certificate names"
+        # The usual case: no --tls-ca, so the system's CAs, which did not sign a mesh's certificate.
+        return (f"the server's certificate is not trusted ({exc.verify_message}): "
+                "give the CA that signed it with --tls-ca")
+    reason = exc.reason or str(exc)
+    if any(alert in reason for alert in _CLIENT_CERT_ALERTS):
+        return f"the server did not accept our client certificate ({reason}): check --tls-cert and --tls-key"
+    return reason

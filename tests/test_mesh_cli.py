@@ -228,6 +228,17 @@ def test_a_bad_flag_value_exits_2_naming_the_flag(
     assert len(error.strip().splitlines()) == 1, error
 
 
+@pytest.mark.parametrize(("command", "says"), [
+    ("services", "NATS Services API ($SRV.INFO)"),
+    ("call", "Client and bidi streams send one JSON request per line of stdin"),
+])
+def test_the_tools_help_describes_them(command: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([command, "--help"])
+
+    assert code == 0
+    assert " ".join(capsys.readouterr().out.split()).count(says) == 1
+
+
 def test_a_bad_flag_value_exits_2_from_the_command_line() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mesh", "up", "--nats-port", "70000"],
