@@ -46,6 +46,7 @@ from mesh.storage_health import StorageHealth
 from nats_transport import ServerOptions, ServiceConfig, connection_problem
 from servicers.auth import AccessPolicy, LocalVerifier, ServiceTokenSource
 from servicers.dependencies import Dependencies
+from servicers.error_boundary import ErrorBoundary
 
 if TYPE_CHECKING:
     from health.trace_pipeline import Tracing
@@ -276,6 +277,8 @@ class Host:
         assert self._verifier is not None
         interceptors.append(AccessPolicy.for_services(module.SERVICE_NAMES, self._verifier,
                                                       verify_public=target != "auth"))
+        # Innermost: turns the RpcError or storage outage a servicer raises into its status.
+        interceptors.append(ErrorBoundary())
         server = nats_transport.aio.server(
             self.connection_of(target), target,
             interceptors=interceptors,

@@ -11,7 +11,7 @@ import grpc
 from mesh.storage_health import StorageHealth
 from servicers.auth.access import UNGUARDED_SERVICES, refusing_handler
 
-# The same reason servicers give when a store call fails (servicers._guarded_storage).
+# The same reason servicers give when a store call fails (servicers.error_boundary).
 REASON = "STORAGE_UNAVAILABLE"
 
 

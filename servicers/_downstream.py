@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
-from servicers.errors import abort
+from servicers.errors import RpcError, rpc_error
 
 # grpcio reports "no deadline" as ~9.2e18 seconds; nothing real is anywhere near this.
 NO_DEADLINE = 1e9
@@ -99,25 +99,18 @@ def describe(err: grpc.aio.AioRpcError) -> str:
     return f"{err.code().name}: {details}" if details else err.code().name
 
 
-class DependencyError(Exception):
-    """A downstream call failed in a way the handler answers with ``code`` (and ``reason``)."""
+class DependencyError(RpcError):
+    """A downstream call failed in a way the handler answers with ``code`` (and an ErrorInfo
+    ``reason``); raised, it reaches the caller as that status through the error boundary."""
 
     def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
+        super().__init__(code, message, rpc_error(code, message, reason).details)
 
     @classmethod
     def down(cls, target: str, err: grpc.aio.AioRpcError | None = None) -> DependencyError:
         """UNAVAILABLE naming ``target``; the code it answered (if any) is in the message."""
         cause = f" ({describe(err)})" if err is not None else ""
         return cls(grpc.StatusCode.UNAVAILABLE, f"{target} is unavailable{cause}", "DEPENDENCY_UNAVAILABLE")
-
-
-async def abort_with(context: Any, error: DependencyError) -> NoReturn:
-    """End the call with ``error``'s status."""
-    await abort(context, error.code, error.message, error.reason)
 
 
 async def gather_all(*calls: Awaitable[Any]) -> list[Any]:
@@ -132,15 +125,6 @@ async def gather_all(*calls: Awaitable[Any]) -> list[Any]:
                 task.cancel()
         # Let the cancelled ones finish unwinding (closing their calls) before going on.
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def abort_dependency(context: Any, target: str, err: grpc.aio.AioRpcError | None = None) -> NoReturn:
-    """UNAVAILABLE naming the dependency ``target`` (ErrorInfo reason DEPENDENCY_UNAVAILABLE).
-
-    UNAVAILABLE whatever the dependency answered (DEADLINE_EXCEEDED included): the caller can
-    retry; the dependency's own code is in the message.
-    """
-    await abort_with(context, DependencyError.down(target, err))
 
 
 def flag_degraded(context: Any, targets: Iterable[str]) -> None:

@@ -26,13 +26,11 @@ Settings: ``memory_limit_mb``, the device memory budget (default 8192).
 
 from __future__ import annotations
 
-import base64
-import logging
 import math
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import grpc
 from gaming.common.v1 import common_pb2
@@ -40,10 +38,9 @@ from gaming.performance_mode.v1 import performance_mode_pb2 as pm
 from gaming.performance_mode.v1 import performance_mode_pb2_grpc
 
 from servicers.dependencies import Dependencies
-from servicers.errors import abort, abort_conflict, abort_invalid
-from servicers.storage import Entry, KeyValue, RevisionConflict
-
-log = logging.getLogger(__name__)
+from servicers.errors import aborted, invalid_argument, revision_conflict, rpc_error
+from servicers.named_store import NamedStore
+from servicers.storage import Entry, KeyValue, RevisionConflict, key_token
 
 TARGET = "performance-mode"
 SERVICE_NAMES = ("gaming.performance_mode.v1.PerformanceModeService",)
@@ -198,7 +195,8 @@ class PerformanceModeServicer(performance_mode_pb2_grpc.PerformanceModeServiceSe
     """Keeps a quality profile per game client; see the module docstring for the rule."""
 
     def __init__(self, profiles: KeyValue, *, clock: Any, memory_limit_mb: float = 8192.0) -> None:
-        self._profiles = profiles
+        # A store outage is UNAVAILABLE, as performance_mode.proto promises, with a message naming the store.
+        self._profiles = NamedStore(profiles, "the profile store cannot be reached")
         self._clock = clock
         self._memory_limit_mb = memory_limit_mb
 
@@ -207,39 +205,39 @@ class PerformanceModeServicer(performance_mode_pb2_grpc.PerformanceModeServiceSe
 
     async def GetProfile(self, request: pm.GetProfileRequest, context: Any) -> pm.GetProfileResponse:
         """The client's profile, or the default one."""
-        await _check_client_id(context, request.client_id)
-        entry = await self._read(context, request.client_id)
+        _check_client_id(request.client_id)
+        entry = await self._read(request.client_id)
         return pm.GetProfileResponse(profile=_profile_of(request.client_id, entry))
 
     async def SetMode(self, request: pm.SetModeRequest, context: Any) -> pm.SetModeResponse:
         """Pin a tier (MANUAL) or follow telemetry (AUTO), optionally at an expected revision."""
-        await _check_client_id(context, request.client_id)
+        _check_client_id(request.client_id)
         if request.mode not in (pm.PERFORMANCE_MODE_AUTO, pm.PERFORMANCE_MODE_MANUAL):
-            await abort_invalid(context, "mode", "must be PERFORMANCE_MODE_AUTO or PERFORMANCE_MODE_MANUAL")
+            raise invalid_argument("mode", "must be PERFORMANCE_MODE_AUTO or PERFORMANCE_MODE_MANUAL")
         manual = request.mode == pm.PERFORMANCE_MODE_MANUAL
         if manual and request.manual_tier not in TIER_SETTINGS:
-            await abort_invalid(context, "manual_tier", "must name a tier in MANUAL mode")
+            raise invalid_argument("manual_tier", "must name a tier in MANUAL mode")
         if not manual and request.manual_tier != pm.QUALITY_TIER_UNSPECIFIED:
-            await abort_invalid(context, "manual_tier", "must be unspecified in AUTO mode")
+            raise invalid_argument("manual_tier", "must be unspecified in AUTO mode")
         expected = request.expected_revision.value if request.HasField("expected_revision") else None
         for _ in range(CAS_ATTEMPTS):
-            entry = await self._read(context, request.client_id)
+            entry = await self._read(request.client_id)
             profile = _profile_of(request.client_id, entry)
             revision = profile.revision.value
             if expected is not None and expected != revision:
-                await abort_conflict(context, RevisionConflict(_key(request.client_id), expected, revision), "profile")
+                raise revision_conflict(RevisionConflict(key_token(request.client_id), expected, revision), "profile")
             profile.mode = request.mode
             profile.manual_tier = request.manual_tier
             # Back in AUTO, follow the latest recommendation, if there has been one.
             profile.tier = request.manual_tier if manual else (profile.recommended_tier or profile.tier)
             try:
-                written = await self._write(context, profile, revision)
+                written = await self._write(profile, revision)
             except RevisionConflict as lost:
                 if expected is not None:
-                    await abort_conflict(context, lost, "profile")
+                    raise revision_conflict(lost, "profile") from lost
                 continue  # an unconditional change: apply it on top of the newer profile
             return pm.SetModeResponse(profile=written)
-        await abort(context, grpc.StatusCode.ABORTED, "profile changed too often under this call; retry", "BUSY")
+        raise aborted("profile changed too often under this call; retry", "BUSY")
 
     async def ReportMetrics(
         self, request_iterator: AsyncIterator[pm.ReportMetricsRequest], context: Any
@@ -251,25 +249,25 @@ class PerformanceModeServicer(performance_mode_pb2_grpc.PerformanceModeServiceSe
         async for request in request_iterator:
             received += 1
             if received > MAX_SAMPLES:
-                await abort(
-                    context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"more than {MAX_SAMPLES} samples in one stream", "TOO_MANY_SAMPLES",
+                raise rpc_error(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {MAX_SAMPLES} samples in one stream",
+                    "TOO_MANY_SAMPLES",
                 )
             if not client_id:
                 if not request.client_id:
-                    await abort_invalid(context, "client_id", "is required on the first message")
-                await _check_client_id(context, request.client_id)
+                    raise invalid_argument("client_id", "is required on the first message")
+                _check_client_id(request.client_id)
                 client_id = request.client_id
             elif request.client_id and request.client_id != client_id:
-                await abort_invalid(context, "client_id", f"must stay {client_id!r} for the whole stream")
+                raise invalid_argument("client_id", f"must stay {client_id!r} for the whole stream")
             sample = plausible(request, self._clock())
             if sample is not None:
                 samples.append(sample)
         if not client_id:
-            await abort_invalid(context, "client_id", "is required on the first message (the stream was empty)")
+            raise invalid_argument("client_id", "is required on the first message (the stream was empty)")
 
         for _ in range(CAS_ATTEMPTS):
-            entry = await self._read(context, client_id)
+            entry = await self._read(client_id)
             profile = _profile_of(client_id, entry)
             previous_tier = profile.tier
             advice = recommend(profile.tier, samples, self._memory_limit_mb)
@@ -281,7 +279,7 @@ class PerformanceModeServicer(performance_mode_pb2_grpc.PerformanceModeServiceSe
             changed = counted and (entry is None or profile != _profile_of(client_id, entry))
             if changed:
                 try:
-                    profile = await self._write(context, profile, profile.revision.value)
+                    profile = await self._write(profile, profile.revision.value)
                 except RevisionConflict:
                     continue  # the profile changed meanwhile: judge the samples against it
             return pm.ReportMetricsResponse(
@@ -294,17 +292,14 @@ class PerformanceModeServicer(performance_mode_pb2_grpc.PerformanceModeServiceSe
                 applied=profile.tier != previous_tier,
                 profile=profile,
             )
-        await abort(context, grpc.StatusCode.ABORTED, "profile changed too often under this call; retry", "BUSY")
+        raise aborted("profile changed too often under this call; retry", "BUSY")
 
     # -- storage -------------------------------------------------------------------------
 
-    async def _read(self, context: Any, client_id: str) -> Entry | None:
-        try:
-            return await self._profiles.get(_key(client_id))
-        except Exception as exc:
-            await _abort_unavailable(context, exc)
+    async def _read(self, client_id: str) -> Entry | None:
+        return await self._profiles.get(key_token(client_id))
 
-    async def _write(self, context: Any, profile: pm.Profile, revision: int) -> pm.Profile:
+    async def _write(self, profile: pm.Profile, revision: int) -> pm.Profile:
         """Store ``profile`` if the key is still at ``revision``; the profile as now stored."""
         stored = pm.Profile()
         stored.CopyFrom(profile)
@@ -312,18 +307,10 @@ class PerformanceModeServicer(performance_mode_pb2_grpc.PerformanceModeServiceSe
         # Revision and settings are derived on read (from the entry and the tier table).
         stored.ClearField("revision")
         stored.ClearField("settings")
-        try:
-            new_revision = await self._profiles.update(_key(profile.client_id), stored.SerializeToString(), revision)
-        except RevisionConflict:
-            raise
-        except Exception as exc:
-            await _abort_unavailable(context, exc)
-        return _profile_of(profile.client_id, Entry(_key(profile.client_id), stored.SerializeToString(), new_revision))
-
-
-def _key(client_id: str) -> str:
-    # Client ids may contain '.', the KV token separator: store them base64url-encoded.
-    return base64.urlsafe_b64encode(client_id.encode()).rstrip(b"=").decode()
+        # Client ids may contain '.', the KV token separator: keys are their base64url.
+        key, value = key_token(profile.client_id), stored.SerializeToString()
+        new_revision = await self._profiles.update(key, value, revision)
+        return _profile_of(profile.client_id, Entry(key, value, new_revision))
 
 
 def _profile_of(client_id: str, entry: Entry | None) -> pm.Profile:
@@ -333,16 +320,9 @@ def _profile_of(client_id: str, entry: Entry | None) -> pm.Profile:
     return profile
 
 
-async def _check_client_id(context: Any, client_id: str) -> None:
+def _check_client_id(client_id: str) -> None:
     if not _CLIENT_ID.fullmatch(client_id):
-        await abort_invalid(context, "client_id", "must be 1 to 128 characters of A-Z, a-z, 0-9, _, . and -")
-
-
-async def _abort_unavailable(context: Any, exc: Exception) -> NoReturn:
-    # performance_mode.proto promises UNAVAILABLE when the store cannot be reached; any bucket
-    # failure but a lost compare-and-set means that (the cause is logged, not sent).
-    log.warning("profile store unreachable: %r", exc)
-    await abort(context, grpc.StatusCode.UNAVAILABLE, "the profile store cannot be reached", "STORE_UNAVAILABLE")
+        raise invalid_argument("client_id", "must be 1 to 128 characters of A-Z, a-z, 0-9, _, . and -")
 
 
 async def create(deps: Dependencies) -> PerformanceModeServicer:

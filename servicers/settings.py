@@ -29,18 +29,11 @@ from gaming.settings.v1 import settings_pb2 as pb
 from gaming.settings.v1 import settings_pb2_grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
-from servicers._guarded_storage import (
-    GuardedKeyValue,
-    StorageUnavailable,
-    abort_unavailable,
-    bucket_max_bytes,
-    key_token,
-)
-from servicers._revision_conflicts import abort_revision_conflict
 from servicers.auth.call_identity import acts_for, acts_for_anyone, caller, recorded_actor
 from servicers.dependencies import Dependencies
-from servicers.errors import abort, abort_invalid
-from servicers.storage import Entry, KeyValue, RevisionConflict
+from servicers.errors import abort, abort_invalid, abort_with_error, revision_conflict
+from servicers.service_settings import bucket_max_bytes
+from servicers.storage import Entry, KeyValue, RevisionConflict, key_token
 
 TARGET = "settings"
 SERVICE_NAMES = ("gaming.settings.v1.SettingsService",)
@@ -183,17 +176,16 @@ async def _check_update(context: Any, request: pb.UpdateRequest) -> None:
 async def _abort_conflict(context: Any, scope: pb.Scope, expected: int, entry: Entry | None) -> NoReturn:
     current = entry.revision if entry is not None else 0
     detail = pb.RevisionConflict(scope=scope, current_revision=common_pb2.Revision(value=current))
-    await abort_revision_conflict(
-        context, subject=f"{pb.ScopeKind.Name(scope.kind)}/{scope.id}", expected=expected, current=current,
-        detail=detail, what=f"settings of {pb.ScopeKind.Name(scope.kind)} {scope.id!r}",
-    )
+    subject = f"{pb.ScopeKind.Name(scope.kind)}/{scope.id}"
+    what = f"settings of {pb.ScopeKind.Name(scope.kind)} {scope.id!r}"
+    await abort_with_error(context, revision_conflict(RevisionConflict(subject, expected, current), what, detail))
 
 
 class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
     """Per-player and per-service settings with compare-and-set updates and a change feed."""
 
     def __init__(self, kv: KeyValue, *, clock: Callable[[], float]) -> None:
-        self._kv = GuardedKeyValue(kv)
+        self._kv = kv
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -202,10 +194,7 @@ class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
         """All settings of the scope; a scope never written is empty at revision 0."""
         key = await _scope_key(context, request)
-        try:
-            entry = await self._kv.get(key)
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+        entry = await self._kv.get(key)
         settings = _decode(entry)[0] if entry is not None else _empty(request.scope)
         return pb.GetResponse(settings=settings)
 
@@ -214,34 +203,31 @@ class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
         key = await _scope_key(context, request)
         await _check_update(context, request)
         expected = request.expected_revision.value
+        entry = await self._kv.get(key)
+        if (entry.revision if entry is not None else 0) != expected:
+            await _abort_conflict(context, request.scope, expected, entry)
+        settings = _decode(entry)[0] if entry is not None else _empty(request.scope)
+        removed = sorted(name for name in set(request.remove_keys) if name in settings.values)
+        for name in removed:
+            del settings.values[name]
+        for name, setting in request.set.items():
+            settings.values[name].CopyFrom(setting)
+        if len(settings.values) > MAX_KEYS:
+            await abort_invalid(context, "set", f"a scope holds at most {MAX_KEYS} keys")
+        now = timestamp_pb2.Timestamp()
+        now.FromNanoseconds(round(self._clock() * 1e9))
+        settings.scope.CopyFrom(request.scope)
+        settings.audit.CopyFrom(common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now))
+        settings.ClearField("revision")
+        value = _encode(settings, sorted(request.set), removed, expected)
+        if len(value) > MAX_RECORD_BYTES:
+            size = f"{len(value)} > {MAX_RECORD_BYTES} bytes"
+            await abort_invalid(context, "set", f"the scope's settings are too large to store ({size})")
         try:
-            entry = await self._kv.get(key)
-            if (entry.revision if entry is not None else 0) != expected:
-                await _abort_conflict(context, request.scope, expected, entry)
-            settings = _decode(entry)[0] if entry is not None else _empty(request.scope)
-            removed = sorted(name for name in set(request.remove_keys) if name in settings.values)
-            for name in removed:
-                del settings.values[name]
-            for name, setting in request.set.items():
-                settings.values[name].CopyFrom(setting)
-            if len(settings.values) > MAX_KEYS:
-                await abort_invalid(context, "set", f"a scope holds at most {MAX_KEYS} keys")
-            now = timestamp_pb2.Timestamp()
-            now.FromNanoseconds(round(self._clock() * 1e9))
-            settings.scope.CopyFrom(request.scope)
-            settings.audit.CopyFrom(common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now))
-            settings.ClearField("revision")
-            value = _encode(settings, sorted(request.set), removed, expected)
-            if len(value) > MAX_RECORD_BYTES:
-                size = f"{len(value)} > {MAX_RECORD_BYTES} bytes"
-                await abort_invalid(context, "set", f"the scope's settings are too large to store ({size})")
-            try:
-                revision = await self._kv.update(key, value, expected)
-            except RevisionConflict:
-                # Someone wrote between our read and our write: report what is there now.
-                await _abort_conflict(context, request.scope, expected, await self._kv.get(key))
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+            revision = await self._kv.update(key, value, expected)
+        except RevisionConflict:
+            # Someone wrote between our read and our write: report what is there now.
+            await _abort_conflict(context, request.scope, expected, await self._kv.get(key))
         settings.revision.value = revision
         return pb.UpdateResponse(settings=settings)
 
@@ -253,38 +239,35 @@ class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
         empty snapshot is sent at once, and the first write shows up as an update.
         """
         key = await _scope_key(context, request)
+        entry = await self._kv.get(key)
+        snapshot_pending = entry is not None
+        floor = entry.revision if entry is not None else 0
+        last = _empty(request.scope)
+        if not snapshot_pending:
+            yield pb.WatchResponse(settings=last, initial=True)
+        changes = self._kv.watch(key)
+        changed: list[str]
+        removed: list[str]
         try:
-            entry = await self._kv.get(key)
-            snapshot_pending = entry is not None
-            floor = entry.revision if entry is not None else 0
-            last = _empty(request.scope)
-            if not snapshot_pending:
-                yield pb.WatchResponse(settings=last, initial=True)
-            changes = self._kv.watch(key)
-            changed: list[str]
-            removed: list[str]
-            try:
-                async for change in changes:
-                    if change.value is None:
-                        # Deleted in the store itself (not through this service): reads as empty.
-                        settings, changed, removed, previous = _empty(request.scope), [], sorted(last.values), floor
-                    else:
-                        settings, changed, removed, previous = _decode(Entry(change.key, change.value, change.revision))
-                    if snapshot_pending:
-                        snapshot_pending = False
-                        yield pb.WatchResponse(settings=settings, initial=True)
-                    elif change.revision <= floor:
-                        continue
-                    else:
-                        if previous != floor:
-                            # A write slipped in while the watch started: derive what changed.
-                            changed, removed = _delta(last.values, settings.values)
-                        yield pb.WatchResponse(settings=settings, changed_keys=changed, removed_keys=removed)
-                    floor, last = change.revision, settings
-            finally:
-                await changes.aclose()
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+            async for change in changes:
+                if change.value is None:
+                    # Deleted in the store itself (not through this service): reads as empty.
+                    settings, changed, removed, previous = _empty(request.scope), [], sorted(last.values), floor
+                else:
+                    settings, changed, removed, previous = _decode(Entry(change.key, change.value, change.revision))
+                if snapshot_pending:
+                    snapshot_pending = False
+                    yield pb.WatchResponse(settings=settings, initial=True)
+                elif change.revision <= floor:
+                    continue
+                else:
+                    if previous != floor:
+                        # A write slipped in while the watch started: derive what changed.
+                        changed, removed = _delta(last.values, settings.values)
+                    yield pb.WatchResponse(settings=settings, changed_keys=changed, removed_keys=removed)
+                floor, last = change.revision, settings
+        finally:
+            await changes.aclose()
 
 
 async def create(deps: Dependencies) -> SettingsServicer:

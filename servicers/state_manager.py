@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from gaming.common.v1 import common_pb2
@@ -28,18 +28,11 @@ from gaming.state_manager.v1 import state_manager_pb2 as pb
 from gaming.state_manager.v1 import state_manager_pb2_grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2, timestamp_pb2
 
-from servicers._guarded_storage import (
-    GuardedKeyValue,
-    StorageUnavailable,
-    abort_unavailable,
-    bucket_max_bytes,
-    key_token,
-)
-from servicers._revision_conflicts import abort_revision_conflict
 from servicers.auth.call_identity import recorded_actor
 from servicers.dependencies import Dependencies
-from servicers.errors import abort, abort_invalid
-from servicers.storage import Change, Entry, KeyValue, RevisionConflict
+from servicers.errors import RpcError, invalid_argument, not_found, revision_conflict, rpc_error
+from servicers.service_settings import bucket_max_bytes
+from servicers.storage import Change, Entry, KeyValue, RevisionConflict, key_token
 
 TARGET = "state-manager"
 SERVICE_NAMES = ("gaming.state_manager.v1.StateManagerService",)
@@ -133,34 +126,33 @@ def _masked(base: struct_pb2.Struct, update: struct_pb2.Struct, paths: list[str]
     return document
 
 
-async def _player_key(context: Any, player_id: str) -> str:
+def _player_key(player_id: str) -> str:
     if not player_id:
-        await abort_invalid(context, "player_id", "is required")
+        raise invalid_argument("player_id", "is required")
     if len(player_id) > MAX_ID_CHARS:
-        await abort_invalid(context, "player_id", f"must be at most {MAX_ID_CHARS} characters")
+        raise invalid_argument("player_id", f"must be at most {MAX_ID_CHARS} characters")
     return key_token(player_id)
 
 
-async def _check_actor(context: Any, actor_id: str) -> None:
+def _check_actor(actor_id: str) -> None:
     # Bounded so that a record's size depends on the document alone.
     if len(actor_id) > MAX_ACTOR_CHARS:
-        await abort_invalid(context, "actor_id", f"must be at most {MAX_ACTOR_CHARS} characters")
+        raise invalid_argument("actor_id", f"must be at most {MAX_ACTOR_CHARS} characters")
 
 
-async def _abort_not_found(context: Any, player_id: str) -> NoReturn:
-    await abort(context, grpc.StatusCode.NOT_FOUND, f"player {player_id!r} has no state", reason="STATE_NOT_FOUND")
+def _not_found(player_id: str) -> RpcError:
+    return not_found(f"player {player_id!r} has no state", "STATE_NOT_FOUND")
 
 
-async def _abort_conflict(context: Any, player_id: str, expected: int, entry: Entry | None) -> NoReturn:
+def _conflict(player_id: str, expected: int, entry: Entry | None) -> RpcError:
+    """ABORTED: the state is at another revision; the proto's own RevisionConflict follows the
+    ErrorInfo in the details."""
     exists = _live_state(entry) is not None
     current = entry.revision if entry is not None else 0
     detail = pb.RevisionConflict(
         player_id=player_id, current_revision=common_pb2.Revision(value=current), exists=exists
     )
-    await abort_revision_conflict(
-        context, subject=player_id, expected=expected, current=current, detail=detail,
-        what=f"state of player {player_id!r}",
-    )
+    return revision_conflict(RevisionConflict(player_id, expected, current), f"state of player {player_id!r}", detail)
 
 
 def _change_response(player_id: str, change: Change) -> tuple[pb.WatchResponse, int]:
@@ -185,7 +177,7 @@ class StateManagerServicer(state_manager_pb2_grpc.StateManagerServiceServicer):
     """Player state documents with compare-and-set revisions and a per-player change feed."""
 
     def __init__(self, kv: KeyValue, *, clock: Callable[[], float]) -> None:
-        self._kv = GuardedKeyValue(kv)
+        self._kv = kv
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -198,98 +190,89 @@ class StateManagerServicer(state_manager_pb2_grpc.StateManagerServiceServicer):
 
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
         """The player's current state; NOT_FOUND when there is none."""
-        key = await _player_key(context, request.player_id)
-        try:
-            entry = await self._kv.get(key)
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+        key = _player_key(request.player_id)
+        entry = await self._kv.get(key)
         state = _live_state(entry)
         if state is None:
-            await _abort_not_found(context, request.player_id)
+            raise _not_found(request.player_id)
         return pb.GetResponse(state=state)
 
     async def Update(self, request: pb.UpdateRequest, context: Any) -> pb.UpdateResponse:
         """Replace the document (or the masked top-level keys) if the revision still matches."""
-        key = await _player_key(context, request.player_id)
+        key = _player_key(request.player_id)
         if not request.HasField("document"):
-            await abort_invalid(context, "document", "is required")
+            raise invalid_argument("document", "is required")
         if not request.HasField("expected_revision"):
-            await abort_invalid(context, "expected_revision", "is required (0 to create)")
+            raise invalid_argument("expected_revision", "is required (0 to create)")
         if request.document.ByteSize() > MAX_DOCUMENT_BYTES:
-            await abort_invalid(context, "document", "must be at most 1 MiB serialized")
+            raise invalid_argument("document", "must be at most 1 MiB serialized")
         problem = _document_problem(request.document)
         if problem is not None:
-            await abort_invalid(context, "document", problem)
+            raise invalid_argument("document", problem)
         paths = list(request.update_mask.paths)
         for index, path in enumerate(paths):
             if not path or "." in path:
-                await abort_invalid(context, f"update_mask.paths[{index}]", "must name a top-level document key")
-        await _check_actor(context, request.actor_id)
+                raise invalid_argument(f"update_mask.paths[{index}]", "must name a top-level document key")
+        _check_actor(request.actor_id)
         expected = request.expected_revision.value
+        entry = await self._kv.get(key)
+        current = _live_state(entry)
+        # 0 means "no state yet", which a tombstone also is; any other revision must be the
+        # stored one exactly (a tombstone's included: that is what a conflict reports).
+        matches = current is None if expected == 0 else entry is not None and entry.revision == expected
+        if not matches:
+            raise _conflict(request.player_id, expected, entry)
+        now = self._now()
+        state = pb.PlayerState(
+            player_id=request.player_id,
+            create_time=current.create_time if current is not None else now,
+            audit=common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now),
+        )
+        if paths:
+            base = current.document if current is not None else struct_pb2.Struct()
+            state.document.CopyFrom(_masked(base, request.document, paths))
+            if state.document.ByteSize() > MAX_DOCUMENT_BYTES:
+                raise invalid_argument("document", "the merged document must be at most 1 MiB serialized")
+        else:
+            state.document.CopyFrom(request.document)
+        previous = entry.revision if entry is not None else 0
+        value = _encode(state, deleted=False, previous_revision=previous)
+        if len(value) > MAX_RECORD_BYTES:
+            size = f"{len(value)} > {MAX_RECORD_BYTES} bytes"
+            raise invalid_argument("document", f"too large to store with its metadata ({size})")
         try:
-            entry = await self._kv.get(key)
-            current = _live_state(entry)
-            # 0 means "no state yet", which a tombstone also is; any other revision must be the
-            # stored one exactly (a tombstone's included: that is what a conflict reports).
-            matches = current is None if expected == 0 else entry is not None and entry.revision == expected
-            if not matches:
-                await _abort_conflict(context, request.player_id, expected, entry)
-            now = self._now()
-            state = pb.PlayerState(
-                player_id=request.player_id,
-                create_time=current.create_time if current is not None else now,
-                audit=common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now),
-            )
-            if paths:
-                base = current.document if current is not None else struct_pb2.Struct()
-                state.document.CopyFrom(_masked(base, request.document, paths))
-                if state.document.ByteSize() > MAX_DOCUMENT_BYTES:
-                    await abort_invalid(context, "document", "the merged document must be at most 1 MiB serialized")
-            else:
-                state.document.CopyFrom(request.document)
-            previous = entry.revision if entry is not None else 0
-            value = _encode(state, deleted=False, previous_revision=previous)
-            if len(value) > MAX_RECORD_BYTES:
-                size = f"{len(value)} > {MAX_RECORD_BYTES} bytes"
-                await abort_invalid(context, "document", f"too large to store with its metadata ({size})")
-            try:
-                revision = await self._kv.update(key, value, previous)
-            except RevisionConflict:
-                # Someone wrote between our read and our write: report what is there now.
-                await _abort_conflict(context, request.player_id, expected, await self._kv.get(key))
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+            revision = await self._kv.update(key, value, previous)
+        except RevisionConflict:
+            # Someone wrote between our read and our write: report what is there now.
+            raise _conflict(request.player_id, expected, await self._kv.get(key)) from None
         state.revision.value = revision
         return pb.UpdateResponse(state=state)
 
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
         """Delete the player's state (a tombstone) if the revision still matches."""
-        key = await _player_key(context, request.player_id)
+        key = _player_key(request.player_id)
         if not request.HasField("expected_revision"):
-            await abort_invalid(context, "expected_revision", "is required")
-        await _check_actor(context, request.actor_id)
+            raise invalid_argument("expected_revision", "is required")
+        _check_actor(request.actor_id)
         expected = request.expected_revision.value
+        entry = await self._kv.get(key)
+        if entry is None or _live_state(entry) is None:
+            raise _not_found(request.player_id)
+        if entry.revision != expected:
+            raise _conflict(request.player_id, expected, entry)
+        now = self._now()
+        tombstone = pb.PlayerState(
+            player_id=request.player_id,
+            audit=common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now),
+        )
         try:
+            value = _encode(tombstone, deleted=True, previous_revision=expected)
+            revision = await self._kv.update(key, value, expected)
+        except RevisionConflict:
             entry = await self._kv.get(key)
-            if entry is None or _live_state(entry) is None:
-                await _abort_not_found(context, request.player_id)
-            if entry.revision != expected:
-                await _abort_conflict(context, request.player_id, expected, entry)
-            now = self._now()
-            tombstone = pb.PlayerState(
-                player_id=request.player_id,
-                audit=common_pb2.AuditInfo(actor_id=recorded_actor(request.actor_id), update_time=now),
-            )
-            try:
-                value = _encode(tombstone, deleted=True, previous_revision=expected)
-                revision = await self._kv.update(key, value, expected)
-            except RevisionConflict:
-                entry = await self._kv.get(key)
-                if _live_state(entry) is None:
-                    await _abort_not_found(context, request.player_id)
-                await _abort_conflict(context, request.player_id, expected, entry)
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+            if _live_state(entry) is None:
+                raise _not_found(request.player_id) from None
+            raise _conflict(request.player_id, expected, entry) from None
         return pb.DeleteResponse(revision=common_pb2.Revision(value=revision), delete_time=now)
 
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchResponse]:
@@ -300,38 +283,34 @@ class StateManagerServicer(state_manager_pb2_grpc.StateManagerServiceServicer):
         ``send_initial``. The current state is taken from the watch itself (its first value),
         so a client that has it knows the watch is live and misses nothing written after.
         """
-        key = await _player_key(context, request.player_id)
+        key = _player_key(request.player_id)
+        if request.HasField("after_revision"):
+            floor, resuming, send_current = request.after_revision.value, True, False
+        else:
+            entry = await self._kv.get(key)
+            floor, resuming, send_current = (entry.revision if entry else 0), False, request.send_initial
+        changes = self._kv.watch(key)
         try:
-            if request.HasField("after_revision"):
-                floor, resuming, send_current = request.after_revision.value, True, False
-            else:
-                entry = await self._kv.get(key)
-                floor, resuming, send_current = (entry.revision if entry else 0), False, request.send_initial
-            changes = self._kv.watch(key)
-            try:
-                async for change in changes:
-                    response, previous = _change_response(request.player_id, change)
-                    if change.revision < floor:
+            async for change in changes:
+                response, previous = _change_response(request.player_id, change)
+                if change.revision < floor:
+                    continue
+                if change.revision == floor:
+                    # The value current when the call started: sent only as the initial state.
+                    if not (send_current and response.operation == pb.OPERATION_PUT):
                         continue
-                    if change.revision == floor:
-                        # The value current when the call started: sent only as the initial state.
-                        if not (send_current and response.operation == pb.OPERATION_PUT):
-                            continue
-                    elif resuming and previous > floor:
-                        await abort(
-                            context,
-                            grpc.StatusCode.OUT_OF_RANGE,
-                            f"changes after revision {floor} are no longer retained (the latest is"
-                            f" {change.revision}); read with Get and watch after its revision",
-                            reason="REVISION_NOT_RETAINED",
-                        )
-                    # From the first message on, each change must follow the one sent before it.
-                    send_current, resuming, floor = False, True, change.revision
-                    yield response
-            finally:
-                await changes.aclose()
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+                elif resuming and previous > floor:
+                    raise rpc_error(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"changes after revision {floor} are no longer retained (the latest is"
+                        f" {change.revision}); read with Get and watch after its revision",
+                        "REVISION_NOT_RETAINED",
+                    )
+                # From the first message on, each change must follow the one sent before it.
+                send_current, resuming, floor = False, True, change.revision
+                yield response
+        finally:
+            await changes.aclose()
 
 
 async def create(deps: Dependencies) -> StateManagerServicer:

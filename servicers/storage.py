@@ -7,6 +7,7 @@ implementation lives in ``mesh.jetstream_storage``).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
@@ -45,7 +46,8 @@ class RevisionConflict(Exception):
 
 class StorageUnavailable(Exception):
     """The store could not carry out a call: the connection is down, JetStream did not answer,
-    or it refused the request. Servicers answer it with UNAVAILABLE (retryable)."""
+    or it refused the request. Servicers let it propagate: the error boundary answers it with
+    UNAVAILABLE (retryable)."""
 
 
 class ValueTooLarge(ValueError):
@@ -56,6 +58,15 @@ class ValueTooLarge(ValueError):
         self.key = key
         self.size = size
         self.limit = limit
+
+
+def key_token(text: str) -> str:
+    """``text`` as one KV key token: base64url of its UTF-8, without padding.
+
+    Ids may hold any character, while keys allow only ``[A-Za-z0-9_=-]`` in dot-separated
+    tokens; base64url stays inside that alphabet and never produces a dot or a wildcard.
+    """
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
 
 
 class KeyValue(Protocol):

@@ -1,4 +1,5 @@
-"""Serve a servicer over a real NATS for a test, and hand back a channel to it."""
+"""Serve a servicer over a real NATS for a test, and hand back a channel to it (behind the
+ErrorBoundary the host installs, so RpcErrors and storage outages become statuses)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from nats.aio.client import Client
 
 import nats_transport.aio
+from servicers.error_boundary import ErrorBoundary
 
 
 @contextlib.asynccontextmanager
@@ -18,7 +20,7 @@ async def served(
 ) -> AsyncIterator[nats_transport.aio.Channel]:
     """Start ``servicer`` on a fresh target; yield an aio channel to it; stop the server after."""
     name = target or f"svc-{uuid.uuid4().hex[:10]}"
-    server = nats_transport.aio.server(nc, name)
+    server = nats_transport.aio.server(nc, name, interceptors=[ErrorBoundary()])
     add_to_server(servicer, server)
     await server.start()
     try:

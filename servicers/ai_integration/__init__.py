@@ -28,11 +28,12 @@ from collections.abc import Mapping
 
 from gaming.ai_integration.v1 import ai_integration_pb2_grpc
 
-from servicers.ai_integration._servicer import MODEL_NAME, AiIntegrationServicer
+from servicers.ai_integration._servicer import AiIntegrationServicer
 from servicers.ai_integration.backends import Backend
 from servicers.ai_integration.local import LOCAL_MODEL_NAME, load_local_backend
 from servicers.ai_integration.openai_compatible import DEFAULT_TIMEOUT, OpenAICompatibleBackend
 from servicers.dependencies import Dependencies
+from servicers.model_fields import MODEL_NAME
 
 __all__ = ["SERVICE_NAMES", "TARGET", "AiIntegrationServicer", "add_to_server", "create"]
 

@@ -2,82 +2,22 @@
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, NoReturn
 
 import grpc
 from gaming.ai_integration.v1 import ai_integration_pb2, ai_integration_pb2_grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
 from servicers.ai_integration.backends import Backend, BackendError, Finish, Generation, closing
-from servicers.errors import DOMAIN, abort, abort_invalid
+from servicers.ai_integration.generation import GenerationRequest, generation_of
+from servicers.errors import DOMAIN, RpcError, invalid_argument, not_found
 
-MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-MAX_PROMPT_CHARS = 32768
-MAX_SYSTEM_PROMPT_CHARS = 8192
-DEFAULT_MAX_TOKENS = 256
-MAX_TOKENS = 4096
-DEFAULT_TEMPERATURE = 0.7
-MAX_TEMPERATURE = 2.0
-MAX_STOP_SEQUENCES = 4
-MAX_STOP_CHARS = 64
 # grpcio reports "no deadline" as a huge time_remaining() (~9.2e18 s); treat anything this far
 # off as none.
 _NO_DEADLINE = 1e9
-
-GenerationRequest = ai_integration_pb2.GenerateRequest | ai_integration_pb2.StreamGenerateRequest
-
-
-class InvalidArgument(Exception):
-    """A request field is out of range: ``field`` names it, ``description`` says how."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
-
-
-def generation_of(request: GenerationRequest, remaining: float | None) -> Generation:
-    """The backend's view of a request, once every field is checked against the proto's rules.
-
-    Raises:
-        InvalidArgument: a field is out of range.
-    """
-    if not MODEL_NAME.fullmatch(request.model):
-        raise InvalidArgument("model", "must be 1 to 128 characters of [A-Za-z0-9_.-]")
-    if not request.prompt:
-        raise InvalidArgument("prompt", "must not be empty")
-    if len(request.prompt) > MAX_PROMPT_CHARS:
-        raise InvalidArgument("prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
-    if request.HasField("system_prompt") and len(request.system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
-        raise InvalidArgument("system_prompt", f"must be at most {MAX_SYSTEM_PROMPT_CHARS} characters")
-    if not 0 <= request.max_tokens <= MAX_TOKENS:
-        raise InvalidArgument("max_tokens", f"must be 1 to {MAX_TOKENS} (0 means {DEFAULT_MAX_TOKENS})")
-    temperature = DEFAULT_TEMPERATURE
-    if request.HasField("temperature"):
-        temperature = request.temperature
-        if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
-            raise InvalidArgument("temperature", f"must be in [0, {MAX_TEMPERATURE:g}]")
-    if len(request.stop_sequences) > MAX_STOP_SEQUENCES:
-        raise InvalidArgument("stop_sequences", f"must hold at most {MAX_STOP_SEQUENCES} sequences")
-    for index, stop in enumerate(request.stop_sequences):
-        if not 1 <= len(stop) <= MAX_STOP_CHARS:
-            raise InvalidArgument(f"stop_sequences[{index}]", f"must be 1 to {MAX_STOP_CHARS} characters")
-    return Generation(
-        prompt=request.prompt,
-        system_prompt=request.system_prompt if request.HasField("system_prompt") else None,
-        max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
-        temperature=temperature,
-        # Unset means a random seed, as the proto says (the backend draws one).
-        seed=request.seed if request.HasField("seed") else None,
-        stop_sequences=tuple(request.stop_sequences),
-        timeout=remaining,
-    )
 
 
 class AiIntegrationServicer(ai_integration_pb2_grpc.AiIntegrationServiceServicer):
@@ -107,7 +47,7 @@ class AiIntegrationServicer(ai_integration_pb2_grpc.AiIntegrationServiceServicer
         try:
             completion = await backend.generate(generation)
         except BackendError as err:
-            await _abort_backend(context, request.model, err)
+            raise _backend_failure(request.model, err) from err
         # Latency is a duration: measured on the monotonic clock, not the (injectable) wall clock.
         latency = duration_pb2.Duration()
         latency.FromNanoseconds(round((time.perf_counter() - started) * 1e9))
@@ -145,7 +85,7 @@ class AiIntegrationServicer(ai_integration_pb2_grpc.AiIntegrationServiceServicer
                     yield message
                     index += 1
         except BackendError as err:
-            await _abort_backend(context, request.model, err)
+            raise _backend_failure(request.model, err) from err
         raise AssertionError("a backend stream ended without a Finish")  # pragma: no cover
 
     async def _prepare(
@@ -154,24 +94,26 @@ class AiIntegrationServicer(ai_integration_pb2_grpc.AiIntegrationServiceServicer
         remaining = context.time_remaining()
         if remaining is not None and remaining > _NO_DEADLINE:
             remaining = None
-        try:
-            generation = generation_of(request, remaining)
-        except InvalidArgument as invalid:
-            await abort_invalid(context, invalid.field, invalid.description)
+        generation = generation_of(request, remaining)
         backend = self._backends.get(request.model)
         if backend is None:
             served = ", ".join(sorted(self._backends))
-            await abort(context, grpc.StatusCode.NOT_FOUND,
-                        f"no backend serves model {request.model!r} (served here: {served})", "MODEL_NOT_FOUND")
+            raise not_found(f"no backend serves model {request.model!r} (served here: {served})", "MODEL_NOT_FOUND")
         window = backend.context_tokens
         if window is not None:
             prompt_tokens = backend.count_tokens(generation.system_prompt or "") + backend.count_tokens(request.prompt)
             if prompt_tokens >= window:
-                await abort_invalid(context, "prompt", f"is {prompt_tokens} tokens; the model's context window "
-                                    f"is {window}")
+                raise invalid_argument(
+                    "prompt",
+                    f"is {prompt_tokens} tokens; the model's context window "
+                    f"is {window}",
+                )
             if prompt_tokens + generation.max_tokens > window:
-                await abort_invalid(context, "max_tokens", f"{generation.max_tokens} plus the prompt's "
-                                    f"{prompt_tokens} tokens exceed the model's context window of {window}")
+                raise invalid_argument(
+                    "max_tokens",
+                    f"{generation.max_tokens} plus the prompt's "
+                    f"{prompt_tokens} tokens exceed the model's context window of {window}",
+                )
         return generation, backend
 
 
@@ -183,19 +125,12 @@ def _usage(finish: Finish) -> ai_integration_pb2.TokenUsage:
     )
 
 
-async def _abort_backend(context: Any, model: str, err: BackendError) -> NoReturn:
+def _backend_failure(model: str, err: BackendError) -> RpcError:
     """The backend's failure as the caller sees it: its code and message, an ErrorInfo naming the
     model, and a RetryInfo when the backend said how long to wait."""
-    details: list[Any] = [error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata={"model": model})]
+    details: list[Message] = [error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata={"model": model})]
     if err.retry_after is not None:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromNanoseconds(round(err.retry_after * 1e9))
         details.append(retry)
-    packed = []
-    for detail in details:
-        holder = any_pb2.Any()
-        holder.Pack(detail)
-        packed.append(holder)
-    status = status_pb2.Status(code=err.code.value[0], message=f"model {model!r}: {err.message}", details=packed)
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
+    return RpcError(err.code, f"model {model!r}: {err.message}", details)

@@ -18,11 +18,10 @@ from gaming.ai_router.v1 import ai_router_pb2 as router
 from gaming.model_management.v1 import model_management_pb2 as mm
 from google.protobuf import duration_pb2
 
-from servicers.ai_integration._servicer import DEFAULT_MAX_TOKENS, generation_of
-from servicers.ai_integration._servicer import InvalidArgument as GenerationInvalid
+from servicers.ai_integration.generation import DEFAULT_MAX_TOKENS, generation_of
 from servicers.ai_integration.local import LOCAL_MODEL_NAME
-from servicers.model_management._rules import InvalidArgument as RegistryInvalid
-from servicers.model_management._rules import check_duration, check_enum, check_name
+from servicers.errors import InvalidArgument
+from servicers.model_fields import check_duration, check_enum, check_name
 
 RoutingRequest = router.RouteRequest | router.StreamRouteRequest
 
@@ -46,15 +45,6 @@ FALLBACK_CODES = frozenset({
 })
 
 
-class InvalidArgument(Exception):
-    """A request field is out of range: ``field`` names it, ``description`` says how."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
-
-
 @dataclass(frozen=True, slots=True)
 class Plan:
     """A checked routing request: what to ask model-management, and how many models to try.
@@ -76,22 +66,19 @@ def plan_of(request: RoutingRequest) -> Plan:
     Raises:
         InvalidArgument: a field is out of range (named as in the request).
     """
-    try:
-        check_enum("capability", request.capability, list(mm.Capability.values()), allow_unspecified=False)
-        budget = None
-        if request.HasField("latency_budget"):
-            check_duration("latency_budget", request.latency_budget)
-            budget = request.latency_budget.ToNanoseconds() / 1e9
-            if budget <= 0:
-                raise InvalidArgument("latency_budget", "must be positive when set")
-        if len(request.preferred_models) > MAX_PREFERRED:
-            raise InvalidArgument("preferred_models", f"must name at most {MAX_PREFERRED} models")
-        for index, name in enumerate(request.preferred_models):
-            check_name(f"preferred_models[{index}]", name)
-        # The same rules ai-integration applies; the model name is only a stand-in here.
-        generation_of(generation_request(request, LOCAL_MODEL_NAME), None)
-    except (RegistryInvalid, GenerationInvalid) as invalid:
-        raise InvalidArgument(invalid.field, invalid.description) from invalid
+    check_enum("capability", request.capability, list(mm.Capability.values()), allow_unspecified=False)
+    budget = None
+    if request.HasField("latency_budget"):
+        check_duration("latency_budget", request.latency_budget)
+        budget = request.latency_budget.ToNanoseconds() / 1e9
+        if budget <= 0:
+            raise InvalidArgument("latency_budget", "must be positive when set")
+    if len(request.preferred_models) > MAX_PREFERRED:
+        raise InvalidArgument("preferred_models", f"must name at most {MAX_PREFERRED} models")
+    for index, name in enumerate(request.preferred_models):
+        check_name(f"preferred_models[{index}]", name)
+    # The same rules ai-integration applies; the model name is only a stand-in here.
+    generation_of(generation_request(request, LOCAL_MODEL_NAME), None)
     if not 0 <= request.max_attempts <= MAX_ATTEMPTS:
         raise InvalidArgument("max_attempts", f"must be 1 to {MAX_ATTEMPTS} (0 means {DEFAULT_ATTEMPTS})")
     attempts = request.max_attempts or DEFAULT_ATTEMPTS

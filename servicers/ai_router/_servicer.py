@@ -22,7 +22,6 @@ from grpc_status import rpc_status
 from servicers.ai_router._plan import (
     FALLBACK_CODES,
     Clock,
-    InvalidArgument,
     Plan,
     RoutingRequest,
     duration_since,
@@ -30,7 +29,7 @@ from servicers.ai_router._plan import (
     plan_of,
     stream_request,
 )
-from servicers.errors import DOMAIN, abort, abort_invalid
+from servicers.errors import DOMAIN, InvalidArgument, abort, abort_invalid
 
 _log = logging.getLogger(__name__)
 

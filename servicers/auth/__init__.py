@@ -35,7 +35,6 @@ import secrets
 from gaming.auth.v1 import auth_pb2_grpc
 
 from servicers.auth.access import AccessPolicy, bearer_token
-from servicers.auth.buckets import GuardedBucket
 from servicers.auth.call_identity import acts_for, audit_actor, caller, current_authorization, recorded_actor
 from servicers.auth.keys import KeyRing
 from servicers.auth.passwords import ScryptParams, hash_password
@@ -46,6 +45,7 @@ from servicers.auth.service import (
     SERVICE_NAMES,
     TARGET,
     AuthServicer,
+    auth_store,
 )
 from servicers.auth.validate_verifier import ValidateVerifier
 from servicers.auth.verifier import LocalVerifier, ServiceTokenSource
@@ -101,7 +101,7 @@ async def create(deps: Dependencies) -> AuthServicer:
     failures = await storage.key_value("auth_login_failures", history=1, ttl=3600, max_bytes=32 * _MiB)
     revocations = await storage.key_value("auth_revocations", history=1, ttl=_REVOCATION_TTL, max_bytes=32 * _MiB)
     keys = KeyRing(
-        GuardedBucket(await storage.key_value("auth_keys", history=1, max_bytes=_MiB), "keys"),
+        auth_store(await storage.key_value("auth_keys", history=1, max_bytes=_MiB), "keys"),
         clock=deps.clock,
         rotation_period=rotation_days * _DAY,
         token_lifetime=REFRESH_TOKEN_TTL,

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from servicers.auth.buckets import GuardedBucket
 from servicers.auth.records import KEY_SETS, KeySet, RetiredKey
 from servicers.auth.tokens import TokenSigner
-from servicers.storage import RevisionConflict
+from servicers.storage import KeyValue, RevisionConflict
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class KeyRing:
     """
 
     def __init__(
-        self, bucket: GuardedBucket, *, clock: Callable[[], float], rotation_period: float, token_lifetime: float
+        self, bucket: KeyValue, *, clock: Callable[[], float], rotation_period: float, token_lifetime: float
     ) -> None:
         if rotation_period <= 0:
             raise ValueError("the key rotation period must be positive")
@@ -127,7 +126,7 @@ class KeyRing:
         """Read the key set from the bucket, creating or rotating it if needed.
 
         Raises:
-            StoreUnavailable: the bucket cannot be read or written.
+            StorageUnavailable: the bucket cannot be read or written.
         """
         async with self._lock:
             for _ in range(8):

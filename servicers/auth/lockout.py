@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, NoReturn
 
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
 
 from servicers.auth.records import Failures
-from servicers.errors import DOMAIN
+from servicers.errors import DOMAIN, RpcError
 
 MAX_FAILURES = 5
 FAILURE_WINDOW = 15 * 60.0
@@ -40,17 +39,12 @@ def next_failures(previous: Failures | None, now: float) -> Failures:
     return Failures(count=count, last_failure_time=now, locked_until=locked_until)
 
 
-async def abort_locked(context: Any, delay: float) -> NoReturn:
-    """Abort with RESOURCE_EXHAUSTED with a RetryInfo: ``servicers.errors.abort`` carries only ErrorInfo."""
-    details = []
-    for detail in (
-        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=math.ceil(delay))),
-        error_details_pb2.ErrorInfo(reason="TOO_MANY_FAILED_LOGINS", domain=DOMAIN),
-    ):
-        holder = any_pb2.Any()
-        holder.Pack(detail)
-        details.append(holder)
-    message = f"too many failed logins; retry in {math.ceil(delay)} s"
-    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=details)
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover - abort always raises
+def locked(delay: float) -> RpcError:
+    """RESOURCE_EXHAUSTED with a RetryInfo (retry in ``delay`` seconds, rounded up) before the
+    ErrorInfo, which the plain helpers of ``servicers.errors`` do not carry."""
+    return RpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"too many failed logins; retry in {math.ceil(delay)} s",
+        [error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=math.ceil(delay))),
+         error_details_pb2.ErrorInfo(reason="TOO_MANY_FAILED_LOGINS", domain=DOMAIN)],
+    )

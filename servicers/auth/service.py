@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -31,13 +31,13 @@ from gaming.auth.v1 import auth_pb2, auth_pb2_grpc
 from google.protobuf import timestamp_pb2
 
 from servicers.auth import proofs
-from servicers.auth.buckets import GuardedBucket, StoreUnavailable
 from servicers.auth.keys import KeyRing
-from servicers.auth.lockout import abort_locked, next_failures, throttle_key_of
+from servicers.auth.lockout import locked, next_failures, throttle_key_of
 from servicers.auth.passwords import ScryptParams, hash_password, verify_password
 from servicers.auth.records import ACCOUNTS, FAILURES, REVOCATIONS, SESSIONS, Account, Revocation, Session
 from servicers.auth.tokens import Claims, InvalidToken, TokenKind, key_id_of, verify_token
-from servicers.errors import abort, abort_conflict, abort_invalid
+from servicers.errors import RpcError, already_exists, invalid_argument, not_found, revision_conflict, rpc_error
+from servicers.named_store import NamedStore
 from servicers.storage import Entry, KeyValue, RevisionConflict
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,11 @@ _TOKEN_PROBLEMS = {
 T = TypeVar("T")
 
 
+def auth_store(kv: KeyValue, name: str) -> NamedStore:
+    """``kv``, whose outage callers hear about as "the <name> store cannot be reached"."""
+    return NamedStore(kv, f"the {name} store cannot be reached")
+
+
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(round(seconds * 1e9))
@@ -90,10 +95,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         clock: Callable[[], float],
         scrypt_concurrency: int = 2,
     ) -> None:
-        self._accounts = GuardedBucket(accounts, "accounts")
-        self._sessions = GuardedBucket(sessions, "sessions")
-        self._failures = GuardedBucket(failures, "login failures")
-        self._revocations = GuardedBucket(revocations, "revocations")
+        # auth.proto promises UNAVAILABLE when a store cannot be reached, naming which.
+        self._accounts = auth_store(accounts, "accounts")
+        self._sessions = auth_store(sessions, "sessions")
+        self._failures = auth_store(failures, "login failures")
+        self._revocations = auth_store(revocations, "revocations")
         self._keys = keys
         # None: no proof asked of service token requests (the insecure laptop mode).
         self._service_keys = service_keys
@@ -113,57 +119,57 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def Register(self, request: auth_pb2.RegisterRequest, context: Any) -> auth_pb2.RegisterResponse:
         """Create an account (see auth.proto)."""
-        return await self._guarded(context, self._register(request, context))
+        return await self._guarded(self._register(request))
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
         """Check credentials and open a session (see auth.proto)."""
-        return await self._guarded(context, self._login(request, context))
+        return await self._guarded(self._login(request, context))
 
     async def Validate(self, request: auth_pb2.ValidateRequest, context: Any) -> auth_pb2.ValidateResponse:
         """Check an access token and its session (see auth.proto)."""
-        return await self._guarded(context, self._validate(request, context))
+        return await self._guarded(self._validate(request))
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: Any) -> auth_pb2.RefreshResponse:
         """Rotate a session's tokens (see auth.proto)."""
-        return await self._guarded(context, self._refresh(request, context))
+        return await self._guarded(self._refresh(request))
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> auth_pb2.LogoutResponse:
         """Revoke a session (see auth.proto)."""
-        return await self._guarded(context, self._logout(request, context))
+        return await self._guarded(self._logout(request))
 
     async def GetVerificationKeys(
         self, request: auth_pb2.GetVerificationKeysRequest, context: Any
     ) -> auth_pb2.GetVerificationKeysResponse:
         """List the public keys that verify tokens (see auth.proto)."""
-        return await self._guarded(context, self._get_verification_keys())
+        return await self._guarded(self._get_verification_keys())
 
     async def ListRevocations(
         self, request: auth_pb2.ListRevocationsRequest, context: Any
     ) -> auth_pb2.ListRevocationsResponse:
         """List the sessions revoked within an access token lifetime (see auth.proto)."""
-        return await self._guarded(context, self._list_revocations())
+        return await self._guarded(self._list_revocations())
 
     async def IssueServiceToken(
         self, request: auth_pb2.IssueServiceTokenRequest, context: Any
     ) -> auth_pb2.IssueServiceTokenResponse:
         """Give a mesh target that proves its identity a service token (see auth.proto)."""
-        return await self._guarded(context, self._issue_service_token(request, context))
+        return await self._guarded(self._issue_service_token(request))
 
     # -- behaviour -----------------------------------------------------------------------
 
-    async def _register(self, request: auth_pb2.RegisterRequest, context: Any) -> auth_pb2.RegisterResponse:
+    async def _register(self, request: auth_pb2.RegisterRequest) -> auth_pb2.RegisterResponse:
         if not _USERNAME.fullmatch(request.username):
-            await abort_invalid(context, "username", "must be 3 to 32 characters of a-z, 0-9 and _")
+            raise invalid_argument("username", "must be 3 to 32 characters of a-z, 0-9 and _")
         if not 8 <= len(request.password) <= 128:
-            await abort_invalid(context, "password", "must be 8 to 128 characters")
+            raise invalid_argument("password", "must be 8 to 128 characters")
         name = request.display_name
         if not 1 <= len(name) <= 64 or not name.strip() or not name.isprintable():
-            await abort_invalid(context, "display_name", "must be 1 to 64 printable characters, not only spaces")
+            raise invalid_argument("display_name", "must be 1 to 64 printable characters, not only spaces")
         username = request.username.lower()
         # Cheap check first, so a taken name does not cost a scrypt; the create-only write
         # below is what actually guarantees uniqueness.
         if await self._accounts.get(username) is not None:
-            await self._abort_taken(context, username)
+            raise self._taken(username)
         now = self._clock()
         account = Account(
             account_id=uuid.uuid4().hex,
@@ -176,19 +182,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         try:
             await self._accounts.update(username, ACCOUNTS.encode(account), 0)
         except RevisionConflict:
-            await self._abort_taken(context, username)
+            raise self._taken(username) from None
         return auth_pb2.RegisterResponse(account_id=account.account_id, create_time=_timestamp(now))
 
     async def _login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
         if not request.username:
-            await abort_invalid(context, "username", "is required")
+            raise invalid_argument("username", "is required")
         if not request.password:
-            await abort_invalid(context, "password", "is required")
+            raise invalid_argument("password", "is required")
         for index, scope in enumerate(request.scopes):
             if len(scope) > 64 or not _SCOPE.fullmatch(scope):
-                await abort_invalid(context, f"scopes[{index}]", f"{scope[:64]!r} is not a scope")
+                raise invalid_argument(f"scopes[{index}]", f"{scope[:64]!r} is not a scope")
         if len(request.client_description) > 128:
-            await abort_invalid(context, "client_description", "must be at most 128 characters")
+            raise invalid_argument("client_description", "must be at most 128 characters")
 
         now = self._clock()
         throttle_key = throttle_key_of(request.username)
@@ -196,7 +202,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if failures is not None:
             locked_until = FAILURES.decode(failures.value).locked_until
             if now < locked_until:
-                await abort_locked(context, locked_until - now)
+                raise locked(locked_until - now)
 
         # A malformed username cannot name an account: treat it as unknown (same work, same reply).
         stored = await self._accounts.get(request.username.lower()) if _USERNAME.fullmatch(request.username) else None
@@ -205,15 +211,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         matched = await self._run_scrypt(verify_password, request.password, password_hash)
         if account is None or not matched:
             await self._record_failure(throttle_key, now)
-            await abort(context, grpc.StatusCode.UNAUTHENTICATED, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
+            raise rpc_error(grpc.StatusCode.UNAUTHENTICATED, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
         if failures is not None:
             await self._failures.delete(throttle_key)
         # Only now, with the password proven, may the reply say anything about the account.
         if account.disabled:
-            await abort(context, grpc.StatusCode.PERMISSION_DENIED, "account is disabled", "ACCOUNT_DISABLED")
+            raise rpc_error(grpc.StatusCode.PERMISSION_DENIED, "account is disabled", "ACCOUNT_DISABLED")
         for index, scope in enumerate(request.scopes):
             if scope not in account.scopes:
-                await abort_invalid(context, f"scopes[{index}]", f"scope {scope!r} is not available to this account")
+                raise invalid_argument(f"scopes[{index}]", f"scope {scope!r} is not available to this account")
         scopes = tuple(dict.fromkeys(request.scopes)) or account.scopes
 
         session = Session(
@@ -233,16 +239,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             scopes=scopes,
         )
 
-    async def _validate(self, request: auth_pb2.ValidateRequest, context: Any) -> auth_pb2.ValidateResponse:
+    async def _validate(self, request: auth_pb2.ValidateRequest) -> auth_pb2.ValidateResponse:
         if not request.access_token:
-            await abort_invalid(context, "access_token", "is required")
-        claims = await self._verified(context, request.access_token, TokenKind.ACCESS)
+            raise invalid_argument("access_token", "is required")
+        claims = await self._verified(request.access_token, TokenKind.ACCESS)
         if not claims.session_id and claims.subject.startswith("service:"):
             # A service token has no session to revoke: its short life is its bound.
             return auth_pb2.ValidateResponse(
                 account_id=claims.subject, expire_time=_timestamp(claims.expire_time), scopes=claims.scopes
             )
-        session = await self._open_session(context, claims)
+        session = await self._open_session(claims)
         return auth_pb2.ValidateResponse(
             account_id=claims.subject,
             session_id=claims.session_id,
@@ -250,22 +256,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             scopes=session.scopes,
         )
 
-    async def _refresh(self, request: auth_pb2.RefreshRequest, context: Any) -> auth_pb2.RefreshResponse:
+    async def _refresh(self, request: auth_pb2.RefreshRequest) -> auth_pb2.RefreshResponse:
         if not request.refresh_token:
-            await abort_invalid(context, "refresh_token", "is required")
-        claims = await self._verified(context, request.refresh_token, TokenKind.REFRESH)
+            raise invalid_argument("refresh_token", "is required")
+        claims = await self._verified(request.refresh_token, TokenKind.REFRESH)
         conflict: RevisionConflict | None = None
         for _ in range(CAS_ATTEMPTS):
             entry = await self._sessions.get(claims.session_id)
-            session = await _live_session(context, claims, entry)
+            session = _live_session(claims, entry)
             assert entry is not None  # _live_session aborts otherwise
             if claims.generation != session.refresh_generation:
                 # This refresh token was already exchanged: someone else holds a copy of it.
                 await self._revoke(claims.session_id, "refresh token reuse")
-                await abort(
-                    context,
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "refresh token already used; the session is revoked",
+                raise rpc_error(
+                    grpc.StatusCode.UNAUTHENTICATED, "refresh token already used; the session is revoked",
                     "REFRESH_TOKEN_REUSED",
                 )
             rotated = replace(session, refresh_generation=session.refresh_generation + 1)
@@ -284,20 +288,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         assert conflict is not None
         raise conflict
 
-    async def _logout(self, request: auth_pb2.LogoutRequest, context: Any) -> auth_pb2.LogoutResponse:
+    async def _logout(self, request: auth_pb2.LogoutRequest) -> auth_pb2.LogoutResponse:
         if not request.access_token:
-            await abort_invalid(context, "access_token", "is required")
-        claims = await self._verified(context, request.access_token, TokenKind.ACCESS)
+            raise invalid_argument("access_token", "is required")
+        claims = await self._verified(request.access_token, TokenKind.ACCESS)
         target = request.session_id or claims.session_id
         if target != claims.session_id:
             # Revoking another session takes a live one; repeating one's own logout does not.
-            await self._open_session(context, claims)
+            await self._open_session(claims)
         entry = await self._sessions.get(target) if _SESSION_ID.fullmatch(target) else None
         if entry is None or SESSIONS.decode(entry.value).account_id != claims.subject:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no session {target[:64]!r} on this account", "NO_SESSION")
+            raise not_found(f"no session {target[:64]!r} on this account", "NO_SESSION")
         revoked = await self._revoke(target, "logout")
         if revoked is None:  # deleted between the read and the revocation
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no session {target[:64]!r} on this account", "NO_SESSION")
+            raise not_found(f"no session {target[:64]!r} on this account", "NO_SESSION")
         return auth_pb2.LogoutResponse(session_id=target, revoke_time=_timestamp(revoked.revoke_time))
 
     async def _get_verification_keys(self) -> auth_pb2.GetVerificationKeysResponse:
@@ -326,24 +330,22 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
 
     async def _issue_service_token(
-        self, request: auth_pb2.IssueServiceTokenRequest, context: Any
+        self, request: auth_pb2.IssueServiceTokenRequest
     ) -> auth_pb2.IssueServiceTokenResponse:
         target = request.target
         if not proofs.TARGET.fullmatch(target):
-            await abort_invalid(context, "target", "must be 1 to 64 characters of a-z, 0-9, _ and -")
+            raise invalid_argument("target", "must be 1 to 64 characters of a-z, 0-9, _ and -")
         now = self._clock()
         if self._service_keys is not None:
             if target not in self._service_keys:
-                await abort(
-                    context, grpc.StatusCode.PERMISSION_DENIED, f"no key is configured for {target!r}", "UNKNOWN_TARGET"
+                raise rpc_error(
+                    grpc.StatusCode.PERMISSION_DENIED, f"no key is configured for {target!r}", "UNKNOWN_TARGET",
                 )
             issued_at = request.issued_at.seconds
             if not proofs.proof_holds(self._service_keys, target, issued_at, request.signature):
-                await abort(context, grpc.StatusCode.UNAUTHENTICATED, "bad proof signature", "BAD_PROOF")
+                raise rpc_error(grpc.StatusCode.UNAUTHENTICATED, "bad proof signature", "BAD_PROOF")
             if abs(now - issued_at) > proofs.MAX_SKEW:
-                await abort(
-                    context, grpc.StatusCode.UNAUTHENTICATED, "issued_at is too far from server time", "STALE_PROOF"
-                )
+                raise rpc_error(grpc.StatusCode.UNAUTHENTICATED, "issued_at is too far from server time", "STALE_PROOF")
         claims = Claims(
             kind=TokenKind.ACCESS,
             subject=f"service:{target}",
@@ -357,33 +359,31 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     # -- pieces --------------------------------------------------------------------------
 
-    async def _guarded(self, context: Any, operation: Awaitable[T]) -> T:
+    async def _guarded(self, operation: Awaitable[T]) -> T:
+        # A compare-and-set still lost after the retries is reported as the session's.
         try:
             return await operation
-        except StoreUnavailable as exc:
-            log.warning("auth store unreachable (%s): %r", exc, exc.__cause__)
-            await abort(context, grpc.StatusCode.UNAVAILABLE, f"the {exc} store cannot be reached", "STORE_UNAVAILABLE")
         except RevisionConflict as conflict:
-            await abort_conflict(context, conflict, "session")
+            raise revision_conflict(conflict, "session") from conflict
 
     async def _run_scrypt(self, function: Callable[[str, Any], T], password: str, argument: Any) -> T:
         async with self._scrypt_slots:
             return await asyncio.to_thread(function, password, argument)
 
-    async def _abort_taken(self, context: Any, username: str) -> NoReturn:
-        await abort(context, grpc.StatusCode.ALREADY_EXISTS, f"username {username!r} is taken", "USERNAME_TAKEN")
+    def _taken(self, username: str) -> RpcError:
+        return already_exists(f"username {username!r} is taken", "USERNAME_TAKEN")
 
-    async def _verified(self, context: Any, token: str, kind: TokenKind) -> Claims:
+    async def _verified(self, token: str, kind: TokenKind) -> Claims:
         try:
             keys = await self._keys.public_keys(key_id_of(token))
             return verify_token(token, keys, kind, self._clock())
         except InvalidToken as problem:
             message, reason = _TOKEN_PROBLEMS[problem.reason]
-            await abort(context, grpc.StatusCode.UNAUTHENTICATED, message, reason)
+            raise rpc_error(grpc.StatusCode.UNAUTHENTICATED, message, reason) from problem
 
-    async def _open_session(self, context: Any, claims: Claims) -> Session:
+    async def _open_session(self, claims: Claims) -> Session:
         """The session of ``claims``, read now; UNAUTHENTICATED unless it is open (see below)."""
-        return await _live_session(context, claims, await self._sessions.get(claims.session_id))
+        return _live_session(claims, await self._sessions.get(claims.session_id))
 
     async def _revoke(self, session_id: str, reason: str) -> Session | None:
         """Mark a session revoked (keeping the first revocation); None if it does not exist."""
@@ -453,12 +453,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
 
 
-async def _live_session(context: Any, claims: Claims, entry: Entry | None) -> Session:
+def _live_session(claims: Claims, entry: Entry | None) -> Session:
     """The session stored as ``entry``; UNAUTHENTICATED unless it exists, belongs to the token's
     account and is not revoked."""
     session = SESSIONS.decode(entry.value) if entry is not None else None
     if session is None or session.account_id != claims.subject:
-        await abort(context, grpc.StatusCode.UNAUTHENTICATED, "session not found", "SESSION_NOT_FOUND")
+        raise rpc_error(grpc.StatusCode.UNAUTHENTICATED, "session not found", "SESSION_NOT_FOUND")
     if session.revoke_time:
-        await abort(context, grpc.StatusCode.UNAUTHENTICATED, "session revoked", "SESSION_REVOKED")
+        raise rpc_error(grpc.StatusCode.UNAUTHENTICATED, "session revoked", "SESSION_REVOKED")
     return session

@@ -44,11 +44,11 @@ import re
 
 from gaming.body_broker_integration.v1 import body_broker_integration_pb2_grpc
 
-from servicers._guarded_storage import bucket_max_bytes
 from servicers.body_broker_integration._ingest import WINDOW, Overrun
 from servicers.body_broker_integration._records import EVENT_TTL
 from servicers.body_broker_integration._servicer import BodyBrokerIntegrationServicer
 from servicers.dependencies import Dependencies
+from servicers.service_settings import bucket_max_bytes
 
 __all__ = ["SERVICE_NAMES", "TARGET", "WINDOW", "BodyBrokerIntegrationServicer", "Overrun", "add_to_server", "create"]
 

@@ -39,10 +39,9 @@ from gaming.world_state.v1 import world_state_pb2_grpc
 from google.protobuf import timestamp_pb2
 
 from servicers._downstream import DependencyError, describe, is_down
-from servicers._guarded_bucket import GuardedBucket
 from servicers.body_broker_integration import _events
 from servicers.body_broker_integration._records import EventIds, entity_key, player_key
-from servicers.storage import RevisionConflict
+from servicers.storage import KeyValue, RevisionConflict
 
 WORLD_STATE = "world-state"
 EVENT_BUS = "event-bus"
@@ -61,7 +60,7 @@ class Forwarder:
 
     def __init__(
         self,
-        presence: GuardedBucket,
+        presence: KeyValue,
         *,
         channel: Callable[[str], Any],
         clock: Callable[[], float],

@@ -31,14 +31,12 @@ from typing import Any
 import grpc
 from gaming.body_broker_integration.v1 import body_broker_integration_pb2 as pb
 
-from servicers._downstream import DependencyError, abort_with
-from servicers._guarded_bucket import GuardedBucket
-from servicers._guarded_storage import StorageUnavailable, abort_unavailable
+from servicers._downstream import DependencyError
 from servicers.body_broker_integration import _events
 from servicers.body_broker_integration._forwarding import Forwarder, Refused
 from servicers.body_broker_integration._records import EventIds
-from servicers.errors import abort, abort_invalid
-from servicers.storage import RevisionConflict
+from servicers.errors import invalid_argument, rpc_error
+from servicers.storage import KeyValue, RevisionConflict
 
 _log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ class IngestStream:
         context: grpc.aio.ServicerContext,
         *,
         forwarder: Forwarder,
-        applied: GuardedBucket,
+        applied: KeyValue,
         overrun: Overrun,
         flow: Flow,
         window: int = WINDOW,
@@ -119,9 +117,10 @@ class IngestStream:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await abort(self._context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"more than {self._window} events unacknowledged: wait for credit before sending",
-                    "CREDIT_EXCEEDED")
+        raise rpc_error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"more than {self._window} events unacknowledged: wait for credit before sending", "CREDIT_EXCEEDED",
+        )
 
     async def _read(self) -> None:
         iterator = aiter(self._requests)
@@ -160,8 +159,9 @@ class IngestStream:
     async def _handle(self, request: pb.IngestEventsRequest) -> pb.IngestEventsResponse:
         """The acknowledgement of one request (the call is aborted instead when it must end)."""
         if self._last_sequence is not None and request.sequence <= self._last_sequence:
-            await abort_invalid(self._context, "sequence",
-                                f"must strictly increase: {request.sequence} came after {self._last_sequence}")
+            raise invalid_argument(
+                "sequence", f"must strictly increase: {request.sequence} came after {self._last_sequence}",
+            )
         self._last_sequence = request.sequence
         problem = _events.problem(request)
         if problem is not None:
@@ -177,9 +177,7 @@ class IngestStream:
             return self._ack(request, str(refused))
         except DependencyError as failure:
             _log.warning("ingest stream ends: %s", failure.message)
-            await abort_with(self._context, failure)
-        except StorageUnavailable as err:
-            await abort_unavailable(self._context, err)
+            raise
         return self._ack(request)
 
     def _ack(self, request: pb.IngestEventsRequest, error: str = "") -> pb.IngestEventsResponse:

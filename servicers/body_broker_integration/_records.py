@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from servicers._guarded_storage import key_token
+from servicers.storage import key_token
 
 EVENT_TTL = 24 * 3600.0
 

@@ -10,14 +10,12 @@ from gaming.body_broker_integration.v1 import body_broker_integration_pb2 as pb
 from gaming.body_broker_integration.v1 import body_broker_integration_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from servicers._downstream import DependencyError, abort_with, flag_degraded, time_left
-from servicers._guarded_bucket import GuardedBucket
-from servicers._guarded_storage import StorageUnavailable, abort_unavailable
+from servicers._downstream import flag_degraded, time_left
 from servicers.body_broker_integration._events import MAX_ID_CHARS
 from servicers.body_broker_integration._forwarding import Forwarder
 from servicers.body_broker_integration._ingest import WINDOW, Flow, IngestStream, Overrun
 from servicers.body_broker_integration._snapshot import Snapshots, assemble
-from servicers.errors import abort_invalid
+from servicers.errors import invalid_argument
 from servicers.storage import KeyValue
 
 
@@ -38,8 +36,8 @@ class BodyBrokerIntegrationServicer(body_broker_integration_pb2_grpc.BodyBrokerI
         overrun: Overrun,
         window: int = WINDOW,
     ) -> None:
-        self._presence = GuardedBucket(presence)
-        self._applied = GuardedBucket(applied)
+        self._presence = presence
+        self._applied = applied
         self._clock = clock
         self._overrun = overrun
         self._window = window
@@ -69,18 +67,12 @@ class BodyBrokerIntegrationServicer(body_broker_integration_pb2_grpc.BodyBrokerI
     ) -> pb.SyncPlayerResponse:
         """The player's snapshot; partial (and flagged) when quest-system or payment is down."""
         if not request.player_id:
-            await abort_invalid(context, "player_id", "is required")
+            raise invalid_argument("player_id", "is required")
         if len(request.player_id) > MAX_ID_CHARS:
-            await abort_invalid(context, "player_id", f"must be at most {MAX_ID_CHARS} characters")
+            raise invalid_argument("player_id", f"must be at most {MAX_ID_CHARS} characters")
         remaining = time_left(context)
-        try:
-            known = await self._forwarder.presence(request.player_id)
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
-        try:
-            parts = await self._snapshots.parts(request.player_id, known.region_id if known else "", remaining)
-        except DependencyError as failure:
-            await abort_with(context, failure)
+        known = await self._forwarder.presence(request.player_id)
+        parts = await self._snapshots.parts(request.player_id, known.region_id if known else "", remaining)
         flag_degraded(context, parts.degraded)
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(round(self._clock() * 1e9))

@@ -18,6 +18,7 @@ from gaming.knowledge_base.v1 import knowledge_base_pb2_grpc
 
 from servicers.dependencies import Dependencies
 from servicers.knowledge_base._servicer import KnowledgeBaseServicer
+from servicers.service_settings import positive_int
 
 __all__ = ["BUCKET", "SERVICE_NAMES", "TARGET", "KnowledgeBaseServicer", "add_to_server", "create"]
 
@@ -32,11 +33,8 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_COLLECTION_DOCUMENTS = 100_000
 
 
-def _positive(deps: Dependencies, name: str, default: int) -> int:
-    text = deps.settings.get(name, str(default))
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"knowledge-base {name} must be a positive integer, not {text!r}")
-    return int(text)
+def _setting(deps: Dependencies, name: str, default: int) -> int:
+    return positive_int(deps.settings, name, default, service=TARGET)
 
 
 async def create(deps: Dependencies) -> KnowledgeBaseServicer:
@@ -47,8 +45,8 @@ async def create(deps: Dependencies) -> KnowledgeBaseServicer:
         ValueError: a setting is malformed.
         servicers.kv_mirror.MirrorUnavailable: the index could not be built (storage unreachable).
     """
-    max_documents = _positive(deps, "max_collection_documents", DEFAULT_MAX_COLLECTION_DOCUMENTS)
-    max_bytes = _positive(deps, "max_bytes", DEFAULT_MAX_BYTES)
+    max_documents = _setting(deps, "max_collection_documents", DEFAULT_MAX_COLLECTION_DOCUMENTS)
+    max_bytes = _setting(deps, "max_bytes", DEFAULT_MAX_BYTES)
     bucket = await deps.storage.key_value(BUCKET, history=BUCKET_HISTORY, max_bytes=max_bytes)
     servicer = KnowledgeBaseServicer(bucket, clock=deps.clock, max_collection_documents=max_documents)
     await servicer.start()

@@ -7,7 +7,6 @@ import asyncio
 import bisect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
 
 import grpc
 from gaming.common.v1 import common_pb2
@@ -15,7 +14,7 @@ from gaming.knowledge_base.v1 import knowledge_base_pb2 as kb
 from gaming.knowledge_base.v1 import knowledge_base_pb2_grpc
 from google.protobuf import message as protobuf_message
 
-from servicers.errors import abort, abort_conflict, abort_invalid
+from servicers.errors import RpcError, aborted, invalid_argument, not_found, revision_conflict, rpc_error, unavailable
 from servicers.knowledge_base import _record
 from servicers.knowledge_base._checks import (
     Violation,
@@ -27,10 +26,10 @@ from servicers.knowledge_base._checks import (
 from servicers.knowledge_base._index import CollectionIndex, IndexedDocument, snippet
 from servicers.knowledge_base._record import StoredDocument
 from servicers.kv_mirror import KvMirror
-from servicers.storage import Change, Entry, KeyValue, RevisionConflict
+from servicers.named_store import NamedStore
+from servicers.storage import Change, Entry, KeyValue, RevisionConflict, StorageUnavailable
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 DEFAULT_TOP_K = 10
 DEFAULT_SNIPPET_LENGTH = 200
@@ -53,7 +52,8 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
     def __init__(
         self, documents: KeyValue, *, clock: Callable[[], float], max_collection_documents: int
     ) -> None:
-        self._documents = documents
+        # A store outage is UNAVAILABLE, as knowledge_base.proto promises, with a message naming the store.
+        self._documents = NamedStore(documents, "knowledge-base: the document store cannot be reached")
         self._clock = clock
         self._max_documents = max_collection_documents
         self._collections: dict[str, CollectionIndex] = {}
@@ -132,9 +132,9 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
                     # The documents before it stay stored: let the caller read them once it
                     # hears of the error, as it would after a success.
                     await self._catch_up(self._mirror.wait_applied(newest))
-                await _invalid(context, violation, f"document {position} of the stream")
+                raise _invalid(violation, f"document {position} of the stream")
             collection = request.document.collection
-            existed, revision = await self._store(context, request.document, created)
+            existed, revision = await self._store(request.document, created)
             if existed:
                 updated += 1
             else:
@@ -155,14 +155,12 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
         """Rank the collection's documents with BM25; filters are exact attribute matches."""
         violation = check_search(request)
         if violation:
-            await _invalid(context, violation)
+            raise _invalid(violation)
         if not self._mirror.ready:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "knowledge-base: the index is being rebuilt",
-                        reason="INDEX_UNAVAILABLE")
+            raise unavailable("knowledge-base: the index is being rebuilt", "INDEX_UNAVAILABLE")
         index = self._collections.get(request.collection)
         if index is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"collection {request.collection!r} does not exist",
-                        reason="COLLECTION_NOT_FOUND")
+            raise not_found(f"collection {request.collection!r} does not exist", "COLLECTION_NOT_FOUND")
         hits = index.search(request.query, ((f.key, f.value) for f in request.filters))
         length = request.snippet_length or DEFAULT_SNIPPET_LENGTH
         return kb.SearchResponse(
@@ -183,43 +181,45 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
         self, request: kb.GetDocumentRequest, context: grpc.aio.ServicerContext
     ) -> kb.GetDocumentResponse:
         """The stored document (from KV, not the index), with its revision."""
-        await _check_address(context, request.collection, request.document_id)
+        _check_address(request.collection, request.document_id)
         for _ in range(MAX_ATTEMPTS):
-            found = await self._read(context, request.collection, request.document_id)
+            found = await self._read(request.collection, request.document_id)
             if found is None:
-                await self._not_found(context, request.collection, request.document_id)
+                raise self._not_found(request.collection, request.document_id)
             entry, stored = found
-            body = await self._reach(context, self._body(request.collection, stored))
+            body = await self._body(request.collection, stored)
             if body is None:
                 continue  # replaced between the two reads, its old parts deleted: read it again
             document = stored.document
             document.body = body
             document.revision.value = entry.revision
             return kb.GetDocumentResponse(document=document)
-        await abort(context, grpc.StatusCode.DATA_LOSS,
-                    f"document {request.document_id!r}: a part of its body is missing", reason="BODY_PART_MISSING")
+        raise rpc_error(
+            grpc.StatusCode.DATA_LOSS, f"document {request.document_id!r}: a part of its body is missing",
+            "BODY_PART_MISSING",
+        )
 
     async def DeleteDocument(
         self, request: kb.DeleteDocumentRequest, context: grpc.aio.ServicerContext
     ) -> kb.DeleteDocumentResponse:
         """Delete by compare-and-set (at ``expected_revision`` if given), then the body's parts."""
-        await _check_address(context, request.collection, request.document_id)
+        _check_address(request.collection, request.document_id)
         expected = request.expected_revision.value if request.HasField("expected_revision") else None
         for _ in range(MAX_ATTEMPTS):
-            found = await self._read(context, request.collection, request.document_id)
+            found = await self._read(request.collection, request.document_id)
             if found is None:
-                await self._not_found(context, request.collection, request.document_id)
+                raise self._not_found(request.collection, request.document_id)
             entry, stored = found
             if expected is not None and entry.revision != expected:
                 conflict = RevisionConflict(request.document_id, expected, entry.revision)
-                await abort_conflict(context, conflict, "document")
+                raise revision_conflict(conflict, "document")
             try:
-                await self._reach(context, self._documents.delete(entry.key, revision=entry.revision))
+                await self._documents.delete(entry.key, revision=entry.revision)
             except RevisionConflict as conflict:
                 if expected is not None:
-                    await abort_conflict(
-                        context, RevisionConflict(request.document_id, expected, conflict.current), "document"
-                    )
+                    raise revision_conflict(
+                        RevisionConflict(request.document_id, expected, conflict.current), "document",
+                    ) from conflict
                 continue  # replaced meanwhile: delete what is there now
             await self._delete_parts(request.collection, stored)
             await self._catch_up(self._mirror.sync())
@@ -227,18 +227,18 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
                 document_id=request.document_id,
                 collection_size=len(self._collections.get(request.collection, ())),
             )
-        await _lost_races(context, request.document_id)
+        raise _lost_races(request.document_id)
 
     # Storage.
 
-    async def _store(self, context: Any, document: kb.Document, created: list[int]) -> tuple[bool, int]:
+    async def _store(self, document: kb.Document, created: list[int]) -> tuple[bool, int]:
         """Create or replace one document; (whether it existed, its new revision)."""
         key = _record.document_key(document.collection, document.id)
         for _ in range(MAX_ATTEMPTS):
-            current = await self._reach(context, self._documents.get(key))
+            current = await self._documents.get(key)
             old = _decode(current)
             if old is None:
-                await self._check_room(context, document.collection, created)
+                self._check_room(document.collection, created)
             record = self._record(document, old)
             chunks = _record.split_body(document.body)
             if len(chunks) > 1:
@@ -247,18 +247,16 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
                 record.parts_id = _record.new_parts_id()
                 for number, chunk in enumerate(chunks):
                     part = _record.part_key(document.collection, document.id, record.parts_id, number)
-                    await self._reach(context, self._documents.put(part, _record.encode_part(chunk)))
+                    await self._documents.put(part, _record.encode_part(chunk))
             try:
-                revision = await self._reach(
-                    context, self._documents.update(key, record.encode(), current.revision if current else 0)
-                )
+                revision = await self._documents.update(key, record.encode(), current.revision if current else 0)
             except RevisionConflict:
                 await self._delete_parts(document.collection, record)
                 continue
             if old is not None:
                 await self._delete_parts(document.collection, old)
             return old is not None, revision
-        await _lost_races(context, document.id)
+        raise _lost_races(document.id)
 
     def _record(self, document: kb.Document, old: StoredDocument | None) -> StoredDocument:
         stored = kb.Document()
@@ -273,7 +271,7 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
         stored.update_time.FromNanoseconds(now)
         return StoredDocument(stored)
 
-    async def _check_room(self, context: Any, collection: str, created: list[int]) -> None:
+    def _check_room(self, collection: str, created: list[int]) -> None:
         """RESOURCE_EXHAUSTED if one more document would overfill the collection.
 
         The size is the index's plus the documents this call created that the index does not
@@ -283,15 +281,13 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
         indexed = len(self._collections.get(collection, ()))
         pending = len(created) - bisect.bisect_right(created, self._mirror.applied_revision)
         if indexed + pending >= self._max_documents:
-            await abort(
-                context,
+            raise rpc_error(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"collection {collection!r} would exceed {self._max_documents} documents",
-                reason="COLLECTION_FULL",
+                f"collection {collection!r} would exceed {self._max_documents} documents", "COLLECTION_FULL",
             )
 
-    async def _read(self, context: Any, collection: str, document_id: str) -> tuple[Entry, StoredDocument] | None:
-        entry = await self._reach(context, self._documents.get(_record.document_key(collection, document_id)))
+    async def _read(self, collection: str, document_id: str) -> tuple[Entry, StoredDocument] | None:
+        entry = await self._documents.get(_record.document_key(collection, document_id))
         stored = _decode(entry)
         return None if entry is None or stored is None else (entry, stored)
 
@@ -301,19 +297,8 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
             key = _record.part_key(collection, stored.document.id, stored.parts_id, number)
             try:
                 await self._documents.delete(key)
-            except Exception:
+            except StorageUnavailable:
                 _log.warning("knowledge-base: could not delete body part %s", key, exc_info=True)
-
-    async def _reach(self, context: Any, operation: Awaitable[_T]) -> _T:
-        """Await a storage operation; any failure but a lost compare-and-set is UNAVAILABLE."""
-        try:
-            return await operation
-        except RevisionConflict:
-            raise
-        except Exception:
-            _log.warning("knowledge-base: the document store failed", exc_info=True)
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "knowledge-base: the document store cannot be reached",
-                        reason="STORE_UNAVAILABLE")
 
     async def _catch_up(self, waiting: Awaitable[None]) -> None:
         # The write itself succeeded: if the index lags, answer from it as it is rather than
@@ -321,16 +306,13 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
         try:
             async with asyncio.timeout(CATCH_UP_SECONDS):
                 await waiting
-        except Exception:  # too slow (TimeoutError), or the sync key could not be written
+        except (TimeoutError, StorageUnavailable):  # too slow, or the sync key could not be written
             _log.warning("knowledge-base: the index did not catch up with a write in time", exc_info=True)
 
-    async def _not_found(self, context: Any, collection: str, document_id: str) -> NoReturn:
+    def _not_found(self, collection: str, document_id: str) -> RpcError:
         if self._mirror.ready and collection not in self._collections:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"collection {collection!r} does not exist",
-                        reason="COLLECTION_NOT_FOUND")
-        await abort(context, grpc.StatusCode.NOT_FOUND,
-                    f"document {document_id!r} does not exist in collection {collection!r}",
-                    reason="DOCUMENT_NOT_FOUND")
+            return not_found(f"collection {collection!r} does not exist", "COLLECTION_NOT_FOUND")
+        return not_found(f"document {document_id!r} does not exist in collection {collection!r}", "DOCUMENT_NOT_FOUND")
 
 
 def _decode(entry: Entry | None) -> StoredDocument | None:
@@ -343,17 +325,16 @@ def _decode(entry: Entry | None) -> StoredDocument | None:
         return None
 
 
-async def _check_address(context: Any, collection: str, document_id: str) -> None:
+def _check_address(collection: str, document_id: str) -> None:
     violation = check_collection(collection) or check_document_id(document_id)
     if violation:
-        await _invalid(context, violation)
+        raise _invalid(violation)
 
 
-async def _invalid(context: Any, violation: Violation, where: str = "") -> NoReturn:
+def _invalid(violation: Violation, where: str = "") -> RpcError:
     field, description = violation
-    await abort_invalid(context, field, f"{description} ({where})" if where else description)
+    return invalid_argument(field, f"{description} ({where})" if where else description)
 
 
-async def _lost_races(context: Any, document_id: str) -> NoReturn:
-    await abort(context, grpc.StatusCode.ABORTED,
-                f"document {document_id!r} kept changing under concurrent writers; retry", reason="TOO_MUCH_CONTENTION")
+def _lost_races(document_id: str) -> RpcError:
+    return aborted(f"document {document_id!r} kept changing under concurrent writers; retry", "TOO_MUCH_CONTENTION")

@@ -1,25 +1,23 @@
-"""What a valid model description is, how it is keyed in the store, and request field checks."""
+"""What a valid model description is, and how it is keyed in the store."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
-from collections.abc import Collection
 
 from gaming.ai_integration.v1 import ai_integration_pb2
 from gaming.model_management.v1 import model_management_pb2 as mm
-from google.protobuf import duration_pb2
 
-NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+from servicers.errors import InvalidArgument
+from servicers.model_fields import check_duration, check_enum, check_name
+
 MAX_DISPLAY_NAME = 256
 MAX_BACKEND_MODEL = 256
 MAX_ATTRIBUTES = 32
 ATTRIBUTE_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_ATTRIBUTE_VALUE = 256
 CURRENCY = re.compile(r"[A-Z]{3,8}")
-# A latency beyond a day is a typo, not a model.
-MAX_LATENCY_SECONDS = 86_400
 
 # The expected latency a model gets when registered without one: the top of its latency class
 # (the proto defines REALTIME as under 200 ms and INTERACTIVE as under 2 s; BATCH is open-ended,
@@ -29,21 +27,6 @@ CLASS_CEILING_MS: dict[mm.LatencyClass.ValueType, int] = {
     mm.LATENCY_CLASS_INTERACTIVE: 2_000,
     mm.LATENCY_CLASS_BATCH: 60_000,
 }
-
-
-class InvalidArgument(Exception):
-    """A request field is out of range: ``field`` names it, ``description`` says how."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
-
-
-def check_name(field: str, name: str) -> None:
-    """A model name: 1 to 128 characters of ``[A-Za-z0-9_.-]``."""
-    if not NAME.fullmatch(name):
-        raise InvalidArgument(field, "must be 1 to 128 characters of [A-Za-z0-9_.-]")
 
 
 def model_key(name: str) -> str:
@@ -65,20 +48,6 @@ def name_of_key(key: str) -> str:
         return base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError) as err:
         raise ValueError(f"not a model key: {key!r}") from err
-
-
-def check_enum(field: str, value: int, known: Collection[int], *, allow_unspecified: bool) -> None:
-    """``value`` is a defined member of its enum (proto3 lets any number through the wire)."""
-    if value not in known or (value == 0 and not allow_unspecified):
-        raise InvalidArgument(field, "must be set" if value == 0 else f"has no member {value}")
-
-
-def check_duration(field: str, duration: duration_pb2.Duration) -> None:
-    """A non-negative, well-formed duration of at most a day."""
-    if duration.seconds < 0 or duration.nanos < 0 or duration.nanos >= 1_000_000_000:
-        raise InvalidArgument(field, "must be a non-negative duration")
-    if duration.seconds > MAX_LATENCY_SECONDS:
-        raise InvalidArgument(field, f"must be at most {MAX_LATENCY_SECONDS} s")
 
 
 def checked_model(model: mm.Model) -> mm.Model:

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from collections.abc import Callable
 
 import grpc
 from gaming.model_management.v1 import model_management_pb2 as mm
 from gaming.model_management.v1 import model_management_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from servicers import paging
 from servicers.auth.call_identity import audit_actor
-from servicers.errors import abort, abort_conflict, abort_invalid
-from servicers.model_management import _paging, _ranking
-from servicers.model_management._rules import (
-    InvalidArgument,
-    check_duration,
-    check_enum,
-    check_name,
-    checked_model,
-    model_key,
-    name_of_key,
-)
+from servicers.errors import InvalidArgument, RpcError, aborted, already_exists, not_found, revision_conflict
+from servicers.model_fields import check_duration, check_enum, check_name
+from servicers.model_management import _ranking
+from servicers.model_management._rules import checked_model, model_key, name_of_key
+from servicers.named_store import NamedStore
 from servicers.storage import Entry, KeyValue, RevisionConflict
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 # An unconditional Register is a read-modify-write (it keeps create_time): when other writers
 # keep landing first, retry this often before giving up with ABORTED.
@@ -46,7 +39,8 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
     """
 
     def __init__(self, models: KeyValue, *, clock: Callable[[], float]) -> None:
-        self._models = models
+        # A store outage is UNAVAILABLE, as model_management.proto promises, with a message naming the store.
+        self._models = NamedStore(models, "the model registry store is unavailable")
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -56,7 +50,7 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
         self, request: mm.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> mm.RegisterResponse:
         """Create or replace a model, unconditionally or guarded by ``expected_revision``."""
-        model = await _checked(context, checked_model, request.model)
+        model = checked_model(request.model)
         key = model_key(model.name)
         # Who makes the change: the verified caller (Register is for operators), never metadata.
         model.audit.actor_id = audit_actor()
@@ -64,57 +58,53 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
         if request.HasField("expected_revision") and request.expected_revision.value == 0:
             model.create_time.CopyFrom(model.audit.update_time)
             try:
-                revision = await self._stored(context, self._models.update(key, model.SerializeToString(), 0))
+                revision = await self._models.update(key, model.SerializeToString(), 0)
             except RevisionConflict:
-                await abort(context, grpc.StatusCode.ALREADY_EXISTS, f"model {model.name!r} is already registered",
-                            "MODEL_EXISTS")
+                raise already_exists(f"model {model.name!r} is already registered", "MODEL_EXISTS") from None
             return _registered(model, revision, created=True)
         if request.HasField("expected_revision"):
             expected = request.expected_revision.value
-            entry = await self._entry(context, model.name)
+            entry = await self._entry(model.name)
             if entry.revision != expected:
-                await abort_conflict(context, RevisionConflict(model.name, expected, entry.revision), "model")
+                raise revision_conflict(RevisionConflict(model.name, expected, entry.revision), "model")
             model.create_time.CopyFrom(mm.Model.FromString(entry.value).create_time)
             try:
-                revision = await self._stored(context, self._models.update(key, model.SerializeToString(), expected))
+                revision = await self._models.update(key, model.SerializeToString(), expected)
             except RevisionConflict as conflict:
-                await self._lost(context, model.name, expected, conflict)
+                raise _lost(model.name, expected, conflict) from conflict
             return _registered(model, revision, created=False)
         for _ in range(MAX_ATTEMPTS):
-            current = await self._stored(context, self._models.get(key))
+            current = await self._models.get(key)
             created = current is None
             model.create_time.CopyFrom(
                 model.audit.update_time if current is None else mm.Model.FromString(current.value).create_time
             )
             expected = 0 if current is None else current.revision
             try:
-                revision = await self._stored(context, self._models.update(key, model.SerializeToString(), expected))
+                revision = await self._models.update(key, model.SerializeToString(), expected)
             except RevisionConflict:
                 continue  # someone else wrote in between: read again and re-apply
             return _registered(model, revision, created=created)
-        await abort(context, grpc.StatusCode.ABORTED, f"model {model.name!r} is changing too fast, retry",
-                    "TOO_MUCH_CONTENTION")
+        raise aborted(f"model {model.name!r} is changing too fast, retry", "TOO_MUCH_CONTENTION")
 
     async def Get(self, request: mm.GetRequest, context: grpc.aio.ServicerContext) -> mm.GetResponse:
         """One model by name."""
-        await _checked(context, check_name, "name", request.name)
-        return mm.GetResponse(model=_model_of(await self._entry(context, request.name)))
+        check_name("name", request.name)
+        return mm.GetResponse(model=_model_of(await self._entry(request.name)))
 
     async def List(self, request: mm.ListRequest, context: grpc.aio.ServicerContext) -> mm.ListResponse:
         """A page of models ordered by name, optionally with one capability or availability."""
-        size = await _checked(context, _paging.page_size, request.page)
-        await _checked(context, check_enum, "capability", request.capability, list(mm.Capability.values()),
-                       allow_unspecified=True)
-        await _checked(context, check_enum, "availability", request.availability, list(mm.Availability.values()),
-                       allow_unspecified=True)
+        size = paging.page_size(request.page)
+        check_enum("capability", request.capability, list(mm.Capability.values()), allow_unspecified=True)
+        check_enum("availability", request.availability, list(mm.Availability.values()), allow_unspecified=True)
         query = (str(request.capability), str(request.availability))
-        after = await _checked(context, _paging.decode_token, request.page.page_token, *query)
-        names = await self._names(context)
+        after = paging.decode_token(request.page.page_token, *query, other_query="was issued for different filters")
+        names = await self._names()
         found: list[mm.Model] = []
         for name in names:
             if after is not None and name <= after:
                 continue
-            entry = await self._stored(context, self._models.get(model_key(name)))
+            entry = await self._models.get(model_key(name))
             if entry is None:
                 continue  # deregistered since we listed the keys
             model = _model_of(entry)
@@ -131,16 +121,14 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
         # Counting filtered models would mean reading every one; unfiltered, the keys suffice.
         response.page.total_size = -1 if filtered else len(names)
         if len(found) > size:
-            response.page.next_page_token = _paging.encode_token(page[-1].name, *query)
+            response.page.next_page_token = paging.encode_token(page[-1].name, *query)
         return response
 
     async def Select(self, request: mm.SelectRequest, context: grpc.aio.ServicerContext) -> mm.SelectResponse:
         """The qualifying models, ranked as ``_ranking`` documents; empty when none qualifies."""
-        criteria = await _checked(context, _criteria, request)
-        names = await self._names(context)
-        entries = await self._stored(
-            context, asyncio.gather(*(self._models.get(model_key(name)) for name in names))
-        )
+        criteria = _criteria(request)
+        names = await self._names()
+        entries = await asyncio.gather(*(self._models.get(model_key(name)) for name in names))
         models = [_model_of(entry) for entry in entries if entry is not None]
         return mm.SelectResponse(candidates=_ranking.rank(models, criteria))
 
@@ -148,64 +136,43 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
         self, request: mm.DeregisterRequest, context: grpc.aio.ServicerContext
     ) -> mm.DeregisterResponse:
         """Remove a model; with ``expected_revision``, only from that revision."""
-        await _checked(context, check_name, "name", request.name)
+        check_name("name", request.name)
         guarded = request.HasField("expected_revision")
         for _ in range(MAX_ATTEMPTS):
-            entry = await self._entry(context, request.name)
+            entry = await self._entry(request.name)
             if guarded and entry.revision != request.expected_revision.value:
-                await abort_conflict(
-                    context, RevisionConflict(request.name, request.expected_revision.value, entry.revision), "model"
+                raise revision_conflict(
+                    RevisionConflict(request.name, request.expected_revision.value, entry.revision), "model",
                 )
             try:
                 # Always guarded by the revision just read, so the revision we report is the one
                 # that was removed, even if an unguarded delete races a write.
-                await self._stored(context, self._models.delete(model_key(request.name), revision=entry.revision))
+                await self._models.delete(model_key(request.name), revision=entry.revision)
             except RevisionConflict as conflict:
                 if guarded or conflict.current == 0:
-                    await self._lost(context, request.name, entry.revision, conflict)
+                    raise _lost(request.name, entry.revision, conflict) from conflict
                 continue
             response = mm.DeregisterResponse(name=request.name)
             response.revision.value = entry.revision
             return response
-        await abort(context, grpc.StatusCode.ABORTED, f"model {request.name!r} is changing too fast, retry",
-                    "TOO_MUCH_CONTENTION")
+        raise aborted(f"model {request.name!r} is changing too fast, retry", "TOO_MUCH_CONTENTION")
 
-    # -- store access: the one place store failures become UNAVAILABLE -----------------------------
+    # -- store access ----------------------------------------------------------------------------
 
-    async def _entry(self, context: grpc.aio.ServicerContext, name: str) -> Entry:
-        entry = await self._stored(context, self._models.get(model_key(name)))
+    async def _entry(self, name: str) -> Entry:
+        entry = await self._models.get(model_key(name))
         if entry is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"model {name!r} is not registered", "MODEL_NOT_FOUND")
+            raise not_found(f"model {name!r} is not registered", "MODEL_NOT_FOUND")
         return entry
 
-    async def _names(self, context: grpc.aio.ServicerContext) -> list[str]:
+    async def _names(self) -> list[str]:
         names = []
-        for key in await self._stored(context, self._models.keys()):
+        for key in await self._models.keys():
             try:
                 names.append(name_of_key(key))
             except ValueError:
                 _log.warning("model-management: skipping a key it did not write: %r", key)
         return sorted(names)
-
-    async def _stored(self, context: grpc.aio.ServicerContext, operation: Awaitable[_T]) -> _T:
-        try:
-            return await operation
-        except RevisionConflict:
-            raise
-        except Exception:
-            # The storage protocol has no error type of its own: anything but a lost
-            # compare-and-set means the store could not answer.
-            _log.warning("model-management store call failed", exc_info=True)
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "the model registry store is unavailable",
-                        "STORE_UNAVAILABLE")
-
-    @staticmethod
-    async def _lost(
-        context: grpc.aio.ServicerContext, name: str, expected: int, conflict: RevisionConflict
-    ) -> NoReturn:
-        if conflict.current == 0:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"model {name!r} is not registered", "MODEL_NOT_FOUND")
-        await abort_conflict(context, RevisionConflict(name, expected, conflict.current), "model")
 
     def _now(self) -> timestamp_pb2.Timestamp:
         now = timestamp_pb2.Timestamp()
@@ -241,6 +208,13 @@ def _criteria(request: mm.SelectRequest) -> _ranking.Criteria:
     )
 
 
+def _lost(name: str, expected: int, conflict: RevisionConflict) -> RpcError:
+    """What a lost compare-and-set on model ``name`` tells its caller: it is gone, or it changed."""
+    if conflict.current == 0:
+        return not_found(f"model {name!r} is not registered", "MODEL_NOT_FOUND")
+    return revision_conflict(RevisionConflict(name, expected, conflict.current), "model")
+
+
 def _model_of(entry: Entry) -> mm.Model:
     model = mm.Model.FromString(entry.value)
     model.revision.value = entry.revision
@@ -251,10 +225,3 @@ def _registered(model: mm.Model, revision: int, *, created: bool) -> mm.Register
     model.revision.value = revision
     return mm.RegisterResponse(model=model, created=created)
 
-
-async def _checked(context: grpc.aio.ServicerContext, check: Callable[..., _T], *args: object, **kwargs: object) -> _T:
-    """``check(*args)``, with an InvalidArgument it raises answered as INVALID_ARGUMENT."""
-    try:
-        return check(*args, **kwargs)
-    except InvalidArgument as invalid:
-        await abort_invalid(context, invalid.field, invalid.description)

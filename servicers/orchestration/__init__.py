@@ -14,14 +14,13 @@ Settings (``deps.settings``, optional positive integers): ``workflows_max_bytes`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from gaming.orchestration.v1 import orchestration_pb2_grpc
 
 from servicers.dependencies import Dependencies
 from servicers.orchestration._records import WORKFLOW_TTL
 from servicers.orchestration._schema import Schemas
 from servicers.orchestration._servicer import OrchestrationServicer
+from servicers.service_settings import positive_int
 
 __all__ = [
     "SERVICE_NAMES",
@@ -43,17 +42,8 @@ WORKFLOWS_MAX_BYTES = 256 * 1024 * 1024
 IDEMPOTENCY_MAX_BYTES = 16 * 1024 * 1024
 
 
-def _setting(settings: Mapping[str, str], name: str, default: int) -> int:
-    text = settings.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"orchestration setting {name}={text!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"orchestration setting {name}={text!r} must be positive")
-    return value
+def _setting(deps: Dependencies, name: str, default: int) -> int:
+    return positive_int(deps.settings, name, default, service=TARGET)
 
 
 async def create(deps: Dependencies) -> OrchestrationServicer:
@@ -67,13 +57,13 @@ async def create(deps: Dependencies) -> OrchestrationServicer:
         WORKFLOWS_BUCKET,
         history=1,
         ttl=WORKFLOW_TTL,
-        max_bytes=_setting(deps.settings, "workflows_max_bytes", WORKFLOWS_MAX_BYTES),
+        max_bytes=_setting(deps, "workflows_max_bytes", WORKFLOWS_MAX_BYTES),
     )
     idempotency = await deps.storage.key_value(
         IDEMPOTENCY_BUCKET,
         history=1,
         ttl=WORKFLOW_TTL,
-        max_bytes=_setting(deps.settings, "idempotency_max_bytes", IDEMPOTENCY_MAX_BYTES),
+        max_bytes=_setting(deps, "idempotency_max_bytes", IDEMPOTENCY_MAX_BYTES),
     )
     return OrchestrationServicer(workflows, idempotency, channel=deps.channel, clock=deps.clock)
 

@@ -1,7 +1,7 @@
 """A workflow definition, checked and normalized: what RunWorkflow accepts, and what it runs.
 
 Pure code, no I/O. ``plan()`` turns a ``RunWorkflowRequest`` into ``StepPlan``s with every
-default applied (5 s per attempt, 3 attempts), or raises ``InvalidInput`` naming the field.
+default applied (5 s per attempt, 3 attempts), or raises ``InvalidArgument`` naming the field.
 ``fingerprint()`` identifies a definition, so a reused idempotency key can be told apart from
 a replay of the same workflow.
 """
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from gaming.orchestration.v1 import orchestration_pb2 as pb
 from google.protobuf import json_format, struct_pb2
 
+from servicers.errors import InvalidArgument
+
 MAX_STEPS = 32
 MAX_NAME = 128
 MAX_KEY = 128
@@ -27,15 +29,6 @@ _STEP_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")
 # One NATS token, as the transport requires of targets.
 _TARGET = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _METHOD = re.compile(r"^/?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)/([A-Za-z_][A-Za-z0-9_]*)\Z")
-
-
-class InvalidInput(ValueError):
-    """A request field breaks the documented rules; ``field`` is its path."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,29 +64,29 @@ class StepPlan:
 
 
 def plan(request: pb.RunWorkflowRequest) -> list[StepPlan]:
-    """The steps of ``request``, checked; raises ``InvalidInput`` for the first bad field."""
+    """The steps of ``request``, checked; raises ``InvalidArgument`` for the first bad field."""
     if not 1 <= len(request.workflow_name) <= MAX_NAME:
-        raise InvalidInput("workflow_name", f"must be 1 to {MAX_NAME} characters")
+        raise InvalidArgument("workflow_name", f"must be 1 to {MAX_NAME} characters")
     if not request.HasField("idempotency_key") or not request.idempotency_key.key:
-        raise InvalidInput("idempotency_key.key", "is required")
+        raise InvalidArgument("idempotency_key.key", "is required")
     key = request.idempotency_key.key
     if len(key) > MAX_KEY or not all(" " <= char <= "~" for char in key):
-        raise InvalidInput("idempotency_key.key", f"must be 1 to {MAX_KEY} printable ASCII characters")
+        raise InvalidArgument("idempotency_key.key", f"must be 1 to {MAX_KEY} printable ASCII characters")
     if not request.steps:
-        raise InvalidInput("steps", "a workflow needs at least one step")
+        raise InvalidArgument("steps", "a workflow needs at least one step")
     if len(request.steps) > MAX_STEPS:
-        raise InvalidInput("steps", f"has {len(request.steps)} steps; at most {MAX_STEPS}")
+        raise InvalidArgument("steps", f"has {len(request.steps)} steps; at most {MAX_STEPS}")
     seen: dict[str, int] = {}
     steps = []
     for index, step in enumerate(request.steps):
         path = f"steps[{index}]"
         if not _STEP_NAME.match(step.name):
-            raise InvalidInput(f"{path}.name", "must be 1 to 64 characters of [a-z0-9_-]")
+            raise InvalidArgument(f"{path}.name", "must be 1 to 64 characters of [a-z0-9_-]")
         if step.name in seen:
-            raise InvalidInput(f"{path}.name", f"duplicates steps[{seen[step.name]}].name {step.name!r}")
+            raise InvalidArgument(f"{path}.name", f"duplicates steps[{seen[step.name]}].name {step.name!r}")
         seen[step.name] = index
         if not step.HasField("call"):
-            raise InvalidInput(f"{path}.call", "is required")
+            raise InvalidArgument(f"{path}.call", "is required")
         call = _call(step.call, f"{path}.call")
         compensation = _call(step.compensation, f"{path}.compensation") if step.HasField("compensation") else None
         steps.append(StepPlan(step.name, call, compensation))
@@ -102,25 +95,27 @@ def plan(request: pb.RunWorkflowRequest) -> list[StepPlan]:
 
 def _call(call: pb.Call, path: str) -> CallPlan:
     if not call.target_service:
-        raise InvalidInput(f"{path}.target_service", "is required")
+        raise InvalidArgument(f"{path}.target_service", "is required")
     if not _TARGET.match(call.target_service):
-        raise InvalidInput(f"{path}.target_service", "must be a mesh target name: 1 to 64 characters of [A-Za-z0-9_-]")
+        raise InvalidArgument(
+            f"{path}.target_service", "must be a mesh target name: 1 to 64 characters of [A-Za-z0-9_-]",
+        )
     if not call.method:
-        raise InvalidInput(f"{path}.method", "is required")
+        raise InvalidArgument(f"{path}.method", "is required")
     matched = _METHOD.match(call.method)
     if matched is None:
-        raise InvalidInput(f"{path}.method", "must be a full method name, package.Service/Method")
+        raise InvalidArgument(f"{path}.method", "must be a full method name, package.Service/Method")
     service, method = matched.groups()
     deadline = DEFAULT_DEADLINE
     if call.HasField("deadline"):
         seconds, nanos = call.deadline.seconds, call.deadline.nanos
         if seconds < 0 or nanos < 0 or nanos > 999_999_999 or (seconds == 0 and nanos == 0):
-            raise InvalidInput(f"{path}.deadline", "must be a positive duration")
+            raise InvalidArgument(f"{path}.deadline", "must be a positive duration")
         deadline = seconds + nanos / 1e9
         if deadline > MAX_DEADLINE:
-            raise InvalidInput(f"{path}.deadline", f"must be at most {MAX_DEADLINE:g} seconds")
+            raise InvalidArgument(f"{path}.deadline", f"must be at most {MAX_DEADLINE:g} seconds")
     if call.max_attempts > MAX_ATTEMPTS:
-        raise InvalidInput(f"{path}.max_attempts", f"must be 1 to {MAX_ATTEMPTS} (0 means {DEFAULT_ATTEMPTS})")
+        raise InvalidArgument(f"{path}.max_attempts", f"must be 1 to {MAX_ATTEMPTS} (0 means {DEFAULT_ATTEMPTS})")
     encoding = call.WhichOneof("request")
     json = _struct_to_dict(call.json_request) if encoding == "json_request" else None
     return CallPlan(

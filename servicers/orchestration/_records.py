@@ -20,10 +20,7 @@ millisecond order by their random part).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -31,9 +28,10 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from servicers import paging
+from servicers.errors import InvalidArgument
+
 WORKFLOW_TTL = 7 * 24 * 3600.0
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 _ID = re.compile(r"^[0-9]{13}-[0-9a-f]{12}\Z")
 _FIELD = descriptor_pb2.FieldDescriptorProto
@@ -91,44 +89,19 @@ def is_workflow_id(text: str) -> bool:
     return _ID.match(text) is not None
 
 
-class BadPageToken(ValueError):
-    """A page token this server did not issue, or issued for another query."""
-
-
-def page_size(requested: int) -> int:
-    """0 means the default; above the cap means the cap. Negative sizes are the caller's error."""
-    if requested < 0:
-        raise ValueError("must not be negative")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def _query(name: str, state: int) -> str:
-    return hashlib.sha256(f"{name}\x00{state}".encode()).hexdigest()[:16]
-
-
 def encode_page_token(after: str, name: str, state: int) -> str:
     """A token for the page after workflow ``after`` of the query (``name``, ``state``)."""
-    body = json.dumps({"q": _query(name, state), "after": after}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(body.encode()).rstrip(b"=").decode()
+    return paging.encode_token(after, name, str(state))
 
 
 def decode_page_token(token: str, name: str, state: int) -> str | None:
     """The id the page starts after (None for the first page).
 
     Raises:
-        BadPageToken: the token is malformed or belongs to another query.
+        InvalidArgument: (``page.page_token``) the token is malformed, names no workflow id, or
+            belongs to another query.
     """
-    if not token:
-        return None
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError) as err:
-        raise BadPageToken("is not a token this server issued") from err
-    if not isinstance(body, dict) or not isinstance(body.get("q"), str) or not isinstance(body.get("after"), str):
-        raise BadPageToken("is not a token this server issued")
-    if body["q"] != _query(name, state):
-        raise BadPageToken("was issued for another query")
-    after: str = body["after"]
-    if not is_workflow_id(after):
-        raise BadPageToken("is not a token this server issued")
+    after = paging.decode_token(token, name, str(state))
+    if after is not None and not is_workflow_id(after):
+        raise InvalidArgument("page.page_token", paging.NOT_OURS)
     return after

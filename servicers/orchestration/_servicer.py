@@ -14,22 +14,22 @@ from gaming.common.v1 import common_pb2
 from gaming.orchestration.v1 import orchestration_pb2 as pb
 from gaming.orchestration.v1 import orchestration_pb2_grpc
 
+from servicers import paging
 from servicers.auth.call_identity import audit_actor
-from servicers.errors import abort, abort_invalid
-from servicers.orchestration._definition import InvalidInput, StepPlan, fingerprint, plan
+from servicers.errors import already_exists, invalid_argument, not_found, unavailable
+from servicers.named_store import NamedStore
+from servicers.orchestration._definition import StepPlan, fingerprint, plan
 from servicers.orchestration._records import (
-    BadPageToken,
     IdempotencyRecord,
     decode_page_token,
     encode_page_token,
     idempotency_key,
     is_workflow_id,
     new_workflow_id,
-    page_size,
 )
 from servicers.orchestration._runner import Caller, Run, timestamp
 from servicers.orchestration._schema import Schemas
-from servicers.storage import KeyValue, RevisionConflict
+from servicers.storage import KeyValue, RevisionConflict, StorageUnavailable
 
 _log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
         clock: Callable[[], float],
         schemas: Schemas | None = None,
     ) -> None:
-        self._workflows = workflows
-        self._idempotency = idempotency
+        # A store outage is UNAVAILABLE, as orchestration.proto promises, with a message naming the store.
+        self._workflows = NamedStore(workflows, "the workflow store is unavailable")
+        self._idempotency = NamedStore(idempotency, "the workflow store is unavailable")
         self._clock = clock
         self._caller = Caller(channel, schemas or Schemas(channel))
         self._runs: dict[str, tuple[Run, asyncio.Task[None]]] = {}
@@ -92,10 +93,7 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
     ) -> pb.RunWorkflowResponse:
         """Start the workflow (or find the one its idempotency key started) and wait for it,
         answering RUNNING just before the caller's deadline if it is not done by then."""
-        try:
-            steps = plan(request)
-        except InvalidInput as invalid:
-            await abort_invalid(context, invalid.field, invalid.description)
+        steps = plan(request)
         give_up = _give_up(context)
         definition = fingerprint(request)
         key = idempotency_key(request.idempotency_key.key)
@@ -104,17 +102,13 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
         try:
             await self._idempotency.update(key, IdempotencyRecord(workflow_id, definition).encode(), 0)
         except RevisionConflict:
-            return await self._replay(key, definition, give_up, context)
-        except Exception:
-            _log.exception("RunWorkflow: could not claim the idempotency key")
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "the workflow store is unavailable", "STORE_UNAVAILABLE")
+            return await self._replay(key, definition, give_up)
         workflow = _new_workflow(workflow_id, request, steps, timestamp(now), audit_actor())
         try:
             await self._save(workflow)
-        except Exception:
-            _log.exception("RunWorkflow: could not record workflow %s", workflow_id)
-            await self._release(key)
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "the workflow store is unavailable", "STORE_UNAVAILABLE")
+        except StorageUnavailable:
+            await self._release(key)  # the caller retries, and must not find a workflow that never was
+            raise
         run = Run(workflow, steps, caller=self._caller, save=self._save, clock=self._clock)
         # The run must outlive this call (and its deadline), yet keep its trace context.
         task = asyncio.create_task(self._execute(run), name=f"workflow-{workflow_id}", context=_detached())
@@ -131,11 +125,11 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
     ) -> pb.GetWorkflowResponse:
         """The recorded workflow, as of its latest transition."""
         if not request.workflow_id:
-            await abort_invalid(context, "workflow_id", "is required")
-        workflow = await self._load(request.workflow_id, context) if is_workflow_id(request.workflow_id) else None
+            raise invalid_argument("workflow_id", "is required")
+        workflow = await self._load(request.workflow_id) if is_workflow_id(request.workflow_id) else None
         if workflow is None:
             message = f"no workflow {request.workflow_id!r}"
-            await abort(context, grpc.StatusCode.NOT_FOUND, message, "WORKFLOW_NOT_FOUND")
+            raise not_found(message, "WORKFLOW_NOT_FOUND")
         return pb.GetWorkflowResponse(workflow=workflow)
 
     async def ListWorkflows(
@@ -144,26 +138,16 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
         """One page of workflows, newest first, filtered by name and state if asked."""
         name, state = request.workflow_name, request.state_filter
         if state not in pb.WorkflowState.values():
-            await abort_invalid(context, "state_filter", f"{state} is not a WorkflowState")
-        try:
-            size = page_size(request.page.page_size)
-        except ValueError as err:
-            await abort_invalid(context, "page.page_size", str(err))
-        try:
-            after = decode_page_token(request.page.page_token, name, state)
-        except BadPageToken as err:
-            await abort_invalid(context, "page.page_token", str(err))
-        try:
-            ids = sorted(await self._workflows.keys(), reverse=True)
-        except Exception:
-            _log.exception("ListWorkflows: could not list the store")
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "the workflow store is unavailable", "STORE_UNAVAILABLE")
+            raise invalid_argument("state_filter", f"{state} is not a WorkflowState")
+        size = paging.page_size(request.page)
+        after = decode_page_token(request.page.page_token, name, state)
+        ids = sorted(await self._workflows.keys(), reverse=True)
         page: list[pb.Workflow] = []
         more = False
         for workflow_id in ids:
             if after is not None and workflow_id >= after:
                 continue
-            workflow = await self._load(workflow_id, context)
+            workflow = await self._load(workflow_id)
             if workflow is None or (name and workflow.workflow_name != name) or (state and workflow.state != state):
                 continue
             if len(page) == size:
@@ -189,23 +173,20 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
             self._runs.pop(run.workflow.workflow_id, None)
 
     async def _replay(
-        self, key: str, definition: bytes, give_up: float | None, context: grpc.aio.ServicerContext
+        self, key: str, definition: bytes, give_up: float | None
     ) -> pb.RunWorkflowResponse:
         """The workflow an idempotency key already started, once done (or at the give-up time)."""
         try:
             entry = await self._idempotency.get(key)
-        except Exception:
-            _log.exception("RunWorkflow: could not read an idempotency record")
+        except StorageUnavailable:
+            _log.warning("RunWorkflow: could not read an idempotency record", exc_info=True)
             entry = None
         if entry is None:
             # Expired or unreadable between the claim that lost and now: the caller may retry.
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "the idempotency record is unavailable; retry",
-                        "STORE_UNAVAILABLE")
+            raise unavailable("the idempotency record is unavailable; retry", "STORE_UNAVAILABLE")
         record = IdempotencyRecord.decode(entry.value)
         if record.fingerprint != definition:
-            await abort(
-                context,
-                grpc.StatusCode.ALREADY_EXISTS,
+            raise already_exists(
                 f"the idempotency key already started workflow {record.workflow_id} with another definition",
                 "IDEMPOTENCY_KEY_REUSED",
             )
@@ -234,8 +215,8 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
                         break
         except TimeoutError:
             pass
-        except Exception:
-            _log.exception("RunWorkflow: could not watch workflow %s", workflow_id)
+        except StorageUnavailable:
+            _log.warning("RunWorkflow: could not watch workflow %s", workflow_id, exc_info=True)
         finally:
             await changes.aclose()
         return latest
@@ -243,20 +224,16 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
     async def _save(self, workflow: pb.Workflow) -> None:
         await self._workflows.put(workflow.workflow_id, workflow.SerializeToString())
 
-    async def _load(self, workflow_id: str, context: grpc.aio.ServicerContext) -> pb.Workflow | None:
-        try:
-            entry = await self._workflows.get(workflow_id)
-        except Exception:
-            _log.exception("could not read workflow %s", workflow_id)
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "the workflow store is unavailable", "STORE_UNAVAILABLE")
+    async def _load(self, workflow_id: str) -> pb.Workflow | None:
+        entry = await self._workflows.get(workflow_id)
         return None if entry is None else pb.Workflow.FromString(entry.value)
 
     async def _release(self, key: str) -> None:
         # The workflow was never recorded: free its key, or every retry would find a ghost.
         try:
             await self._idempotency.delete(key)
-        except Exception:
-            _log.exception("RunWorkflow: could not release an idempotency key")
+        except StorageUnavailable:
+            _log.warning("RunWorkflow: could not release an idempotency key", exc_info=True)
 
 
 def _new_workflow(

@@ -32,8 +32,6 @@ Settings (``deps.settings``, all optional positive integers): ``recent_transacti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from gaming.payment.v1 import payment_pb2_grpc
 
 from servicers.dependencies import Dependencies
@@ -45,6 +43,7 @@ from servicers.payment._ledger import (
     Limits,
 )
 from servicers.payment._servicer import PaymentServicer
+from servicers.service_settings import positive_int
 
 __all__ = ["SERVICE_NAMES", "TARGET", "PaymentServicer", "add_to_server", "create"]
 
@@ -56,33 +55,23 @@ LEDGER_BUCKET = "payment_ledger"
 _MiB = 1024 * 1024
 
 
-def _setting(settings: Mapping[str, str], name: str, default: int) -> int:
-    text = settings.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"payment setting {name}={text!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"payment setting {name}={text!r} must be positive")
-    return value
+def _setting(deps: Dependencies, name: str, default: int) -> int:
+    return positive_int(deps.settings, name, default, service=TARGET)
 
 
 async def create(deps: Dependencies) -> PaymentServicer:
     """Open (or create) the payment buckets and return a ready servicer."""
-    settings = deps.settings
     limits = Limits(
-        recent_transactions=_setting(settings, "recent_transactions", DEFAULT_RECENT_TRANSACTIONS),
-        remembered_keys=_setting(settings, "remembered_keys", DEFAULT_REMEMBERED_KEYS),
-        attempts=_setting(settings, "cas_attempts", DEFAULT_ATTEMPTS),
+        recent_transactions=_setting(deps, "recent_transactions", DEFAULT_RECENT_TRANSACTIONS),
+        remembered_keys=_setting(deps, "remembered_keys", DEFAULT_REMEMBERED_KEYS),
+        attempts=_setting(deps, "cas_attempts", DEFAULT_ATTEMPTS),
     )
     # history=1: compare-and-set needs only the latest revision, and the ledger is append-only.
     accounts = await deps.storage.key_value(
-        ACCOUNTS_BUCKET, history=1, max_bytes=_setting(settings, "accounts_max_bytes", 256 * _MiB)
+        ACCOUNTS_BUCKET, history=1, max_bytes=_setting(deps, "accounts_max_bytes", 256 * _MiB)
     )
     ledger = await deps.storage.key_value(
-        LEDGER_BUCKET, history=1, max_bytes=_setting(settings, "ledger_max_bytes", 1024 * _MiB)
+        LEDGER_BUCKET, history=1, max_bytes=_setting(deps, "ledger_max_bytes", 1024 * _MiB)
     )
     return PaymentServicer(Ledger(accounts, ledger, clock=deps.clock, limits=limits))
 

@@ -7,16 +7,15 @@ revision it replaces, so two charges can never both spend the same funds, and an
 recorded in that same entry is seen by every later attempt.
 
 The ledger raises ``Refusal`` for answers the caller must get (insufficient funds, unknown
-transaction...), ``StoreUnavailable`` when the KV store fails, and ``RevisionConflict`` when the
-account stayed contended for every attempt; the servicer turns them into gRPC statuses.
+transaction...) as an ``RpcError``, ``StorageUnavailable`` (worded for the ledger) when the KV
+store fails, and ``RevisionConflict`` when the account stayed contended for every attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -25,6 +24,8 @@ from gaming.common.v1 import common_pb2
 from gaming.payment.v1 import payment_pb2
 from google.protobuf import timestamp_pb2
 
+from servicers.errors import RpcError, invalid_argument, rpc_error
+from servicers.named_store import NamedStore
 from servicers.payment._records import (
     Account,
     Balance,
@@ -46,36 +47,18 @@ Transaction: TypeAlias = payment_pb2.Transaction
 TransactionType: TypeAlias = payment_pb2.TransactionType.ValueType
 
 
-class Refusal(Exception):
-    """A request the ledger will not apply, with the status the caller gets.
+class Refusal(RpcError):
+    """A request the ledger will not apply, as the status the caller gets.
 
-    ``field`` is set for INVALID_ARGUMENT (the request field at fault); ``reason`` goes into the
-    ErrorInfo of other codes.
+    With ``field`` (the request field at fault) it is INVALID_ARGUMENT with a BadRequest naming
+    it; otherwise ``code`` with an ErrorInfo ``reason``.
     """
 
     def __init__(self, code: grpc.StatusCode, message: str, *, reason: str | None = None,
                  field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
+        answer = invalid_argument(field, message) if field else rpc_error(code, message, reason)
+        super().__init__(answer.code, answer.message, answer.details)
         self.field = field
-
-
-class StoreUnavailable(Exception):
-    """The KV store failed (connection lost, timeout...): the call gets UNAVAILABLE."""
-
-
-@contextlib.contextmanager
-def _store_errors() -> Iterator[None]:
-    # The storage protocol defines no error for "store down", and servicers may not import nats:
-    # anything a bucket raises other than a lost compare-and-set is a store failure.
-    try:
-        yield
-    except RevisionConflict:
-        raise
-    except Exception as err:
-        raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,8 +121,9 @@ class Ledger:
 
     def __init__(self, accounts: KeyValue, archive: KeyValue, *, clock: Callable[[], float],
                  limits: Limits) -> None:
-        self._accounts = accounts
-        self._archive = archive
+        # A store outage is UNAVAILABLE, as payment.proto promises, with a message naming the store.
+        self._accounts = NamedStore(accounts, "the ledger store is unavailable")
+        self._archive = NamedStore(archive, "the ledger store is unavailable")
         self._clock = clock
         self._limits = limits
 
@@ -271,8 +255,7 @@ class Ledger:
             if applied.replayed:
                 return applied
             try:
-                with _store_errors():
-                    await self._accounts.update(key, account.encode(), entry.revision if entry else 0)
+                await self._accounts.update(key, account.encode(), entry.revision if entry else 0)
             except RevisionConflict:
                 if attempt + 1 == self._limits.attempts:
                     raise
@@ -311,8 +294,7 @@ class Ledger:
         # Stored transactions never change, so writing one again (after a lost compare-and-set)
         # writes the same bytes: harmless.
         for number, old in evicted:
-            with _store_errors():
-                await self._archive.put(archive_key(account_id, number), old.SerializeToString(deterministic=True))
+            await self._archive.put(archive_key(account_id, number), old.SerializeToString(deterministic=True))
         return transaction
 
     async def _replay(self, account_id: str, account: Account, mutation: Mutation) -> Applied | None:
@@ -357,8 +339,7 @@ class Ledger:
 
     @staticmethod
     async def _get(bucket: KeyValue, key: str) -> Entry | None:
-        with _store_errors():
-            return await bucket.get(key)
+        return await bucket.get(key)
 
 
 def _not_found(charge_id: str) -> Refusal:

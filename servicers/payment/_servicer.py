@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import grpc
 from gaming.common.v1 import common_pb2
 from gaming.payment.v1 import payment_pb2, payment_pb2_grpc
 
+from servicers import paging
 from servicers.auth.call_identity import recorded_actor
-from servicers.errors import abort, abort_conflict, abort_invalid
-from servicers.payment._ledger import Ledger, Mutation, Refusal, StoreUnavailable
+from servicers.errors import invalid_argument, revision_conflict
+from servicers.payment._ledger import Ledger, Mutation
 from servicers.payment._records import fingerprint, page_token, parse_page_token, query_fingerprint
 from servicers.storage import RevisionConflict
 
-_log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 # ISO 4217 codes and in-game codes alike ("USD", "GEM", "GOLD2").
@@ -26,54 +24,45 @@ _CURRENCY_RULE = "3 to 8 uppercase letters or digits starting with a letter, e.g
 MAX_ID_CHARS = 128  # account ids and actor ids; bounds what one account entry can hold
 MAX_KEY_CHARS = 128  # common.v1.IdempotencyKey: 1 to 128 printable ASCII characters
 MAX_DESCRIPTION_CHARS = 256
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 
-async def _answer(context: Any, work: Awaitable[_T]) -> _T:
-    """Await the ledger; its refusals, store failures and lost races become gRPC statuses."""
+async def _answer(work: Awaitable[_T]) -> _T:
+    """Await the ledger: its refusals and store failures reach the error boundary as they are; a
+    lost race still lost after the ledger's retries is the account's revision conflict."""
     try:
         return await work
-    except Refusal as refusal:
-        if refusal.field:
-            await abort_invalid(context, refusal.field, refusal.message)
-        await abort(context, refusal.code, refusal.message, refusal.reason)
     except RevisionConflict as conflict:
-        # Retries are internal; this means the account stayed contended for all of them.
-        await abort_conflict(context, conflict, "account")
-    except StoreUnavailable as failure:
-        _log.warning("payment store unavailable: %s", failure)
-        await abort(context, grpc.StatusCode.UNAVAILABLE, "the ledger store is unavailable", "STORE_UNAVAILABLE")
+        raise revision_conflict(conflict, "account") from conflict
 
 
-async def _check_id(context: Any, field: str, value: str, *, required: bool = True) -> None:
+def _check_id(field: str, value: str, *, required: bool = True) -> None:
     if required and not value:
-        await abort_invalid(context, field, "required")
+        raise invalid_argument(field, "required")
     if len(value) > MAX_ID_CHARS:
-        await abort_invalid(context, field, f"at most {MAX_ID_CHARS} characters")
+        raise invalid_argument(field, f"at most {MAX_ID_CHARS} characters")
 
 
-async def _check_currency(context: Any, field: str, code: str) -> None:
+def _check_currency(field: str, code: str) -> None:
     if not _CURRENCY.fullmatch(code):
-        await abort_invalid(context, field, f"malformed currency code {code!r}: {_CURRENCY_RULE}")
+        raise invalid_argument(field, f"malformed currency code {code!r}: {_CURRENCY_RULE}")
 
 
-async def _check_amount(context: Any, amount: common_pb2.Money) -> None:
+def _check_amount(amount: common_pb2.Money) -> None:
     if amount.amount_minor <= 0:
-        await abort_invalid(context, "amount.amount_minor", "must be positive")
-    await _check_currency(context, "amount.currency_code", amount.currency_code)
+        raise invalid_argument("amount.amount_minor", "must be positive")
+    _check_currency("amount.currency_code", amount.currency_code)
 
 
-async def _check_mutation(context: Any, method: str, request: Any) -> Mutation:
+def _check_mutation(method: str, request: Any) -> Mutation:
     """Validate what every mutating request carries; return it as a Mutation."""
     key: str = request.idempotency_key.key
     if not key:
-        await abort_invalid(context, "idempotency_key.key", "required")
+        raise invalid_argument("idempotency_key.key", "required")
     if len(key) > MAX_KEY_CHARS or not all(" " <= char <= "~" for char in key):
-        await abort_invalid(context, "idempotency_key.key", f"1 to {MAX_KEY_CHARS} printable ASCII characters")
+        raise invalid_argument("idempotency_key.key", f"1 to {MAX_KEY_CHARS} printable ASCII characters")
     if len(request.description) > MAX_DESCRIPTION_CHARS:
-        await abort_invalid(context, "description", f"at most {MAX_DESCRIPTION_CHARS} characters")
-    await _check_id(context, "actor_id", request.actor_id, required=False)
+        raise invalid_argument("description", f"at most {MAX_DESCRIPTION_CHARS} characters")
+    _check_id("actor_id", request.actor_id, required=False)
     return Mutation(key=key, fingerprint=fingerprint(method, request), description=request.description,
                     actor_id=recorded_actor(request.actor_id))
 
@@ -89,9 +78,9 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
 
     async def Balance(self, request: payment_pb2.BalanceRequest, context: Any) -> payment_pb2.BalanceResponse:
         """An account's balance in one currency; zero if never funded."""
-        await _check_id(context, "account_id", request.account_id)
-        await _check_currency(context, "currency_code", request.currency_code)
-        amount, last = await _answer(context, self._ledger.balance(request.account_id, request.currency_code))
+        _check_id("account_id", request.account_id)
+        _check_currency("currency_code", request.currency_code)
+        amount, last = await _answer(self._ledger.balance(request.account_id, request.currency_code))
         return payment_pb2.BalanceResponse(
             balance=common_pb2.Money(currency_code=request.currency_code, amount_minor=amount),
             read_time=self._ledger.now(),
@@ -100,57 +89,54 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
 
     async def Deposit(self, request: payment_pb2.DepositRequest, context: Any) -> payment_pb2.DepositResponse:
         """Credit an account, once per idempotency key."""
-        await _check_id(context, "account_id", request.account_id)
+        _check_id("account_id", request.account_id)
         if not request.HasField("amount"):
-            await abort_invalid(context, "amount", "required")
-        await _check_amount(context, request.amount)
-        mutation = await _check_mutation(context, "Deposit", request)
-        applied = await _answer(context, self._ledger.deposit(request.account_id, request.amount, mutation))
+            raise invalid_argument("amount", "required")
+        _check_amount(request.amount)
+        mutation = _check_mutation("Deposit", request)
+        applied = await _answer(self._ledger.deposit(request.account_id, request.amount, mutation))
         return payment_pb2.DepositResponse(transaction=applied.transaction, replayed=applied.replayed)
 
     async def Charge(self, request: payment_pb2.ChargeRequest, context: Any) -> payment_pb2.ChargeResponse:
         """Debit an account if its balance covers the amount, once per idempotency key."""
-        await _check_id(context, "account_id", request.account_id)
+        _check_id("account_id", request.account_id)
         if not request.HasField("amount"):
-            await abort_invalid(context, "amount", "required")
-        await _check_amount(context, request.amount)
-        mutation = await _check_mutation(context, "Charge", request)
-        applied = await _answer(context, self._ledger.charge(request.account_id, request.amount, mutation))
+            raise invalid_argument("amount", "required")
+        _check_amount(request.amount)
+        mutation = _check_mutation("Charge", request)
+        applied = await _answer(self._ledger.charge(request.account_id, request.amount, mutation))
         return payment_pb2.ChargeResponse(transaction=applied.transaction, replayed=applied.replayed)
 
     async def Refund(self, request: payment_pb2.RefundRequest, context: Any) -> payment_pb2.RefundResponse:
         """Refund all (amount unset) or part of a charge, never more than was charged."""
         if not request.original_transaction_id:
-            await abort_invalid(context, "original_transaction_id", "required")
+            raise invalid_argument("original_transaction_id", "required")
         amount = request.amount if request.HasField("amount") else None
         if amount is not None:
-            await _check_amount(context, amount)
-        mutation = await _check_mutation(context, "Refund", request)
-        applied = await _answer(context, self._ledger.refund(request.original_transaction_id, amount, mutation))
+            _check_amount(amount)
+        mutation = _check_mutation("Refund", request)
+        applied = await _answer(self._ledger.refund(request.original_transaction_id, amount, mutation))
         return payment_pb2.RefundResponse(refund=applied.transaction, original_transaction=applied.original,
                                           replayed=applied.replayed)
 
     async def ListTransactions(self, request: payment_pb2.ListTransactionsRequest,
                                context: Any) -> payment_pb2.ListTransactionsResponse:
         """One page of an account's ledger, newest first; the token is bound to the query."""
-        await _check_id(context, "account_id", request.account_id)
+        _check_id("account_id", request.account_id)
         if request.currency_code:
-            await _check_currency(context, "currency_code", request.currency_code)
-        size = request.page.page_size
-        if size < 0:
-            await abort_invalid(context, "page.page_size", "must not be negative")
-        size = min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            _check_currency("currency_code", request.currency_code)
+        size = paging.page_size(request.page)
         query = query_fingerprint(request.account_id, request.currency_code)
         before = 0
         if request.page.page_token:
             token = parse_page_token(request.page.page_token)
             if token is None:
-                await abort_invalid(context, "page.page_token", "not a page token of this service")
+                raise invalid_argument("page.page_token", "not a page token of this service")
             if token[0] != query:
-                await abort_invalid(context, "page.page_token", "belongs to another query")
+                raise invalid_argument("page.page_token", "belongs to another query")
             before = token[1]
         page, next_before, total = await _answer(
-            context, self._ledger.transactions(request.account_id, request.currency_code, size, before)
+            self._ledger.transactions(request.account_id, request.currency_code, size, before)
         )
         return payment_pb2.ListTransactionsResponse(
             transactions=page,

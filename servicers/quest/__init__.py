@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from gaming.quest.v1 import quest_pb2_grpc
 
-from servicers._guarded_storage import bucket_max_bytes
 from servicers.dependencies import Dependencies
 from servicers.quest._records import KEY_TTL
 from servicers.quest._servicer import QuestServicer
 from servicers.quest._slots import MAX_OPEN
+from servicers.service_settings import bucket_max_bytes
 
 __all__ = ["MAX_OPEN", "SERVICE_NAMES", "TARGET", "QuestServicer", "add_to_server", "create"]
 

@@ -43,7 +43,7 @@ from gaming.common.v1 import common_pb2
 from gaming.quest.v1 import quest_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from servicers._guarded_storage import key_token
+from servicers.storage import key_token
 
 OPEN = frozenset({quest_pb2.QUEST_STATUS_AVAILABLE, quest_pb2.QUEST_STATUS_ACTIVE})
 KEY_TTL = 7 * 24 * 3600.0

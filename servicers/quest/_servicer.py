@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from gaming.common.v1 import common_pb2
@@ -14,18 +13,23 @@ from gaming.payment.v1 import payment_pb2, payment_pb2_grpc
 from gaming.quest.v1 import quest_pb2, quest_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from servicers import paging
 from servicers._downstream import (
     REQUIRED,
     DependencyError,
-    abort_dependency,
-    abort_with,
     budget,
     flag_degraded,
     time_left,
 )
-from servicers._guarded_bucket import GuardedBucket
-from servicers._guarded_storage import StorageUnavailable, abort_unavailable
-from servicers.errors import abort, abort_conflict, abort_invalid
+from servicers.errors import (
+    RpcError,
+    aborted,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    revision_conflict,
+    rpc_error,
+)
 from servicers.quest import templates
 from servicers.quest._records import (
     ProgressResult,
@@ -41,11 +45,7 @@ from servicers.quest._records import (
 )
 from servicers.quest._slots import MAX_OPEN, NoFreeSlot, Slots
 from servicers.quest._sources import STORY_TELLER, Gathered, Sources
-from servicers.storage import Entry, KeyValue, RevisionConflict
-from servicers.world_state import _paging
-from servicers.world_state._rules import InvalidArgument
-
-_log = logging.getLogger(__name__)
+from servicers.storage import Entry, KeyValue, RevisionConflict, StorageUnavailable
 
 PAYMENT = "payment"
 ACTOR = "quest-system"
@@ -75,8 +75,8 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
         clock: Callable[[], float],
         catalogue: tuple[templates.QuestTemplate, ...] = templates.TEMPLATES,
     ) -> None:
-        self._quests = GuardedBucket(quests)
-        self._keys = GuardedBucket(keys)
+        self._quests = quests
+        self._keys = keys
         self._channel = channel
         self._clock = clock
         self._sources = Sources(channel)
@@ -92,12 +92,12 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
         self, request: quest_pb2.GenerateQuestRequest, context: grpc.aio.ServicerContext
     ) -> quest_pb2.GenerateQuestResponse:
         """A new AVAILABLE quest, or the one an earlier call with the same key generated."""
-        await _check_id(context, "player_id", request.player_id)
-        await _check_id(context, "region_id", request.region_id)
-        await _check_key(context, "idempotency_key.key", request.idempotency_key.key)
+        _check_id("player_id", request.player_id)
+        _check_id("region_id", request.region_id)
+        _check_key("idempotency_key.key", request.idempotency_key.key)
         known = templates.DIFFICULTY_SCALE
         if request.difficulty != quest_pb2.DIFFICULTY_UNSPECIFIED and request.difficulty not in known:
-            await abort_invalid(context, "difficulty", f"{request.difficulty} is not a Difficulty")
+            raise invalid_argument("difficulty", f"{request.difficulty} is not a Difficulty")
         # No player level is known here, so "the server picks" means NORMAL.
         difficulty = request.difficulty or quest_pb2.DIFFICULTY_NORMAL
         remaining = time_left(context)
@@ -107,15 +107,14 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
             if existing is not None:
                 return await self._replayed(context, QuestRecord.decode(existing.value))
             await self._slots.check(request.player_id)
-            try:
-                found = await self._sources.gather(request, difficulty, remaining)
-            except DependencyError as failure:
-                await abort_with(context, failure)
+            found = await self._sources.gather(request, difficulty, remaining)
             candidates = templates.fitting(difficulty, found.region, self._catalogue)
             if not candidates:
-                await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                            f"no quest template fits region {request.region_id!r} at "
-                            f"{quest_pb2.Difficulty.Name(difficulty)}", "NO_TEMPLATE_FITS")
+                raise failed_precondition(
+                    f"no quest template fits region {request.region_id!r} at "
+                    f"{quest_pb2.Difficulty.Name(difficulty)}",
+                    "NO_TEMPLATE_FITS",
+                )
             template = templates.pick(candidates, request.player_id, request.region_id, request.idempotency_key.key)
             record = self._build(request, quest_id, difficulty, template, found)
             record.slot = await self._slots.take(request.player_id, quest_id)
@@ -129,10 +128,9 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
                 return await self._replayed(context, QuestRecord.decode(winner.value))
             await self._quests.put(index_key(request.player_id, quest_id), b"")
         except NoFreeSlot:
-            await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                        f"player {request.player_id!r} already holds {MAX_OPEN} open quests", "TOO_MANY_OPEN_QUESTS")
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+            raise failed_precondition(
+                f"player {request.player_id!r} already holds {MAX_OPEN} open quests", "TOO_MANY_OPEN_QUESTS",
+            ) from None
         flag_degraded(context, record.degraded)
         return quest_pb2.GenerateQuestResponse(quest=as_seen(record.quest, self._clock()))
 
@@ -209,50 +207,41 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
         self, request: quest_pb2.GetQuestRequest, context: grpc.aio.ServicerContext
     ) -> quest_pb2.GetQuestResponse:
         """One quest, with its status as of now."""
-        await _check_id(context, "quest_id", request.quest_id)
-        try:
-            _, record = await self._read(context, request.quest_id)
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+        _check_id("quest_id", request.quest_id)
+        _, record = await self._read(request.quest_id)
         return quest_pb2.GetQuestResponse(quest=as_seen(record.quest, self._clock()))
 
     async def List(self, request: quest_pb2.ListRequest, context: grpc.aio.ServicerContext) -> quest_pb2.ListResponse:
         """A page of the player's quests, newest first, of one status if asked."""
-        await _check_id(context, "player_id", request.player_id)
+        _check_id("player_id", request.player_id)
         wanted = request.status_filter
         if wanted != quest_pb2.QUEST_STATUS_UNSPECIFIED and wanted not in quest_pb2.QuestStatus.values():
-            await abort_invalid(context, "status_filter", f"{wanted} is not a QuestStatus")
+            raise invalid_argument("status_filter", f"{wanted} is not a QuestStatus")
         query = (request.player_id, str(int(wanted)))
-        try:
-            size = _paging.page_size(request.page)
-            after = _paging.decode_token(request.page.page_token, *query)
-        except InvalidArgument as invalid:
-            await abort_invalid(context, invalid.field, invalid.description)
+        size = paging.page_size(request.page)
+        after = paging.decode_token(request.page.page_token, *query)
         now = self._clock()
-        try:
-            ids = [key.rsplit(".", 1)[1] for key in await self._quests.keys(index_pattern(request.player_id))]
-            following = [quest_id for quest_id in ids if after is None or quest_id > after]
-            page: list[quest_pb2.Quest] = []
-            scanned = 0
-            while scanned < len(following) and len(page) < size:
-                batch = following[scanned : scanned + _LIST_BATCH]
-                entries = await asyncio.gather(*(self._quests.get(quest_key(quest_id)) for quest_id in batch))
-                for entry in entries:
-                    scanned += 1
-                    if entry is None:
-                        continue  # indexed, but its generation never stored it
-                    quest = as_seen(QuestRecord.decode(entry.value).quest, now)
-                    if wanted in (quest_pb2.QUEST_STATUS_UNSPECIFIED, quest.status):
-                        page.append(quest)
-                        if len(page) == size:
-                            break
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+        ids = [key.rsplit(".", 1)[1] for key in await self._quests.keys(index_pattern(request.player_id))]
+        following = [quest_id for quest_id in ids if after is None or quest_id > after]
+        page: list[quest_pb2.Quest] = []
+        scanned = 0
+        while scanned < len(following) and len(page) < size:
+            batch = following[scanned : scanned + _LIST_BATCH]
+            entries = await asyncio.gather(*(self._quests.get(quest_key(quest_id)) for quest_id in batch))
+            for entry in entries:
+                scanned += 1
+                if entry is None:
+                    continue  # indexed, but its generation never stored it
+                quest = as_seen(QuestRecord.decode(entry.value).quest, now)
+                if wanted in (quest_pb2.QUEST_STATUS_UNSPECIFIED, quest.status):
+                    page.append(quest)
+                    if len(page) == size:
+                        break
         more = scanned < len(following)
         return quest_pb2.ListResponse(
             quests=page,
             page=common_pb2.PageResponse(
-                next_page_token=_paging.encode_token(following[scanned - 1], *query) if more else "",
+                next_page_token=paging.encode_token(following[scanned - 1], *query) if more else "",
                 # Counting one status would mean reading every quest: only the total is cheap.
                 total_size=len(ids) if wanted == quest_pb2.QUEST_STATUS_UNSPECIFIED else -1,
             ),
@@ -264,83 +253,79 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
         self, request: quest_pb2.AcceptRequest, context: grpc.aio.ServicerContext
     ) -> quest_pb2.AcceptResponse:
         """AVAILABLE -> ACTIVE, if the quest is still at the revision the player saw."""
-        await _check_id(context, "quest_id", request.quest_id)
-        await _check_id(context, "player_id", request.player_id)
+        _check_id("quest_id", request.quest_id)
+        _check_id("player_id", request.player_id)
         if not request.HasField("expected_revision"):
-            await abort_invalid(context, "expected_revision", "is required")
-        try:
-            for _ in range(MAX_ATTEMPTS):
-                entry, record = await self._read(context, request.quest_id)
-                quest = record.quest
-                if quest.player_id != request.player_id:
-                    await abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                                f"quest {request.quest_id!r} was generated for another player", "NOT_QUEST_OWNER")
-                expected, current = request.expected_revision.value, quest.revision.value
-                if expected != current:
-                    await abort_conflict(context, RevisionConflict(request.quest_id, expected, current), "quest")
-                now = self._clock()
-                status = effective_status(quest, now)
-                if status != quest_pb2.QUEST_STATUS_AVAILABLE:
-                    await _abort_status(context, request.quest_id, status, "accepted")
-                quest.status = quest_pb2.QUEST_STATUS_ACTIVE
-                _touch(quest, request.player_id, now)
-                try:
-                    await self._quests.update(entry.key, record.encode(), entry.revision)
-                except RevisionConflict:
-                    continue  # changed since our read: re-read, and the checks above decide
-                return quest_pb2.AcceptResponse(quest=quest)
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
-        await _abort_contended(context, request.quest_id)
+            raise invalid_argument("expected_revision", "is required")
+        for _ in range(MAX_ATTEMPTS):
+            entry, record = await self._read(request.quest_id)
+            quest = record.quest
+            if quest.player_id != request.player_id:
+                raise rpc_error(
+                    grpc.StatusCode.PERMISSION_DENIED, f"quest {request.quest_id!r} was generated for another player",
+                    "NOT_QUEST_OWNER",
+                )
+            expected, current = request.expected_revision.value, quest.revision.value
+            if expected != current:
+                raise revision_conflict(RevisionConflict(request.quest_id, expected, current), "quest")
+            now = self._clock()
+            status = effective_status(quest, now)
+            if status != quest_pb2.QUEST_STATUS_AVAILABLE:
+                raise _wrong_status(request.quest_id, status, "accepted")
+            quest.status = quest_pb2.QUEST_STATUS_ACTIVE
+            _touch(quest, request.player_id, now)
+            try:
+                await self._quests.update(entry.key, record.encode(), entry.revision)
+            except RevisionConflict:
+                continue  # changed since our read: re-read, and the checks above decide
+            return quest_pb2.AcceptResponse(quest=quest)
+        raise _contended(request.quest_id)
 
     async def UpdateProgress(
         self, request: quest_pb2.UpdateProgressRequest, context: grpc.aio.ServicerContext
     ) -> quest_pb2.UpdateProgressResponse:
         """Advance one objective of an ACTIVE quest; the last one completes it and pays its gold."""
-        await _check_id(context, "quest_id", request.quest_id)
-        await _check_id(context, "objective_id", request.objective_id)
+        _check_id("quest_id", request.quest_id)
+        _check_id("objective_id", request.objective_id)
         if not 1 <= request.increment <= MAX_INCREMENT:
-            await abort_invalid(context, "increment", f"must be 1 to {MAX_INCREMENT}")
-        await _check_key(context, "idempotency_key.key", request.idempotency_key.key)
+            raise invalid_argument("increment", f"must be 1 to {MAX_INCREMENT}")
+        _check_key("idempotency_key.key", request.idempotency_key.key)
         key = request.idempotency_key.key
         remaining = time_left(context)
-        try:
-            for _ in range(MAX_ATTEMPTS):
-                entry, record = await self._read(context, request.quest_id)
-                quest = record.quest
-                done = record.result_of(key)
-                if done is not None:
-                    return _replay_progress(quest, done)
-                objective = next((o for o in quest.objectives if o.objective_id == request.objective_id), None)
-                if objective is None:
-                    await abort(context, grpc.StatusCode.NOT_FOUND,
-                                f"quest {request.quest_id!r} has no objective {request.objective_id!r}",
-                                "OBJECTIVE_NOT_FOUND")
-                now = self._clock()
-                status = effective_status(quest, now)
-                if status != quest_pb2.QUEST_STATUS_ACTIVE:
-                    await _abort_status(context, request.quest_id, status, "advanced")
-                objective.current_count = min(objective.current_count + request.increment, objective.required_count)
-                completed = all(o.current_count >= o.required_count for o in quest.objectives)
-                if completed:
-                    # Before the write: if the grant fails, nothing is applied. The deposit's own
-                    # idempotency key makes a retry (ours or the caller's) pay once.
-                    await self._grant(context, quest, remaining)
-                    quest.status = quest_pb2.QUEST_STATUS_COMPLETED
-                _touch(quest, ACTOR, now)
-                counts = tuple(o.current_count for o in quest.objectives)
-                record.remember(ProgressResult(key, quest.revision.value, int(quest.status), counts, quest.audit,
-                                               completed))
-                try:
-                    await self._quests.update(entry.key, record.encode(), entry.revision)
-                except RevisionConflict:
-                    continue
-                if completed:
-                    await self._slots.release(quest.player_id, record.slot, quest.quest_id)
-                return quest_pb2.UpdateProgressResponse(quest=quest, completed=completed)
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
-        await _abort_contended(context, request.quest_id)
+        for _ in range(MAX_ATTEMPTS):
+            entry, record = await self._read(request.quest_id)
+            quest = record.quest
+            done = record.result_of(key)
+            if done is not None:
+                return _replay_progress(quest, done)
+            objective = next((o for o in quest.objectives if o.objective_id == request.objective_id), None)
+            if objective is None:
+                raise not_found(
+                    f"quest {request.quest_id!r} has no objective {request.objective_id!r}", "OBJECTIVE_NOT_FOUND",
+                )
+            now = self._clock()
+            status = effective_status(quest, now)
+            if status != quest_pb2.QUEST_STATUS_ACTIVE:
+                raise _wrong_status(request.quest_id, status, "advanced")
+            objective.current_count = min(objective.current_count + request.increment, objective.required_count)
+            completed = all(o.current_count >= o.required_count for o in quest.objectives)
+            if completed:
+                # Before the write: if the grant fails, nothing is applied. The deposit's own
+                # idempotency key makes a retry (ours or the caller's) pay once.
+                await self._grant(context, quest, remaining)
+                quest.status = quest_pb2.QUEST_STATUS_COMPLETED
+            _touch(quest, ACTOR, now)
+            counts = tuple(o.current_count for o in quest.objectives)
+            record.remember(ProgressResult(key, quest.revision.value, int(quest.status), counts, quest.audit,
+                                           completed))
+            try:
+                await self._quests.update(entry.key, record.encode(), entry.revision)
+            except RevisionConflict:
+                continue
+            if completed:
+                await self._slots.release(quest.player_id, record.slot, quest.quest_id)
+            return quest_pb2.UpdateProgressResponse(quest=quest, completed=completed)
+        raise _contended(request.quest_id)
 
     async def _grant(self, context: grpc.aio.ServicerContext, quest: quest_pb2.Quest, remaining: float | None) -> None:
         """Pay the quest's money rewards (experience and items are the game's to grant from the
@@ -359,14 +344,14 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
             try:
                 await stub.Deposit(deposit, timeout=budget(remaining, REQUIRED))
             except grpc.aio.AioRpcError as err:
-                await abort_dependency(context, PAYMENT, err)
+                raise DependencyError.down(PAYMENT, err) from err
 
     # -- store access ----------------------------------------------------------------------------
 
-    async def _read(self, context: grpc.aio.ServicerContext, quest_id: str) -> tuple[Entry, QuestRecord]:
+    async def _read(self, quest_id: str) -> tuple[Entry, QuestRecord]:
         entry = await self._quests.get(quest_key(quest_id)) if is_quest_id(quest_id) else None
         if entry is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"quest {quest_id!r} does not exist", "QUEST_NOT_FOUND")
+            raise not_found(f"quest {quest_id!r} does not exist", "QUEST_NOT_FOUND")
         return entry, QuestRecord.decode(entry.value)
 
 
@@ -393,28 +378,26 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-async def _check_id(context: Any, field: str, value: str) -> None:
+def _check_id(field: str, value: str) -> None:
     if not value:
-        await abort_invalid(context, field, "is required")
+        raise invalid_argument(field, "is required")
     if len(value) > MAX_ID_CHARS:
-        await abort_invalid(context, field, f"must be at most {MAX_ID_CHARS} characters")
+        raise invalid_argument(field, f"must be at most {MAX_ID_CHARS} characters")
 
 
-async def _check_key(context: Any, field: str, value: str) -> None:
+def _check_key(field: str, value: str) -> None:
     if not value:
-        await abort_invalid(context, field, "is required")
+        raise invalid_argument(field, "is required")
     if not _PRINTABLE_KEY.fullmatch(value):
-        await abort_invalid(context, field, "must be 1 to 128 printable ASCII characters")
+        raise invalid_argument(field, "must be 1 to 128 printable ASCII characters")
 
 
-async def _abort_status(context: Any, quest_id: str, status: int, verb: str) -> NoReturn:
+def _wrong_status(quest_id: str, status: int, verb: str) -> RpcError:
     name = quest_pb2.QuestStatus.Name(status)  # type: ignore[arg-type]
-    await abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"quest {quest_id!r} is {name}: it cannot be {verb}",
-                "QUEST_STATUS")
+    return failed_precondition(f"quest {quest_id!r} is {name}: it cannot be {verb}", "QUEST_STATUS")
 
 
-async def _abort_contended(context: Any, quest_id: str) -> NoReturn:
-    await abort(context, grpc.StatusCode.ABORTED,
-                f"quest {quest_id!r} changed under {MAX_ATTEMPTS} attempts in a row; retry", "QUEST_CONTENDED")
+def _contended(quest_id: str) -> RpcError:
+    return aborted(f"quest {quest_id!r} changed under {MAX_ATTEMPTS} attempts in a row; retry", "QUEST_CONTENDED")
 
 

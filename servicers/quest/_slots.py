@@ -13,9 +13,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from servicers._guarded_bucket import GuardedBucket
 from servicers.quest._records import OPEN, QuestRecord, effective_status, quest_key, slot_key, slot_pattern
-from servicers.storage import Entry, RevisionConflict
+from servicers.storage import Entry, KeyValue, RevisionConflict
 
 MAX_OPEN = 25
 ORPHAN_GRACE = 60.0
@@ -28,7 +27,7 @@ class NoFreeSlot(Exception):
 class Slots:
     """The open-quest slots of every player, in the quests bucket."""
 
-    def __init__(self, kv: GuardedBucket, *, clock: Callable[[], float], limit: int = MAX_OPEN) -> None:
+    def __init__(self, kv: KeyValue, *, clock: Callable[[], float], limit: int = MAX_OPEN) -> None:
         self._kv = kv
         self._clock = clock
         self._limit = limit

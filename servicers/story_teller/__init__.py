@@ -39,10 +39,10 @@ import math
 from gaming.ai_integration.v1 import ai_integration_pb2_grpc
 from gaming.story_teller.v1 import story_teller_pb2_grpc
 
-from servicers._guarded_storage import GuardedKeyValue, bucket_max_bytes
-from servicers.ai_integration._servicer import MODEL_NAME
 from servicers.ai_integration.local import LOCAL_MODEL_NAME
 from servicers.dependencies import Dependencies
+from servicers.model_fields import MODEL_NAME
+from servicers.service_settings import bucket_max_bytes
 from servicers.story_teller._servicer import AI_INTEGRATION, StoryTellerServicer
 
 __all__ = ["SERVICE_NAMES", "TARGET", "StoryTellerServicer", "add_to_server", "create"]
@@ -84,7 +84,7 @@ async def create(deps: Dependencies) -> StoryTellerServicer:
         BUCKET, history=BUCKET_HISTORY, max_bytes=bucket_max_bytes(deps.settings, BUCKET_MAX_BYTES)
     )
     return StoryTellerServicer(
-        GuardedKeyValue(bucket),
+        bucket,
         ai_integration_pb2_grpc.AiIntegrationServiceStub(deps.channel(AI_INTEGRATION)),
         model=model,
         beat_max_tokens=int(tokens_text),

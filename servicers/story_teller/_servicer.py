@@ -7,7 +7,6 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn
 
 import grpc
 from gaming.ai_integration.v1 import ai_integration_pb2_grpc
@@ -16,10 +15,17 @@ from gaming.story_teller.v1 import story_teller_pb2 as st
 from gaming.story_teller.v1 import story_teller_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from servicers._guarded_storage import GuardedKeyValue, StorageUnavailable, abort_unavailable, key_token
 from servicers.auth.call_identity import acts_for, caller
-from servicers.errors import abort, abort_conflict, abort_invalid
-from servicers.storage import Entry, RevisionConflict
+from servicers.errors import (
+    RpcError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    revision_conflict,
+    rpc_error,
+    unavailable,
+)
+from servicers.storage import Entry, KeyValue, RevisionConflict, key_token
 from servicers.story_teller import _narration
 
 _log = logging.getLogger(__name__)
@@ -57,7 +63,7 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
 
     def __init__(
         self,
-        stories: GuardedKeyValue,
+        stories: KeyValue,
         inference: ai_integration_pb2_grpc.AiIntegrationServiceStub,
         *,
         model: str,
@@ -80,34 +86,36 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
     ) -> AsyncIterator[st.TellStoryResponse]:
         """Beats of a new or existing story, each stored before it is sent, until ``max_beats``,
         a CHOICE or the RESOLUTION."""
-        await _check_id(context, "player_id", request.player_id)
+        _check_id("player_id", request.player_id)
         if request.tone not in st.Tone.values():
-            await abort_invalid(context, "tone", f"has no member {request.tone}")
+            raise invalid_argument("tone", f"has no member {request.tone}")
         if not 0 <= request.max_beats <= MAX_BEATS_PER_CALL:
-            await abort_invalid(context, "max_beats",
-                                f"must be 1 to {MAX_BEATS_PER_CALL} (0 means {DEFAULT_MAX_BEATS})")
+            raise invalid_argument("max_beats", f"must be 1 to {MAX_BEATS_PER_CALL} (0 means {DEFAULT_MAX_BEATS})")
         locale = request.locale.tag or _narration.DEFAULT_LOCALE
         if len(locale) > MAX_LOCALE_CHARS or not LOCALE.fullmatch(locale):
-            await abort_invalid(context, "locale.tag", "must be a language tag such as en-US")
+            raise invalid_argument("locale.tag", "must be a language tag such as en-US")
         if request.story_id:
-            await _check_id(context, "story_id", request.story_id)
-            entry = await self._existing(context, request.story_id)
+            _check_id("story_id", request.story_id)
+            entry = await self._existing(request.story_id)
             story = _story_of(entry)
             if story.player_id != request.player_id:
-                await abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                            f"story {request.story_id!r} belongs to another player", "NOT_STORY_OWNER")
-            await _check_caller(context, story)
-            await _check_open(context, story)
+                raise rpc_error(
+                    grpc.StatusCode.PERMISSION_DENIED, f"story {request.story_id!r} belongs to another player",
+                    "NOT_STORY_OWNER",
+                )
+            _check_caller(story)
+            _check_open(story)
             if story.beats and story.beats[-1].kind == st.BEAT_KIND_CHOICE:
-                await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                            f"story {request.story_id!r} waits for the player's choice: answer it with Continue",
-                            "STORY_AWAITS_CHOICE")
+                raise failed_precondition(
+                    f"story {request.story_id!r} waits for the player's choice: answer it with Continue",
+                    "STORY_AWAITS_CHOICE",
+                )
             revision = entry.revision
         else:
             if not request.premise.strip():
-                await abort_invalid(context, "premise", "is required for a new story")
+                raise invalid_argument("premise", "is required for a new story")
             if len(request.premise) > MAX_PREMISE_CHARS:
-                await abort_invalid(context, "premise", f"must be at most {MAX_PREMISE_CHARS} characters")
+                raise invalid_argument("premise", f"must be at most {MAX_PREMISE_CHARS} characters")
             story = st.Story(
                 story_id=uuid.uuid4().hex,
                 player_id=request.player_id,
@@ -116,12 +124,12 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
                 locale=common_pb2.LocaleTag(tag=locale),
                 create_time=self._now(),
             )
-            await _check_caller(context, story)
+            _check_caller(story)
             revision = 0  # the first beat's write creates the story
         for _ in range(request.max_beats or DEFAULT_MAX_BEATS):
             kind = _narration.next_kind(story.beats, answering=False)
             beat = await self._beat(context, story, kind)
-            revision = await self._append(context, story, beat, revision)
+            revision = await self._append(story, beat, revision)
             yield st.TellStoryResponse(story_id=story.story_id, beat=beat, revision=common_pb2.Revision(value=revision))
             if kind in _PAUSES:
                 return
@@ -129,31 +137,31 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
     async def Continue(self, request: st.ContinueRequest, context: grpc.aio.ServicerContext) -> st.ContinueResponse:
         """The next beat, answering the player's choice, if the story is still at the revision
         the player saw."""
-        await _check_id(context, "story_id", request.story_id)
+        _check_id("story_id", request.story_id)
         if not request.player_choice.strip():
-            await abort_invalid(context, "player_choice", "must not be empty")
+            raise invalid_argument("player_choice", "must not be empty")
         if len(request.player_choice) > MAX_CHOICE_INPUT_CHARS:
-            await abort_invalid(context, "player_choice", f"must be at most {MAX_CHOICE_INPUT_CHARS} characters")
+            raise invalid_argument("player_choice", f"must be at most {MAX_CHOICE_INPUT_CHARS} characters")
         if not request.HasField("expected_revision"):
-            await abort_invalid(context, "expected_revision", "is required: the revision of the story you last saw")
+            raise invalid_argument("expected_revision", "is required: the revision of the story you last saw")
         expected = request.expected_revision.value
-        entry = await self._existing(context, request.story_id)
+        entry = await self._existing(request.story_id)
         story = _story_of(entry)
-        await _check_caller(context, story)
-        await _check_open(context, story)
+        _check_caller(story)
+        _check_open(story)
         if entry.revision != expected:
-            await abort_conflict(context, RevisionConflict(request.story_id, expected, entry.revision), "story")
+            raise revision_conflict(RevisionConflict(request.story_id, expected, entry.revision), "story")
         kind = _narration.next_kind(story.beats, answering=True)
         beat = await self._beat(context, story, kind, choice=request.player_choice)
-        revision = await self._append(context, story, beat, expected)
+        revision = await self._append(story, beat, expected)
         return st.ContinueResponse(beat=beat, revision=common_pb2.Revision(value=revision), ended=story.ended)
 
     async def GetStory(self, request: st.GetStoryRequest, context: grpc.aio.ServicerContext) -> st.GetStoryResponse:
         """The story with all its beats and its current revision."""
-        await _check_id(context, "story_id", request.story_id)
-        entry = await self._existing(context, request.story_id)
+        _check_id("story_id", request.story_id)
+        entry = await self._existing(request.story_id)
         story = _story_of(entry)
-        await _check_caller(context, story)
+        _check_caller(story)
         story.revision.value = entry.revision
         return st.GetStoryResponse(story=story)
 
@@ -169,21 +177,20 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
         try:
             reply = await call
         except grpc.aio.AioRpcError as err:
-            await self._abort_inference(context, err, len(story.beats))
+            raise self._inference_failure(context, err, len(story.beats)) from err
         except asyncio.CancelledError:
             # The caller went away: an unary call awaited here is shielded, so stop it too.
             call.cancel()
             raise
         text, choices = _narration.beat_text_and_choices(reply.text, kind, story.tone)
         if not text:
-            await abort(context, grpc.StatusCode.UNAVAILABLE,
-                        f"{AI_INTEGRATION} returned no text for beat {len(story.beats)}", "EMPTY_BEAT")
+            raise unavailable(f"{AI_INTEGRATION} returned no text for beat {len(story.beats)}", "EMPTY_BEAT")
         return st.Beat(index=len(story.beats), text=text, kind=kind, suggested_choices=choices,
                        player_choice=choice, create_time=self._now())
 
-    async def _abort_inference(
+    def _inference_failure(
         self, context: grpc.aio.ServicerContext, err: grpc.aio.AioRpcError, index: int
-    ) -> NoReturn:
+    ) -> RpcError:
         """ai-integration's failure, as the caller sees it.
 
         The caller's deadline running out is DEADLINE_EXCEEDED. INVALID_ARGUMENT means the
@@ -193,30 +200,30 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
         """
         remaining = context.time_remaining()
         if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and remaining is not None and remaining < _EXHAUSTED:
-            await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"the deadline ran out while {AI_INTEGRATION} was writing beat {index}", "DEADLINE_EXCEEDED")
+            return rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the deadline ran out while {AI_INTEGRATION} was writing beat {index}", "DEADLINE_EXCEEDED"
+            )
         _log.warning("story-teller: %s failed on beat %d: %s %s", AI_INTEGRATION, index, err.code().name,
                      err.details())
         if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            await abort(context, grpc.StatusCode.INTERNAL,
-                        f"{AI_INTEGRATION} refused the prompt for beat {index}: {err.details()}", "PROMPT_REFUSED")
+            return rpc_error(
+                grpc.StatusCode.INTERNAL, f"{AI_INTEGRATION} refused the prompt for beat {index}: {err.details()}",
+                "PROMPT_REFUSED"
+            )
         why = (f"did not answer within {self._beat_timeout:g}s" if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                else f"failed with {err.code().name}: {err.details()}")
-        await abort(context, grpc.StatusCode.UNAVAILABLE, f"{AI_INTEGRATION} is unavailable: {why}",
-                    "AI_INTEGRATION_UNAVAILABLE")
+        return unavailable(f"{AI_INTEGRATION} is unavailable: {why}", "AI_INTEGRATION_UNAVAILABLE")
 
     # -- the store ----------------------------------------------------------------------------------
 
-    async def _existing(self, context: grpc.aio.ServicerContext, story_id: str) -> Entry:
-        try:
-            entry = await self._stories.get(key_token(story_id))
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+    async def _existing(self, story_id: str) -> Entry:
+        entry = await self._stories.get(key_token(story_id))
         if entry is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"story {story_id!r} does not exist", "STORY_NOT_FOUND")
+            raise not_found(f"story {story_id!r} does not exist", "STORY_NOT_FOUND")
         return entry
 
-    async def _append(self, context: grpc.aio.ServicerContext, story: st.Story, beat: st.Beat, revision: int) -> int:
+    async def _append(self, story: st.Story, beat: st.Beat, revision: int) -> int:
         """Store ``story`` with ``beat`` added, if it is still at ``revision``; the new revision."""
         story.beats.append(beat)
         story.ended = beat.kind == st.BEAT_KIND_RESOLUTION
@@ -226,9 +233,7 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
         try:
             return await self._stories.update(key_token(story.story_id), story.SerializeToString(), revision)
         except RevisionConflict as conflict:
-            await abort_conflict(context, RevisionConflict(story.story_id, revision, conflict.current), "story")
-        except StorageUnavailable as err:
-            await abort_unavailable(context, err)
+            raise revision_conflict(RevisionConflict(story.story_id, revision, conflict.current), "story") from conflict
 
     def _now(self) -> timestamp_pb2.Timestamp:
         now = timestamp_pb2.Timestamp()
@@ -242,23 +247,23 @@ def _story_of(entry: Entry) -> st.Story:
     return story
 
 
-async def _check_id(context: grpc.aio.ServicerContext, field: str, value: str) -> None:
+def _check_id(field: str, value: str) -> None:
     if not value:
-        await abort_invalid(context, field, "is required")
+        raise invalid_argument(field, "is required")
     if len(value) > MAX_ID_CHARS:
-        await abort_invalid(context, field, f"must be at most {MAX_ID_CHARS} characters")
+        raise invalid_argument(field, f"must be at most {MAX_ID_CHARS} characters")
 
 
-async def _check_caller(context: grpc.aio.ServicerContext, story: st.Story) -> None:
+def _check_caller(story: st.Story) -> None:
     """PERMISSION_DENIED when the caller is a player other than the story's (operators and
     services act for every player). A call without a verified caller is not checked here: the
     access policy admits none to these methods, and a bare server without it trusts its callers."""
     if caller() is not None and not acts_for(story.player_id):
-        await abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                    f"story {story.story_id!r} belongs to another player", "NOT_STORY_OWNER")
+        raise rpc_error(
+            grpc.StatusCode.PERMISSION_DENIED, f"story {story.story_id!r} belongs to another player", "NOT_STORY_OWNER",
+        )
 
 
-async def _check_open(context: grpc.aio.ServicerContext, story: st.Story) -> None:
+def _check_open(story: st.Story) -> None:
     if story.ended:
-        await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                    f"story {story.story_id!r} has ended", "STORY_ENDED")
+        raise failed_precondition(f"story {story.story_id!r} has ended", "STORY_ENDED")

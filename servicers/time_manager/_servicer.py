@@ -8,15 +8,15 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import Any
 
-import grpc
 from gaming.common.v1 import common_pb2
 from gaming.time_manager.v1 import time_manager_pb2 as tm
 from gaming.time_manager.v1 import time_manager_pb2_grpc
 
 from servicers.auth.call_identity import audit_actor
-from servicers.errors import abort, abort_conflict, abort_invalid
+from servicers.errors import invalid_argument, not_found, revision_conflict
+from servicers.named_store import NamedStore
 from servicers.storage import Change, Entry, KeyValue, RevisionConflict
 from servicers.time_manager._clock import (
     DAY_NS,
@@ -43,16 +43,9 @@ def clock_key(world_id: str) -> str:
     return f"clock.{world_id}"
 
 
-async def _unavailable(context: Any, error: BaseException) -> NoReturn:
-    # The storage protocol names no "store down" error and servicers may not import nats:
-    # anything a bucket raises other than a lost compare-and-set means it could not serve.
-    _log.warning("time-manager clock store unavailable: %s: %s", type(error).__name__, error)
-    await abort(context, grpc.StatusCode.UNAVAILABLE, "the clock store is unavailable", "STORE_UNAVAILABLE")
-
-
-async def _check_world(context: Any, world_id: str) -> None:
+def _check_world(world_id: str) -> None:
     if not WORLD_ID.fullmatch(world_id):
-        await abort_invalid(context, "world_id", "1 to 64 characters of [a-z0-9-]")
+        raise invalid_argument("world_id", "1 to 64 characters of [a-z0-9-]")
 
 
 class _Ticker:
@@ -115,7 +108,8 @@ class TimeManagerServicer(time_manager_pb2_grpc.TimeManagerServiceServicer):
 
     def __init__(self, clocks: KeyValue, *, clock: Callable[[], float], default_scale: float,
                  store_check: float = STORE_CHECK_SECONDS) -> None:
-        self._clocks = clocks
+        # A store outage is UNAVAILABLE, as time_manager.proto promises, with a message naming the store.
+        self._clocks = NamedStore(clocks, "the clock store is unavailable")
         self._clock = clock
         self._default_scale = default_scale
         self._store_check = store_check
@@ -123,22 +117,19 @@ class TimeManagerServicer(time_manager_pb2_grpc.TimeManagerServiceServicer):
     def __repr__(self) -> str:
         return f"<TimeManagerServicer clocks={self._clocks!r} default_scale={self._default_scale}>"
 
-    async def _get(self, context: Any, world_id: str) -> Entry | None:
-        try:
-            return await self._clocks.get(clock_key(world_id))
-        except Exception as err:
-            await _unavailable(context, err)
+    async def _get(self, world_id: str) -> Entry | None:
+        return await self._clocks.get(clock_key(world_id))
 
-    async def _existing(self, context: Any, world_id: str) -> Entry:
-        entry = await self._get(context, world_id)
+    async def _existing(self, world_id: str) -> Entry:
+        entry = await self._get(world_id)
         if entry is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"world {world_id!r} has no clock", "CLOCK_NOT_FOUND")
+            raise not_found(f"world {world_id!r} has no clock", "CLOCK_NOT_FOUND")
         return entry
 
     async def GetTime(self, request: tm.GetTimeRequest, context: Any) -> tm.GetTimeResponse:
         """The clock of a world, now."""
-        await _check_world(context, request.world_id)
-        entry = await self._existing(context, request.world_id)
+        _check_world(request.world_id)
+        entry = await self._existing(request.world_id)
         state = ClockState.decode(entry.value)
         return tm.GetTimeResponse(clock=state.snapshot(request.world_id, self._clock(), entry.revision))
 
@@ -149,19 +140,19 @@ class TimeManagerServicer(time_manager_pb2_grpc.TimeManagerServiceServicer):
         ``expected_revision`` 0 on a world without a clock creates one.
         """
         world = request.world_id
-        await _check_world(context, world)
+        _check_world(world)
         if request.time_scale != 0 and not valid_scale(request.time_scale):
-            await abort_invalid(context, "time_scale", "game seconds per real second, in (0, 10000]")
+            raise invalid_argument("time_scale", "game seconds per real second, in (0, 10000]")
         if len(request.reason) > MAX_REASON_CHARS:
-            await abort_invalid(context, "reason", f"at most {MAX_REASON_CHARS} characters")
+            raise invalid_argument("reason", f"at most {MAX_REASON_CHARS} characters")
         expected = request.expected_revision.value if request.HasField("expected_revision") else None
         for attempt in range(SET_ATTEMPTS):
-            entry = await self._get(context, world)
+            entry = await self._get(world)
             current = entry.revision if entry else 0
             if entry is None and expected != 0:
-                await abort(context, grpc.StatusCode.NOT_FOUND, f"world {world!r} has no clock", "CLOCK_NOT_FOUND")
+                raise not_found(f"world {world!r} has no clock", "CLOCK_NOT_FOUND")
             if expected is not None and expected != current:
-                await abort_conflict(context, RevisionConflict(clock_key(world), expected, current), "clock")
+                raise revision_conflict(RevisionConflict(clock_key(world), expected, current), "clock")
             now = self._clock()
             if entry is None:
                 state = ClockState(now, 0, request.time_scale or self._default_scale, request.paused)
@@ -172,10 +163,8 @@ class TimeManagerServicer(time_manager_pb2_grpc.TimeManagerServiceServicer):
                 revision = await self._clocks.update(clock_key(world), state.encode(world), current)
             except RevisionConflict as conflict:
                 if expected is not None or attempt + 1 == SET_ATTEMPTS:
-                    await abort_conflict(context, conflict, "clock")
+                    raise revision_conflict(conflict, "clock") from conflict
                 continue  # unconditional: apply the change on top of the winner's
-            except Exception as err:
-                await _unavailable(context, err)
             break
         actor = audit_actor()  # the verified caller: SetScale is for operators only
         # The audit log: who changed which clock, to what, and why.
@@ -189,11 +178,11 @@ class TimeManagerServicer(time_manager_pb2_grpc.TimeManagerServiceServicer):
     async def StreamTicks(self, request: tm.StreamTicksRequest, context: Any) -> AsyncIterator[tm.StreamTicksResponse]:
         """A tick per ``tick_interval`` of game time, and one at once on each scale or pause change."""
         world = request.world_id
-        await _check_world(context, world)
+        _check_world(world)
         interval = request.tick_interval.ToNanoseconds() if request.HasField("tick_interval") else 0
         if not NS <= interval <= DAY_NS:
-            await abort_invalid(context, "tick_interval", "from 1 second to 24 hours of game time")
-        entry = await self._existing(context, world)
+            raise invalid_argument("tick_interval", "from 1 second to 24 hours of game time")
+        entry = await self._existing(world)
         state, revision = ClockState.decode(entry.value), entry.revision
         monotonic = asyncio.get_running_loop().time
         ticker = _Ticker(interval, monotonic)
@@ -210,14 +199,14 @@ class TimeManagerServicer(time_manager_pb2_grpc.TimeManagerServiceServicer):
                 if pending in done:
                     try:
                         change = pending.result()
-                    except (Exception, StopAsyncIteration) as err:  # the watch broke: the store is gone
-                        await _unavailable(context, err)
+                    except StopAsyncIteration:  # a watch ends only when the store is gone
+                        raise self._clocks.outage() from None
                     pending = asyncio.ensure_future(anext(changes))
                     value, version = change.value, change.revision
                 elif monotonic() >= next_check:
                     # A watch does not notice a lost store connection (it just goes quiet), so
                     # read the clock now and then: a failure ends the stream with UNAVAILABLE.
-                    found = await self._get(context, world)
+                    found = await self._get(world)
                     next_check = monotonic() + self._store_check
                     value, version = (found.value, found.revision) if found else (None, revision)
                 else:
@@ -226,8 +215,7 @@ class TimeManagerServicer(time_manager_pb2_grpc.TimeManagerServiceServicer):
                         yield ticker.tick(state, due)
                     continue
                 if value is None:
-                    await abort(context, grpc.StatusCode.NOT_FOUND, f"the clock of {world!r} was deleted",
-                                "CLOCK_NOT_FOUND")
+                    raise not_found(f"the clock of {world!r} was deleted", "CLOCK_NOT_FOUND")
                 if version <= revision:
                     continue  # already known (the value read before the watch opened, or a check)
                 new = ClockState.decode(value)

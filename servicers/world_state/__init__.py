@@ -28,9 +28,10 @@ from gaming.world_state.v1 import world_state_pb2, world_state_pb2_grpc
 from google.protobuf import json_format
 
 from servicers.dependencies import Dependencies
+from servicers.errors import InvalidArgument
 from servicers.storage import RevisionConflict
 from servicers.world_state._record import RegionRecord, region_key
-from servicers.world_state._rules import InvalidArgument, check_region
+from servicers.world_state._rules import check_region
 from servicers.world_state._servicer import WorldStateServicer
 
 __all__ = [

@@ -1,8 +1,8 @@
 """World rules, as pure code: what a valid request is, and how an event changes a region.
 
 Nothing here does I/O. Problems are raised as ``InvalidArgument`` (the request itself is wrong)
-or ``RuleBroken`` (the request is fine, but the region's current state refuses it); the servicer
-turns them into gRPC statuses.
+or ``RuleBroken`` (the request is fine, but the region's current state refuses it); both are
+``RpcError`` kinds, which the error boundary answers with their statuses.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from gaming.world_state.v1 import world_state_pb2
 from google.protobuf import timestamp_pb2
 
 from servicers.auth.call_identity import recorded_actor
+from servicers.errors import InvalidArgument, RpcError, rpc_error
 from servicers.world_state._record import RegionRecord
 
 MAX_ID_LENGTH = 128
@@ -27,23 +28,12 @@ _LOWER_SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
 
-class InvalidArgument(Exception):
-    """The request is malformed: ``field`` (a path such as ``event.spawn.kind``) is wrong."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
-
-
-class RuleBroken(Exception):
-    """The region's state refuses the event: NOT_FOUND, ALREADY_EXISTS or FAILED_PRECONDITION."""
+class RuleBroken(RpcError):
+    """The region's state refuses the event: NOT_FOUND, ALREADY_EXISTS or FAILED_PRECONDITION,
+    with an ErrorInfo ``reason``."""
 
     def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
+        super().__init__(code, message, rpc_error(code, message, reason).details)
 
 
 def check_id(field: str, value: str, *, required: bool = True) -> None:

@@ -1,7 +1,7 @@
 """A storage that fails on demand: real JetStream buckets behind a switch, for outage tests.
 
-While ``down``, every bucket operation raises ``ConnectionError`` and live watches fail, as they
-would when the storage cannot be reached; ``restore()`` makes them work again. Nothing is
+While ``down``, every bucket operation raises ``StorageUnavailable`` and live watches fail with
+it, as the real storage does when it cannot be reached; ``restore()`` makes them work again. Nothing is
 mocked: every operation that runs goes to the real bucket.
 """
 
@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from servicers.storage import Change, Entry, KeyValue, Storage
+from servicers.storage import Change, Entry, KeyValue, Storage, StorageUnavailable
 
 
 class FaultyStorage:
@@ -36,7 +36,7 @@ class FaultyStorage:
 
     def _check(self) -> None:
         if self.down:
-            raise ConnectionError("storage is down (test outage)")
+            raise StorageUnavailable("storage is down (test outage)")
 
     async def _outage(self) -> None:
         await self._down.wait()
@@ -80,7 +80,7 @@ class FaultyKeyValue:
                 if not step.done():
                     step.cancel()
                     await asyncio.gather(step, return_exceptions=True)
-                    raise ConnectionError("storage is down (test outage)")
+                    raise StorageUnavailable("storage is down (test outage)")
                 try:
                     change = step.result()
                 except StopAsyncIteration:

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 
 import nats_transport.aio
 from nats_transport import ServerOptions
+from servicers.error_boundary import ErrorBoundary
 
 
 @dataclass
@@ -83,7 +84,7 @@ class Mesh:
         self, target: str, add: Callable[[Any, Any], None], servicer: Any, *, options: ServerOptions | None = None
     ) -> Any:
         """Serve ``servicer`` as ``target`` until the test ends (or ``stop``)."""
-        server = nats_transport.aio.server(self.nc, self.name(target), options=options)
+        server = nats_transport.aio.server(self.nc, self.name(target), options=options, interceptors=[ErrorBoundary()])
         add(servicer, server)
         await server.start()
         self._servers[target] = server

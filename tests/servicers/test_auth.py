@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -511,6 +512,9 @@ async def test_every_rpc_answers_unavailable_when_the_store_cannot_be_reached(
         for call in calls:
             err = await failure(call())
             assert (err.code(), reason_of(err)) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+            # Which store, in auth.proto's words ("the sessions store cannot be reached").
+            assert re.fullmatch(r"the (accounts|sessions|login failures|revocations|keys) store cannot be reached",
+                                err.details() or "")
 
 
 # -- pure pieces -----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from servicers import body_broker_integration as bbi
 from servicers import event_bus, npc_behavior, payment, quest, state_manager, world_state
 from servicers._downstream import degraded_sources
 from servicers.dependencies import Dependencies
+from servicers.error_boundary import ErrorBoundary
 from tests._buckets import delete_buckets
 from tests._waiting import wait_for
 from tests.servicers._mesh import Calls, Mesh, mesh_on, recorded
@@ -129,7 +130,8 @@ class Bridge:
                                                       settings=self.settings, clock=lambda: NOW))
         connection = nc or self.nc
         server = nats_transport.aio.server(connection, self.mesh.name(bbi.TARGET),
-                                           options=ServerOptions(stream_window=TINY_WINDOW))
+                                           options=ServerOptions(stream_window=TINY_WINDOW),
+                                           interceptors=[ErrorBoundary()])
         bbi.add_to_server(self.servicer, server)
         await server.start()
         self.server = server

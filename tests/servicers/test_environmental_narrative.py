@@ -40,6 +40,7 @@ from servicers import time_manager, weather, world_state
 from servicers.dependencies import Dependencies
 from servicers.environmental_narrative import _compose
 from servicers.environmental_narrative.templates import LANGUAGES
+from servicers.error_boundary import ErrorBoundary
 from tests._waiting import wait_for
 
 REGIONS = [
@@ -136,7 +137,7 @@ class Mesh:
         return nats_transport.aio.channel(self.nc, self.name(target))
 
     async def host(self, target: str, add: Callable[[Any, Any], None], servicer: Any) -> None:
-        server = nats_transport.aio.server(self.nc, self.name(target))
+        server = nats_transport.aio.server(self.nc, self.name(target), interceptors=[ErrorBoundary()])
         add(servicer, server)
         await server.start()
         self.servers[target] = server

@@ -545,4 +545,5 @@ async def test_an_unreachable_store_is_unavailable(nc: Client, nats_server: Nats
         for call in calls:
             err = await failure(call)
             assert err.code() == grpc.StatusCode.UNAVAILABLE
+            assert err.details() == "the model registry store is unavailable"
             assert detail(err, error_details_pb2.ErrorInfo).reason == "STORE_UNAVAILABLE"

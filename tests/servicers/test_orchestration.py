@@ -36,6 +36,7 @@ import nats_transport
 from mesh.jetstream_storage import JetStreamStorage
 from servicers import orchestration, payment, settings
 from servicers.dependencies import Dependencies
+from servicers.error_boundary import ErrorBoundary
 from tests._serving import served
 from tests._waiting import wait_for
 
@@ -124,7 +125,7 @@ class Mesh:
         self, target: str, add: Callable[[Any, Any], None], servicer: Any, names: tuple[str, ...], *,
         with_reflection: bool = True,
     ) -> Any:
-        server = nats_transport.aio.server(self.nc, self.name(target))
+        server = nats_transport.aio.server(self.nc, self.name(target), interceptors=[ErrorBoundary()])
         add(servicer, server)
         if with_reflection:
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)

@@ -32,11 +32,10 @@ from nats.aio.client import Client
 from mesh.catalogue import load
 from mesh.jetstream_storage import JetStreamStorage
 from nats_transport.testing import NatsServer
-from servicers import npc_behavior, payment, quest, world_state
+from servicers import npc_behavior, paging, payment, quest, world_state
 from servicers._downstream import degraded_sources
 from servicers.dependencies import Dependencies
 from servicers.quest import templates
-from servicers.world_state import _paging
 from tests._buckets import delete_buckets
 from tests._serving import served
 from tests.servicers._mesh import Calls, Mesh, mesh_on, recorded
@@ -453,7 +452,7 @@ async def test_list_pages_a_players_quests_newest_first_and_filters_by_status(q)
 
 
 async def test_list_refuses_an_empty_player_a_bad_status_and_foreign_page_tokens(q):
-    token = _paging.encode_token("x", "ayla", str(pb.QUEST_STATUS_ACTIVE))
+    token = paging.encode_token("x", "ayla", str(pb.QUEST_STATUS_ACTIVE))
     cases = [
         (pb.ListRequest(), "player_id"),
         (pb.ListRequest(player_id="ayla", status_filter=42), "status_filter"),  # type: ignore[arg-type]

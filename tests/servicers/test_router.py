@@ -32,6 +32,7 @@ from nats.aio.client import Client
 import nats_transport
 from servicers import language, router, settings, state_manager
 from servicers.dependencies import Dependencies
+from servicers.error_boundary import ErrorBoundary
 from servicers.router import _table
 
 BUCKETS = {"bucket_max_bytes": str(8 << 20)}
@@ -88,7 +89,7 @@ class Mesh:
         return nats_transport.aio.channel(self.nc, self.name(target))
 
     async def host(self, target: str, add: Callable[[Any, Any], None], servicer: Any) -> Any:
-        server = nats_transport.aio.server(self.nc, self.name(target))
+        server = nats_transport.aio.server(self.nc, self.name(target), interceptors=[ErrorBoundary()])
         add(servicer, server)
         await server.start()
         self._stack.push_async_callback(server.stop, 0)

@@ -31,6 +31,7 @@ from nats_transport.testing import NatsServer
 from servicers import ai_integration, auth, story_teller
 from servicers.auth import AccessPolicy, ValidateVerifier
 from servicers.dependencies import Dependencies
+from servicers.error_boundary import ErrorBoundary
 from servicers.story_teller import _narration
 from tests._buckets import delete_buckets
 from tests._serving import served
@@ -94,7 +95,7 @@ async def world_on(nc: Client, storage: Any, *, inference: dict[str, str] | None
         Dependencies(storage=storage, channel=channel, settings={**SETTINGS, **(settings or {})}, clock=lambda: NOW)
     )
     # Served by hand rather than with ``served`` so that a test can stop it with a grace period.
-    inference_server = nats_transport.aio.server(nc, target)
+    inference_server = nats_transport.aio.server(nc, target, interceptors=[ErrorBoundary()])
     ai_integration.add_to_server(observed, inference_server)
     await inference_server.start()
 
@@ -566,7 +567,7 @@ async def guarded(nc: Client, storage: Any) -> AsyncIterator[tuple[Any, Any]]:
          [AccessPolicy.for_services(story_teller.SERVICE_NAMES, ValidateVerifier(deps.channel(auth.TARGET)))]),
     ]
     for name, add, servicer, interceptors in hosted:
-        server = nats_transport.aio.server(nc, targets[name], interceptors=interceptors)
+        server = nats_transport.aio.server(nc, targets[name], interceptors=[*interceptors, ErrorBoundary()])
         add(servicer, server)
         await server.start()
         servers.append(server)

@@ -23,9 +23,8 @@ from nats.aio.client import Client
 
 from mesh.jetstream_storage import JetStreamStorage
 from nats_transport.testing import NatsServer
-from servicers import world_state
+from servicers import paging, world_state
 from servicers.dependencies import Dependencies
-from servicers.world_state import _paging
 from tests._serving import served
 from tests._waiting import wait_for
 
@@ -439,8 +438,8 @@ async def test_list_entities_of_an_unknown_region_is_not_found(stub: Any) -> Non
 
 
 def test_a_page_size_above_the_cap_is_capped_and_zero_means_the_default() -> None:
-    assert _paging.page_size(common_pb2.PageRequest(page_size=5000)) == _paging.MAX_PAGE_SIZE
-    assert _paging.page_size(common_pb2.PageRequest()) == _paging.DEFAULT_PAGE_SIZE
+    assert paging.page_size(common_pb2.PageRequest(page_size=5000)) == paging.MAX_PAGE_SIZE
+    assert paging.page_size(common_pb2.PageRequest()) == paging.DEFAULT_PAGE_SIZE
 
 
 # -- watching ------------------------------------------------------------------------------------
