@@ -349,6 +349,7 @@ class Host:
             settings=dict(self.config.settings.get(target, {})),
             replicas=replicas,
             event_log=self._event_logs[target],
+            detached=nats_transport.detached,
         )
 
     def channel(self, target: str, *, caller: str) -> Any:

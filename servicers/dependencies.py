@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ class Dependencies:
         clock: wall-clock seconds (``time.time``); tests may pass a fake.
         replicas: the JetStream replica count buckets and streams are created with.
         event_log: the durable event log (a JetStream stream in the mesh), for the event bus.
+        detached: a context for work that must outlive the call that started it (run a task in
+            it: ``create_task(work(), context=deps.detached())``): the transport's
+            ``nats_transport.detached`` in the mesh, which drops the inherited deadline.
     """
 
     storage: Storage
@@ -30,3 +34,4 @@ class Dependencies:
     clock: Callable[[], float] = time.time
     replicas: int = 1
     event_log: EventLog | None = None
+    detached: Callable[[], contextvars.Context] = contextvars.copy_context

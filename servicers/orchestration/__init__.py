@@ -65,7 +65,7 @@ async def create(deps: Dependencies) -> OrchestrationServicer:
         ttl=WORKFLOW_TTL,
         max_bytes=_setting(deps, "idempotency_max_bytes", IDEMPOTENCY_MAX_BYTES),
     )
-    return OrchestrationServicer(workflows, idempotency, channel=deps.channel, clock=deps.clock)
+    return OrchestrationServicer(workflows, idempotency, channel=deps.channel, clock=deps.clock, detached=deps.detached)
 
 
 add_to_server = orchestration_pb2_grpc.add_OrchestrationServiceServicer_to_server

@@ -35,9 +35,6 @@ _log = logging.getLogger(__name__)
 
 # grpcio's time_remaining() when the call has no deadline: treat as none.
 _NO_DEADLINE = 1e9
-# The transport's inherited-deadline context variable, found by name: servicers may not import
-# the transport (see _detached).
-_TRANSPORT_DEADLINE_VAR = "nats_transport_deadline"
 _TERMINAL = frozenset({pb.WORKFLOW_STATE_SUCCEEDED, pb.WORKFLOW_STATE_FAILED, pb.WORKFLOW_STATE_COMPENSATED})
 
 
@@ -58,6 +55,7 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
         channel: Callable[[str], Any],
         clock: Callable[[], float],
         schemas: Schemas | None = None,
+        detached: Callable[[], contextvars.Context] = contextvars.copy_context,
     ) -> None:
         # A store outage is UNAVAILABLE, as orchestration.proto promises, with a message naming the store.
         self._workflows = NamedStore(workflows, "the workflow store is unavailable")
@@ -65,6 +63,9 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
         self._clock = clock
         self._caller = Caller(channel, schemas or Schemas(channel))
         self._runs: dict[str, tuple[Run, asyncio.Task[None]]] = {}
+        # Workflows outlive RunWorkflow (the proto promises it): their tasks run in a context
+        # without the caller's inherited deadline, or every step would die with it.
+        self._detached = detached
 
     def __repr__(self) -> str:
         return f"<OrchestrationServicer running={len(self._runs)} workflows={self._workflows!r}>"
@@ -111,7 +112,7 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
             raise
         run = Run(workflow, steps, caller=self._caller, save=self._save, clock=self._clock)
         # The run must outlive this call (and its deadline), yet keep its trace context.
-        task = asyncio.create_task(self._execute(run), name=f"workflow-{workflow_id}", context=_detached())
+        task = asyncio.create_task(self._execute(run), name=f"workflow-{workflow_id}", context=self._detached())
         self._runs[workflow_id] = (run, task)
         run.waiting_until = give_up
         try:
@@ -269,17 +270,3 @@ def _give_up(context: grpc.aio.ServicerContext) -> float | None:
 def _seconds_until(moment: float | None) -> float | None:
     return None if moment is None else max(0.0, moment - time.monotonic())
 
-
-def _detached() -> contextvars.Context:
-    """This context without the transport's inherited deadline.
-
-    A call made inside a handler inherits the handler's deadline through a context variable,
-    and a task copies the context: without this, every step would die with the RunWorkflow
-    caller's deadline, while the proto promises the workflow keeps running. Servicers may not
-    import the transport, so the variable is found by its name; the trace context stays.
-    """
-    context = contextvars.copy_context()
-    for variable in context:
-        if variable.name == _TRANSPORT_DEADLINE_VAR:
-            context.run(variable.set, None)
-    return context

@@ -155,7 +155,9 @@ class Orchestrator:
 
 @contextlib.asynccontextmanager
 async def orchestrator_on(nc: Client, storage: Any, mesh: Mesh) -> AsyncIterator[Orchestrator]:
-    deps = Dependencies(storage=storage, channel=mesh.channel, settings=ORCHESTRATION_SETTINGS)
+    # As the host does: workflows run without the RunWorkflow caller's deadline.
+    deps = Dependencies(storage=storage, channel=mesh.channel, settings=ORCHESTRATION_SETTINGS,
+                        detached=nats_transport.detached)
     servicer = await orchestration.create(deps)
     try:
         async with served(nc, orchestration.add_to_server, servicer) as channel:
