@@ -4,8 +4,9 @@ compare-and-set -> ABORTED with the current revision; other refusals -> their co
 ``ErrorInfo`` reason.
 
 Servicers raise these; ``servicers.error_boundary.ErrorBoundary`` (one server interceptor)
-turns them into statuses. The ``abort*`` coroutines send the same statuses straight from a
-context, for code that runs outside the boundary (other interceptors' refusing handlers).
+turns them into statuses. ``abort`` and ``abort_with_error`` send the same statuses straight from
+a context, for code that runs outside the boundary: the boundary itself, and other interceptors'
+refusing handlers (``servicers.auth.access.refusing_handler``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ DOMAIN = "gaming.mesh"
 
 class RpcError(Exception):
     """A call's failure as its caller sees it: a status ``code``, a ``message`` and google.rpc
-    ``details`` (packed into ``grpc-status-details-bin`` in that order)."""
+    ``details`` (packed into ``grpc-status-details-bin`` in that order).
+
+    A detail that is a ``google.protobuf.Any`` is one already packed, such as a detail of another
+    service's status passed on as it came: it is sent as it is, not packed again, so the caller
+    sees the type the other service sent, even one this process has no class for.
+    """
 
     def __init__(self, code: grpc.StatusCode, message: str, details: Iterable[Message] = ()) -> None:
         super().__init__(message)
@@ -35,26 +41,37 @@ class RpcError(Exception):
         self.details = tuple(details)
 
     def __repr__(self) -> str:
-        kinds = ", ".join(type(detail).__name__ for detail in self.details)
+        kinds = ", ".join(
+            f"packed {detail.TypeName()}" if isinstance(detail, any_pb2.Any) else type(detail).__name__
+            for detail in self.details
+        )
         return f"RpcError({self.code.name}, {self.message!r}, details=[{kinds}])"
 
     @property
     def reason(self) -> str | None:
-        """The reason of the first ErrorInfo among the details, if there is one."""
+        """The reason of the first ErrorInfo among the details (packed or not), if there is one."""
         for detail in self.details:
+            if isinstance(detail, any_pb2.Any) and detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return str(info.reason)
             if isinstance(detail, error_details_pb2.ErrorInfo):
                 return str(detail.reason)
         return None
 
     def status(self) -> grpc.Status:
         """The status to end the call with (``context.abort_with_status``)."""
-        packed = []
-        for detail in self.details:
-            holder = any_pb2.Any()
-            holder.Pack(detail)
-            packed.append(holder)
         code: int = self.code.value[0]
+        packed = [_packed(detail) for detail in self.details]
         return rpc_status.to_status(status_pb2.Status(code=code, message=self.message, details=packed))
+
+
+def _packed(detail: Message) -> any_pb2.Any:
+    if isinstance(detail, any_pb2.Any):
+        return detail  # packed already (forwarded from another status): packing it again would hide its type
+    holder = any_pb2.Any()
+    holder.Pack(detail)
+    return holder
 
 
 class InvalidArgument(RpcError):
@@ -119,21 +136,13 @@ def revision_conflict(conflict: RevisionConflict, what: str = "value", *extra: M
 
 
 async def abort_with_error(context: Any, error: RpcError) -> NoReturn:
-    """End the call with ``error``'s status, from an async context."""
+    """End the call with ``error``'s status, from an async context (outside the boundary only:
+    a servicer raises ``error`` instead)."""
     await context.abort_with_status(error.status())
     raise AssertionError("abort_with_status returned")  # pragma: no cover - abort always raises
 
 
-async def abort_invalid(context: Any, field: str, description: str) -> NoReturn:
-    """INVALID_ARGUMENT with a BadRequest field violation (prefer ``raise invalid_argument(...)``)."""
-    await abort_with_error(context, invalid_argument(field, description))
-
-
-async def abort_conflict(context: Any, conflict: RevisionConflict, what: str = "value") -> NoReturn:
-    """ABORTED for a lost compare-and-set (prefer ``raise revision_conflict(...)``)."""
-    await abort_with_error(context, revision_conflict(conflict, what))
-
-
 async def abort(context: Any, code: grpc.StatusCode, message: str, reason: str | None = None) -> NoReturn:
-    """Any other error, with an ErrorInfo reason when given (prefer ``raise rpc_error(...)``)."""
+    """``abort_with_error`` of ``rpc_error(code, message, reason)``, for refusing handlers outside
+    the boundary (a servicer raises ``rpc_error(...)`` instead)."""
     await abort_with_error(context, rpc_error(code, message, reason))

@@ -24,7 +24,7 @@ from gaming.event_bus.v1 import event_bus_pb2, event_bus_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from servicers.dependencies import Dependencies
-from servicers.errors import abort, abort_invalid
+from servicers.errors import RpcError, invalid_argument, not_found, rpc_error
 from servicers.event_log import (
     ConsumerBusy,
     ConsumerMismatch,
@@ -189,13 +189,14 @@ def event_message(event: LoggedEvent) -> event_bus_pb2.Event:
     )
 
 
-async def _abort_log_error(context: Any, err: EventLogError) -> None:
+def _log_error(err: EventLogError) -> RpcError:
+    """How a failure of the log is answered (``_LOG_ERRORS``)."""
     if isinstance(err, EventTooLarge):
-        await abort_invalid(context, "payload", str(err))
+        return invalid_argument("payload", str(err))
     code, reason = _LOG_ERRORS.get(type(err), (grpc.StatusCode.UNAVAILABLE, "EVENT_LOG_UNAVAILABLE"))
     if code is grpc.StatusCode.UNAVAILABLE:
         log.warning("event log unavailable: %r", err)
-    await abort(context, code, str(err), reason)
+    return rpc_error(code, str(err), reason)
 
 
 class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
@@ -214,14 +215,13 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
         """Consumer names with a Subscribe open on this servicer."""
         return frozenset(name for name, count in self._open.items() if count > 0)
 
-    async def _append(self, context: Any, event: _EventFields) -> tuple[int, bool]:
+    async def _append(self, event: _EventFields) -> tuple[int, bool]:
         try:
             appended = await self._log.append(
                 event.topic, event.payload, headers=_meta_headers(event), message_id=event.message_id
             )
         except EventLogError as err:
-            await _abort_log_error(context, err)
-            raise  # pragma: no cover - abort raises
+            raise _log_error(err) from err
         return appended.sequence, appended.duplicate
 
     async def Publish(
@@ -230,8 +230,8 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
         """Stores one event; a repeated message id answers the original sequence, ``duplicate``."""
         problem = event_problem(request)
         if problem:
-            await abort_invalid(context, *problem)
-        sequence, duplicate = await self._append(context, request)
+            raise invalid_argument(*problem)
+        sequence, duplicate = await self._append(request)
         return event_bus_pb2.PublishResponse(sequence=sequence, duplicate=duplicate)
 
     async def PublishBatch(
@@ -243,8 +243,8 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
             problem = event_problem(event)
             if problem:
                 # Events before this one stay stored: the batch is not atomic (see the proto).
-                await abort_invalid(context, problem[0], f"event {accepted}: {problem[1]}")
-            sequence, duplicate = await self._append(context, event)
+                raise invalid_argument(problem[0], f"event {accepted}: {problem[1]}")
+            sequence, duplicate = await self._append(event)
             accepted += 1
             duplicates += duplicate
             last = sequence
@@ -252,25 +252,25 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
             accepted_count=accepted, duplicate_count=duplicates, last_sequence=last
         )
 
-    async def _consumer_spec(self, request: event_bus_pb2.SubscribeRequest, context: Any) -> ConsumerSpec:
+    def _consumer_spec(self, request: event_bus_pb2.SubscribeRequest) -> ConsumerSpec:
         if not _CONSUMER.fullmatch(request.consumer_name):
-            await abort_invalid(context, "consumer_name", "must be 1 to 64 characters of [A-Za-z0-9_-]")
+            raise invalid_argument("consumer_name", "must be 1 to 64 characters of [A-Za-z0-9_-]")
         problem = filter_problem(request.topic_filter)
         if problem:
-            await abort_invalid(context, "topic_filter", problem)
+            raise invalid_argument("topic_filter", problem)
         start = _START.get(request.start_position)
         if start is None:
-            await abort_invalid(context, "start_position", "is required")
+            raise invalid_argument("start_position", "is required")
         if start is StartPosition.FROM_SEQUENCE and request.start_sequence == 0:
-            await abort_invalid(context, "start_sequence", "must be above 0 with START_POSITION_FROM_SEQUENCE")
+            raise invalid_argument("start_sequence", "must be above 0 with START_POSITION_FROM_SEQUENCE")
         ack_wait = DEFAULT_ACK_WAIT
         if request.HasField("ack_wait"):
             ack_wait = _seconds(request.ack_wait)
             if not ACK_WAIT_RANGE[0] <= ack_wait <= ACK_WAIT_RANGE[1]:
-                await abort_invalid(context, "ack_wait", "must be from 1 s to 10 min")
+                raise invalid_argument("ack_wait", "must be from 1 s to 10 min")
         max_ack_pending = request.max_ack_pending or DEFAULT_MAX_ACK_PENDING
         if max_ack_pending > MAX_ACK_PENDING:
-            await abort_invalid(context, "max_ack_pending", f"must be from 1 to {MAX_ACK_PENDING}")
+            raise invalid_argument("max_ack_pending", f"must be from 1 to {MAX_ACK_PENDING}")
         return ConsumerSpec(
             name=request.consumer_name,
             topic_filter=request.topic_filter,
@@ -284,14 +284,14 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
         self, request: event_bus_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[event_bus_pb2.SubscribeResponse]:
         """Streams a durable consumer's events until the client cancels; each needs an Ack."""
-        spec = await self._consumer_spec(request, context)
+        spec = self._consumer_spec(request)
         self._open[spec.name] += 1
         events = self._log.consume(spec)
         try:
             async for event in events:
                 yield event_bus_pb2.SubscribeResponse(event=event_message(event))
         except EventLogError as err:
-            await _abort_log_error(context, err)
+            raise _log_error(err) from err
         finally:
             # Closing the reader leaves unsettled events pending: they come again after the ack wait.
             await events.aclose()
@@ -304,24 +304,22 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
     ) -> event_bus_pb2.AckResponse:
         """Settles one delivered event: ACK, NAK (redeliver after a delay), IN_PROGRESS or TERM."""
         if not request.consumer_name:
-            await abort_invalid(context, "consumer_name", "is required")
+            raise invalid_argument("consumer_name", "is required")
         if not _CONSUMER.fullmatch(request.consumer_name):
             # No consumer can have such a name: say so as the proto says for unknown consumers.
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no consumer {request.consumer_name!r}",
-                        "CONSUMER_NOT_FOUND")
+            raise not_found(f"no consumer {request.consumer_name!r}", "CONSUMER_NOT_FOUND")
         if request.sequence == 0:
-            await abort_invalid(context, "sequence", "is required (above 0)")
+            raise invalid_argument("sequence", "is required (above 0)")
         how = _SETTLEMENT.get(request.kind)
         if how is None:
-            await abort_invalid(context, "kind", f"unknown ack kind {request.kind}")
+            raise invalid_argument("kind", f"unknown ack kind {request.kind}")
         delay = _seconds(request.redeliver_delay) if request.HasField("redeliver_delay") else 0.0
         if delay < 0:
-            await abort_invalid(context, "redeliver_delay", "must not be negative")
+            raise invalid_argument("redeliver_delay", "must not be negative")
         try:
             ack_wait = await self._log.settle(request.consumer_name, request.sequence, how, delay=delay)
         except EventLogError as err:
-            await _abort_log_error(context, err)
-            raise  # pragma: no cover - abort raises
+            raise _log_error(err) from err
         response = event_bus_pb2.AckResponse()
         if how is Settlement.IN_PROGRESS:
             response.ack_deadline_time.CopyFrom(_timestamp(self._clock() + ack_wait))

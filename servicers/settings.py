@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from gaming.common.v1 import common_pb2
@@ -31,7 +31,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 
 from servicers.auth.call_identity import acts_for, acts_for_anyone, caller, recorded_actor
 from servicers.dependencies import Dependencies
-from servicers.errors import abort, abort_invalid, abort_with_error, revision_conflict
+from servicers.errors import RpcError, invalid_argument, revision_conflict, rpc_error
 from servicers.service_settings import bucket_max_bytes
 from servicers.storage import Entry, KeyValue, RevisionConflict, key_token
 
@@ -133,52 +133,53 @@ def _key_problem(key: str) -> str | None:
     return None
 
 
-async def _scope_key(context: Any, request: pb.GetRequest | pb.UpdateRequest | pb.WatchRequest) -> str:
+def _scope_key(request: pb.GetRequest | pb.UpdateRequest | pb.WatchRequest) -> str:
     """The KV key of the request's scope, after checking it."""
     if not request.HasField("scope"):
-        await abort_invalid(context, "scope", "is required")
+        raise invalid_argument("scope", "is required")
     scope = request.scope
     kind = _KIND_TOKENS.get(scope.kind)
     if kind is None:
-        await abort_invalid(context, "scope.kind", "must be SCOPE_KIND_PLAYER or SCOPE_KIND_SERVICE")
+        raise invalid_argument("scope.kind", "must be SCOPE_KIND_PLAYER or SCOPE_KIND_SERVICE")
     if not scope.id or len(scope.id) > MAX_ID_CHARS:
-        await abort_invalid(context, "scope.id", f"must be 1 to {MAX_ID_CHARS} characters")
+        raise invalid_argument("scope.id", f"must be 1 to {MAX_ID_CHARS} characters")
     # A player reads and writes only their own player scope (settings.proto); operators and
     # services any. No verified caller means no access policy ran (a bare test server).
     own = scope.kind == pb.SCOPE_KIND_PLAYER and acts_for(scope.id)
     if caller() is not None and not (own or acts_for_anyone()):
-        await abort(context, grpc.StatusCode.PERMISSION_DENIED, "a player may use only their own player scope",
-                    "NOT_SCOPE_OWNER")
+        raise rpc_error(grpc.StatusCode.PERMISSION_DENIED, "a player may use only their own player scope",
+                        "NOT_SCOPE_OWNER")
     return f"{kind}.{key_token(scope.id)}"
 
 
-async def _check_update(context: Any, request: pb.UpdateRequest) -> None:
+def _check_update(request: pb.UpdateRequest) -> None:
     """Everything about an update that does not depend on what is stored."""
     if not request.HasField("expected_revision"):
-        await abort_invalid(context, "expected_revision", "is required (0 for a scope never written)")
+        raise invalid_argument("expected_revision", "is required (0 for a scope never written)")
     if not request.set and not request.remove_keys:
-        await abort_invalid(context, "set", "nothing to set or remove")
+        raise invalid_argument("set", "nothing to set or remove")
     for key in sorted(request.set):
         problem = _key_problem(key) or _value_problem(request.set[key])
         if problem is not None:
-            await abort_invalid(context, f'set["{key}"]', problem)
+            raise invalid_argument(f'set["{key}"]', problem)
     for index, key in enumerate(request.remove_keys):
         problem = _key_problem(key)
         if problem is None and key in request.set:
             problem = "is also in set: a key is either set or removed"
         if problem is not None:
-            await abort_invalid(context, f"remove_keys[{index}]", problem)
+            raise invalid_argument(f"remove_keys[{index}]", problem)
     # Bounded so that a record's size depends on the values alone.
     if len(request.actor_id) > MAX_ACTOR_CHARS:
-        await abort_invalid(context, "actor_id", f"must be at most {MAX_ACTOR_CHARS} characters")
+        raise invalid_argument("actor_id", f"must be at most {MAX_ACTOR_CHARS} characters")
 
 
-async def _abort_conflict(context: Any, scope: pb.Scope, expected: int, entry: Entry | None) -> NoReturn:
+def _conflict(scope: pb.Scope, expected: int, entry: Entry | None) -> RpcError:
+    """ABORTED for an update at a stale revision, with settings.proto's own RevisionConflict."""
     current = entry.revision if entry is not None else 0
     detail = pb.RevisionConflict(scope=scope, current_revision=common_pb2.Revision(value=current))
     subject = f"{pb.ScopeKind.Name(scope.kind)}/{scope.id}"
     what = f"settings of {pb.ScopeKind.Name(scope.kind)} {scope.id!r}"
-    await abort_with_error(context, revision_conflict(RevisionConflict(subject, expected, current), what, detail))
+    return revision_conflict(RevisionConflict(subject, expected, current), what, detail)
 
 
 class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
@@ -193,19 +194,19 @@ class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
 
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
         """All settings of the scope; a scope never written is empty at revision 0."""
-        key = await _scope_key(context, request)
+        key = _scope_key(request)
         entry = await self._kv.get(key)
         settings = _decode(entry)[0] if entry is not None else _empty(request.scope)
         return pb.GetResponse(settings=settings)
 
     async def Update(self, request: pb.UpdateRequest, context: Any) -> pb.UpdateResponse:
         """Set and remove keys in one compare-and-set step; other keys stay as they are."""
-        key = await _scope_key(context, request)
-        await _check_update(context, request)
+        key = _scope_key(request)
+        _check_update(request)
         expected = request.expected_revision.value
         entry = await self._kv.get(key)
         if (entry.revision if entry is not None else 0) != expected:
-            await _abort_conflict(context, request.scope, expected, entry)
+            raise _conflict(request.scope, expected, entry)
         settings = _decode(entry)[0] if entry is not None else _empty(request.scope)
         removed = sorted(name for name in set(request.remove_keys) if name in settings.values)
         for name in removed:
@@ -213,7 +214,7 @@ class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
         for name, setting in request.set.items():
             settings.values[name].CopyFrom(setting)
         if len(settings.values) > MAX_KEYS:
-            await abort_invalid(context, "set", f"a scope holds at most {MAX_KEYS} keys")
+            raise invalid_argument("set", f"a scope holds at most {MAX_KEYS} keys")
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(round(self._clock() * 1e9))
         settings.scope.CopyFrom(request.scope)
@@ -222,12 +223,12 @@ class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
         value = _encode(settings, sorted(request.set), removed, expected)
         if len(value) > MAX_RECORD_BYTES:
             size = f"{len(value)} > {MAX_RECORD_BYTES} bytes"
-            await abort_invalid(context, "set", f"the scope's settings are too large to store ({size})")
+            raise invalid_argument("set", f"the scope's settings are too large to store ({size})")
         try:
             revision = await self._kv.update(key, value, expected)
-        except RevisionConflict:
+        except RevisionConflict as lost:
             # Someone wrote between our read and our write: report what is there now.
-            await _abort_conflict(context, request.scope, expected, await self._kv.get(key))
+            raise _conflict(request.scope, expected, await self._kv.get(key)) from lost
         settings.revision.value = revision
         return pb.UpdateResponse(settings=settings)
 
@@ -238,7 +239,7 @@ class SettingsServicer(settings_pb2_grpc.SettingsServiceServicer):
         holding it knows the watch is live. A scope never written has nothing to watch yet: its
         empty snapshot is sent at once, and the first write shows up as an update.
         """
-        key = await _scope_key(context, request)
+        key = _scope_key(request)
         entry = await self._kv.get(key)
         snapshot_pending = entry is not None
         floor = entry.revision if entry is not None else 0

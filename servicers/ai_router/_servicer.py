@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from gaming.ai_integration.v1 import ai_integration_pb2 as ai
@@ -15,8 +15,7 @@ from gaming.ai_router.v1 import ai_router_pb2 as router
 from gaming.ai_router.v1 import ai_router_pb2_grpc
 from gaming.model_management.v1 import model_management_pb2 as mm
 from gaming.model_management.v1 import model_management_pb2_grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from servicers.ai_router._plan import (
@@ -29,7 +28,7 @@ from servicers.ai_router._plan import (
     plan_of,
     stream_request,
 )
-from servicers.errors import DOMAIN, InvalidArgument, abort, abort_invalid
+from servicers.errors import DOMAIN, RpcError, failed_precondition, rpc_error
 
 _log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
             except grpc.aio.AioRpcError as err:
                 attempts.append(_attempt(model, attempt_started, err))
                 if err.code() not in FALLBACK_CODES:
-                    await _abort_upstream(context, model, err, attempts)
+                    raise _upstream_error(model, err, attempts) from err
                 continue
             except asyncio.CancelledError:
                 # The caller went away: an unary call awaited here is shielded, so stop it too.
@@ -108,7 +107,7 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
                 attempts=attempts,
                 latency=duration_since(started),
             )
-        await _abort_exhausted(context, clock, attempts, len(candidates))
+        raise _exhausted(clock, attempts, len(candidates))
 
     async def StreamRoute(
         self, request: router.StreamRouteRequest, context: grpc.aio.ServicerContext
@@ -130,7 +129,7 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
             except _Failed as failed:
                 attempts.append(failed.attempt)
                 if failed.error is not None and failed.error.code() not in FALLBACK_CODES:
-                    await _abort_upstream(context, model, failed.error, attempts)
+                    raise _upstream_error(model, failed.error, attempts) from failed.error
                 continue
             except BaseException:
                 call.cancel()
@@ -142,32 +141,27 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
             except grpc.aio.AioRpcError as err:
                 # After the first chunk there is no falling back: end with the model's status.
                 attempts.append(_attempt(model, attempt_started, err))
-                await _abort_upstream(context, model, err, attempts)
+                raise _upstream_error(model, err, attempts) from err
             except _Failed as failed:
                 attempts.append(failed.attempt)
-                await _abort_with(context, grpc.StatusCode.UNAVAILABLE, f"{model}: {failed.attempt.status_message}",
-                                  "MODEL_FAILED", {"model": model, "attempts": _summary(attempts)})
+                raise _error(grpc.StatusCode.UNAVAILABLE, f"{model}: {failed.attempt.status_message}",
+                             "MODEL_FAILED", {"model": model, "attempts": _summary(attempts)}) from failed
             finally:
                 # Runs when the caller cancels too (the handler is cancelled inside the relay):
                 # cancelling the upstream call makes ai-integration close its generator.
                 call.cancel()
-        await _abort_exhausted(context, clock, attempts, len(candidates))
+        raise _exhausted(clock, attempts, len(candidates))
 
     async def _candidates(self, request: RoutingRequest, context: grpc.aio.ServicerContext) -> tuple[Plan, list[str]]:
         """The checked plan and the names of the models to try, best first."""
-        try:
-            plan = plan_of(request)
-        except InvalidArgument as invalid:
-            await abort_invalid(context, invalid.field, invalid.description)
+        plan = plan_of(request)
         try:
             selected = await self._registry.Select(plan.select, timeout=self._select_timeout)
         except grpc.aio.AioRpcError as err:
-            await self._abort_registry(context, err)
+            raise self._registry_error(err, _remaining(context)) from err
         names = [candidate.model.name for candidate in selected.candidates][: plan.attempts]
         if not names:
-            await abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise failed_precondition(
                 f"no registered model qualifies for {mm.Capability.Name(plan.select.required_capability)} with a "
                 f"context of {plan.select.min_context_tokens} tokens"
                 + (f" within a latency budget of {plan.budget:g}s" if plan.budget is not None else ""),
@@ -175,25 +169,25 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
             )
         return plan, names
 
-    async def _abort_registry(self, context: grpc.aio.ServicerContext, err: grpc.aio.AioRpcError) -> NoReturn:
-        """model-management's failure, as the caller sees it.
+    def _registry_error(self, err: grpc.aio.AioRpcError, left: float | None) -> RpcError:
+        """model-management's failure, as the caller sees it, ``left`` seconds before the
+        caller's deadline (None: it has none).
 
         The caller's own deadline running out is DEADLINE_EXCEEDED; anything else (no server, a
         store outage, our own Select timeout) means the registry cannot be used now: UNAVAILABLE
         naming it, with its code. No model is guessed in its place: the registry is where models
         are marked unavailable, and routing around it could send work to a model taken down.
         """
-        left = _remaining(context)
         if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and left is not None and left < _EXHAUSTED:
-            await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                        "the deadline ran out while model-management was selecting a model", "DEADLINE_EXCEEDED")
+            return rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED,
+                             "the deadline ran out while model-management was selecting a model", "DEADLINE_EXCEEDED")
         if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             why = f"did not answer within {self._select_timeout:g}s"
         else:
             why = f"failed with {err.code().name}: {err.details()}"
         _log.warning("ai-router: model-management %s", why)
-        await _abort_with(context, grpc.StatusCode.UNAVAILABLE, f"{MODEL_MANAGEMENT} is unavailable: {why}",
-                          "MODEL_MANAGEMENT_UNAVAILABLE", {"dependency": MODEL_MANAGEMENT})
+        return _error(grpc.StatusCode.UNAVAILABLE, f"{MODEL_MANAGEMENT} is unavailable: {why}",
+                      "MODEL_MANAGEMENT_UNAVAILABLE", {"dependency": MODEL_MANAGEMENT})
 
 
 async def _first_message(
@@ -277,49 +271,33 @@ def _summary(attempts: Sequence[router.Attempt]) -> str:
     return ", ".join(f"{attempt.model}:{_CODE_NAMES.get(attempt.status_code, 'UNKNOWN')}" for attempt in attempts)
 
 
-async def _abort_exhausted(
-    context: grpc.aio.ServicerContext, clock: Clock, attempts: Sequence[router.Attempt], candidates: int
-) -> NoReturn:
+def _exhausted(clock: Clock, attempts: Sequence[router.Attempt], candidates: int) -> RpcError:
     """No candidate answered: DEADLINE_EXCEEDED if time ran out first, else UNAVAILABLE with
     the last attempt's message."""
     metadata = {"attempts": _summary(attempts)}
     left = clock.remaining()
     if left is not None and left < _EXHAUSTED:
         what = "latency budget" if clock.budget_bound else "deadline"
-        await _abort_with(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                          f"the {what} ran out after {len(attempts)} of {candidates} candidate models "
-                          f"({metadata['attempts'] or 'none tried'})", "ROUTING_DEADLINE_EXCEEDED", metadata)
+        return _error(grpc.StatusCode.DEADLINE_EXCEEDED,
+                      f"the {what} ran out after {len(attempts)} of {candidates} candidate models "
+                      f"({metadata['attempts'] or 'none tried'})", "ROUTING_DEADLINE_EXCEEDED", metadata)
     last = attempts[-1]
-    await _abort_with(context, grpc.StatusCode.UNAVAILABLE,
-                      f"every candidate model failed ({metadata['attempts']}); last, {last.model}: "
-                      f"{last.status_message}", "ALL_MODELS_FAILED", metadata)
+    return _error(grpc.StatusCode.UNAVAILABLE,
+                  f"every candidate model failed ({metadata['attempts']}); last, {last.model}: "
+                  f"{last.status_message}", "ALL_MODELS_FAILED", metadata)
 
 
-async def _abort_upstream(
-    context: grpc.aio.ServicerContext, model: str, err: grpc.aio.AioRpcError, attempts: Sequence[router.Attempt]
-) -> NoReturn:
+def _upstream_error(model: str, err: grpc.aio.AioRpcError, attempts: Sequence[router.Attempt]) -> RpcError:
     """ai-integration's own status, passed on with its details (a BadRequest naming the field
     stays intact, the field names being the same), plus an ErrorInfo listing the attempts."""
     status = rpc_status.from_call(err)
-    details = list(status.details) if status is not None else []
+    # Forwarded still packed: they are ai-integration's, whatever their type.
+    forwarded = list(status.details) if status is not None else []
     info = error_details_pb2.ErrorInfo(reason="MODEL_FAILED", domain=DOMAIN,
                                        metadata={"model": model, "attempts": _summary(attempts)})
-    holder = any_pb2.Any()
-    holder.Pack(info)
-    details.append(holder)
-    message = f"{model}: {err.details() or err.code().name}"
-    await context.abort_with_status(
-        rpc_status.to_status(status_pb2.Status(code=err.code().value[0], message=message, details=details))
-    )
-    raise AssertionError("abort_with_status returned")  # pragma: no cover - abort always raises
+    return RpcError(err.code(), f"{model}: {err.details() or err.code().name}", [*forwarded, info])
 
 
-async def _abort_with(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]
-) -> NoReturn:
-    holder = any_pb2.Any()
-    holder.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
-    await context.abort_with_status(
-        rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[holder]))
-    )
-    raise AssertionError("abort_with_status returned")  # pragma: no cover - abort always raises
+def _error(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> RpcError:
+    """``code`` with an ErrorInfo carrying ``metadata`` (which ``rpc_error`` does not take)."""
+    return RpcError(code, message, [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)])

@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from gaming.environmental_narrative.v1 import environmental_narrative_pb2 as pb
@@ -21,7 +21,7 @@ from google.protobuf import timestamp_pb2
 
 from servicers.environmental_narrative import _compose
 from servicers.environmental_narrative._compose import Conditions
-from servicers.errors import abort, abort_invalid
+from servicers.errors import RpcError, invalid_argument, not_found, unavailable
 
 _log = logging.getLogger(__name__)
 _Reply = TypeVar("_Reply")
@@ -101,9 +101,9 @@ class EnvironmentalNarrativeServicer(environmental_narrative_pb2_grpc.Environmen
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeResponse:
         """The region as it is now; a missing weather or time is left out, not an error."""
-        await _check_region(context, request.region_id)
-        language = await _checked_language(context, request.locale.tag, "locale.tag")
-        detail = await _checked_detail(context, request.detail_level, pb.DETAIL_LEVEL_STANDARD)
+        _check_region(request.region_id)
+        language = _checked_language(request.locale.tag, "locale.tag")
+        detail = _checked_detail(request.detail_level, pb.DETAIL_LEVEL_STANDARD)
         observation = await self._observe(context, request.region_id, language)
         used, templates = _compose.templates_for(language)
         trailing = [(LANGUAGE_KEY, used)]
@@ -120,14 +120,14 @@ class EnvironmentalNarrativeServicer(environmental_narrative_pb2_grpc.Environmen
         self, request: pb.StreamAmbienceRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamAmbienceResponse]:
         """A line now, then one per change of weather, phase or notable entities, polled."""
-        await _check_region(context, request.region_id)
+        _check_region(request.region_id)
         interval = DEFAULT_INTERVAL
         if request.HasField("interval"):
             interval = request.interval.ToNanoseconds() / 1e9
             if not self._min_interval <= interval <= MAX_INTERVAL:
-                await abort_invalid(context, "interval", f"must be from {self._min_interval:g} s to 10 minutes")
-        language = await _checked_language(context, request.locale.tag, "locale.tag")
-        detail = await _checked_detail(context, request.detail_level, pb.DETAIL_LEVEL_BRIEF)
+                raise invalid_argument("interval", f"must be from {self._min_interval:g} s to 10 minutes")
+        language = _checked_language(request.locale.tag, "locale.tag")
+        detail = _checked_detail(request.detail_level, pb.DETAIL_LEVEL_BRIEF)
         used, templates = _compose.templates_for(language)
         await context.send_initial_metadata(((LANGUAGE_KEY, used),))
         self.active_streams += 1
@@ -176,9 +176,9 @@ class EnvironmentalNarrativeServicer(environmental_narrative_pb2_grpc.Environmen
             _asked(clock.GetTime(tm.GetTimeRequest(world_id=self._world_id), timeout=timeout)),
         )
         if isinstance(region, grpc.aio.AioRpcError):
-            await _world_state_failed(context, region_id, region)
+            raise _world_state_failed(region_id, region) from region
         if isinstance(entities, grpc.aio.AioRpcError):
-            await _world_state_failed(context, region_id, entities)
+            raise _world_state_failed(region_id, entities) from entities
         missing = []
         sky = None
         if isinstance(forecast, grpc.aio.AioRpcError):
@@ -210,35 +210,32 @@ async def _asked(call: Awaitable[_Reply]) -> _Reply | grpc.aio.AioRpcError:
         return err
 
 
-async def _world_state_failed(context: grpc.aio.ServicerContext, region_id: str, err: grpc.aio.AioRpcError) -> NoReturn:
+def _world_state_failed(region_id: str, err: grpc.aio.AioRpcError) -> RpcError:
+    """How world-state's failure is answered: the region is required, so it fails the call."""
     code = err.code()
     if code == grpc.StatusCode.NOT_FOUND:
-        await abort(context, code, f"no region {region_id!r}", "REGION_NOT_FOUND")
+        return not_found(f"no region {region_id!r}", "REGION_NOT_FOUND")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        await abort_invalid(context, "region_id", f"world-state refused it: {err.details()}")
+        return invalid_argument("region_id", f"world-state refused it: {err.details()}")
     # Without the region there is nothing to describe: down, too slow or failing alike.
     _log.warning("world-state failed for %r: %s %s", region_id, code.name, err.details())
-    await abort(
-        context, grpc.StatusCode.UNAVAILABLE, f"world-state is unavailable ({code.name})", "DEPENDENCY_UNAVAILABLE"
-    )
+    return unavailable(f"world-state is unavailable ({code.name})", "DEPENDENCY_UNAVAILABLE")
 
 
-async def _check_region(context: grpc.aio.ServicerContext, region_id: str) -> None:
+def _check_region(region_id: str) -> None:
     if not region_id:
-        await abort_invalid(context, "region_id", "is required")
+        raise invalid_argument("region_id", "is required")
     if len(region_id) > MAX_REGION_ID:
-        await abort_invalid(context, "region_id", f"must be at most {MAX_REGION_ID} characters")
+        raise invalid_argument("region_id", f"must be at most {MAX_REGION_ID} characters")
 
 
-async def _checked_language(context: grpc.aio.ServicerContext, tag: str, field: str) -> str:
+def _checked_language(tag: str, field: str) -> str:
     if tag and (len(tag) > MAX_LOCALE or not LOCALE.fullmatch(tag)):
-        await abort_invalid(context, field, "must be a BCP 47 language tag such as en-US")
+        raise invalid_argument(field, "must be a BCP 47 language tag such as en-US")
     return _compose.language_of(tag)
 
 
-async def _checked_detail(
-    context: grpc.aio.ServicerContext, detail: pb.DetailLevel.ValueType, default: pb.DetailLevel.ValueType
-) -> pb.DetailLevel.ValueType:
+def _checked_detail(detail: pb.DetailLevel.ValueType, default: pb.DetailLevel.ValueType) -> pb.DetailLevel.ValueType:
     if detail not in pb.DetailLevel.values():
-        await abort_invalid(context, "detail_level", f"unknown detail level {int(detail)}")
+        raise invalid_argument("detail_level", f"unknown detail level {int(detail)}")
     return default if detail == pb.DETAIL_LEVEL_UNSPECIFIED else detail

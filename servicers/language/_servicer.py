@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import grpc
 from gaming.common.v1 import common_pb2
 from gaming.language.v1 import language_pb2, language_pb2_grpc
 from google.protobuf import message as protobuf_message
 
-from servicers.errors import abort, abort_invalid
+from servicers.errors import invalid_argument, not_found, unavailable
 from servicers.kv_mirror import KvMirror
 from servicers.language import _detection, phrasebook
 from servicers.language._locales import canonical, chain, language_of
@@ -100,17 +99,17 @@ class LanguageServicer(language_pb2_grpc.LanguageServiceServicer):
     ) -> language_pb2.TranslateResponse:
         """Translate from the memory, in the order ``_memory`` documents; detect the source
         language when it is not given."""
-        await _check_text(context, request.text)
+        _check_text(request.text)
         if not request.target_locale.tag:
-            await abort_invalid(context, "target_locale.tag", "is required")
-        target = await _tag(context, request.target_locale.tag, "target_locale.tag")
+            raise invalid_argument("target_locale.tag", "is required")
+        target = _tag(request.target_locale.tag, "target_locale.tag")
         given = None
         if request.source_locale.tag:  # an empty tag is as good as unset: detect
-            given = await _tag(context, request.source_locale.tag, "source_locale.tag")
-        await self._available(context)
+            given = _tag(request.source_locale.tag, "source_locale.tag")
+        self._available()
         for tag, field in ((target, "target_locale.tag"), (given, "source_locale.tag")):
             if tag is not None:
-                await self._check_supported(context, tag, field)
+                self._check_supported(tag, field)
         if given is not None:
             sources, known = [language_of(given)], True
         else:
@@ -139,11 +138,9 @@ class LanguageServicer(language_pb2_grpc.LanguageServiceServicer):
         self, request: language_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> language_pb2.DetectResponse:
         """Rank the supported languages by their n-gram profiles' fit to the text."""
-        await _check_text(context, request.text)
+        _check_text(request.text)
         if not 0 <= request.max_candidates <= MAX_CANDIDATES:
-            await abort_invalid(
-                context, "max_candidates", f"must be 1 to {MAX_CANDIDATES} (0 means {DEFAULT_CANDIDATES})"
-            )
+            raise invalid_argument("max_candidates", f"must be 1 to {MAX_CANDIDATES} (0 means {DEFAULT_CANDIDATES})")
         detection = _detection.detect(request.text)
         wanted = request.max_candidates or DEFAULT_CANDIDATES
         return language_pb2.DetectResponse(
@@ -159,28 +156,25 @@ class LanguageServicer(language_pb2_grpc.LanguageServiceServicer):
     ) -> language_pb2.LocalizeResponse:
         """Render the message from the first locale of the chain that has it."""
         if MESSAGE_KEY.fullmatch(request.message_key) is None:
-            await abort_invalid(
-                context, "message_key", "must be dot-separated lower_snake_case, at most 256 characters"
-            )
+            raise invalid_argument("message_key", "must be dot-separated lower_snake_case, at most 256 characters")
         if not request.locale.tag:
-            await abort_invalid(context, "locale.tag", "is required")
-        locale = await _tag(context, request.locale.tag, "locale.tag")
+            raise invalid_argument("locale.tag", "is required")
+        locale = _tag(request.locale.tag, "locale.tag")
         if len(request.fallback_locales) > MAX_FALLBACKS:
-            await abort_invalid(context, "fallback_locales", f"at most {MAX_FALLBACKS} allowed")
+            raise invalid_argument("fallback_locales", f"at most {MAX_FALLBACKS} allowed")
         fallbacks = [
-            await _tag(context, fallback.tag, f"fallback_locales[{index}].tag")
+            _tag(fallback.tag, f"fallback_locales[{index}].tag")
             for index, fallback in enumerate(request.fallback_locales)
         ]
-        await _check_arguments(context, request.arguments)
-        await self._available(context)
+        _check_arguments(request.arguments)
+        self._available()
         for candidate in chain(locale, fallbacks):
             forms = self._catalogue.find(candidate, request.message_key)
             if forms is not None:
                 break
         else:
-            await abort(context, grpc.StatusCode.NOT_FOUND,
-                        f"no locale in the chain of {locale!r} has message {request.message_key!r}",
-                        reason="MESSAGE_NOT_FOUND")
+            raise not_found(f"no locale in the chain of {locale!r} has message {request.message_key!r}",
+                            "MESSAGE_NOT_FOUND")
         values = dict(request.arguments)
         category = None
         if request.HasField("plural_count"):
@@ -195,40 +189,37 @@ class LanguageServicer(language_pb2_grpc.LanguageServiceServicer):
             missing_arguments=missing,
         )
 
-    async def _available(self, context: Any) -> None:
+    def _available(self) -> None:
         if not self._mirror.ready:
-            await abort(context, grpc.StatusCode.UNAVAILABLE,
-                        "language-system: the translation memory and catalogue are being reloaded",
-                        reason="STORE_UNAVAILABLE")
+            raise unavailable("language-system: the translation memory and catalogue are being reloaded",
+                              "STORE_UNAVAILABLE")
 
-    async def _check_supported(self, context: Any, tag: str, field: str) -> None:
+    def _check_supported(self, tag: str, field: str) -> None:
         supported = set(_detection.LANGUAGES) | set(phrasebook.LANGUAGES) | self._memory.languages()
         if language_of(tag) not in supported:
-            await abort_invalid(context, field, f"language {language_of(tag)!r} is not supported "
-                                f"(supported: {', '.join(sorted(supported))})")
+            raise invalid_argument(field, f"language {language_of(tag)!r} is not supported "
+                                   f"(supported: {', '.join(sorted(supported))})")
 
 
-async def _tag(context: Any, tag: str, field: str) -> str:
+def _tag(tag: str, field: str) -> str:
     found = canonical(tag)
     if found is None:
-        await abort_invalid(context, field, f"{tag!r} is not a well-formed BCP 47 tag (e.g. 'pt-BR')")
+        raise invalid_argument(field, f"{tag!r} is not a well-formed BCP 47 tag (e.g. 'pt-BR')")
     return found
 
 
-async def _check_text(context: Any, text: str) -> None:
+def _check_text(text: str) -> None:
     if not text.strip():
-        await abort_invalid(context, "text", "is required")
+        raise invalid_argument("text", "is required")
     if len(text) > MAX_TEXT_CHARS:
-        await abort_invalid(context, "text", f"must be at most {MAX_TEXT_CHARS} characters")
+        raise invalid_argument("text", f"must be at most {MAX_TEXT_CHARS} characters")
 
 
-async def _check_arguments(context: Any, arguments: Mapping[str, str]) -> None:
+def _check_arguments(arguments: Mapping[str, str]) -> None:
     if len(arguments) > MAX_ARGUMENTS:
-        await abort_invalid(context, "arguments", f"at most {MAX_ARGUMENTS} allowed")
+        raise invalid_argument("arguments", f"at most {MAX_ARGUMENTS} allowed")
     for name, value in arguments.items():
         if _ARGUMENT_NAME.fullmatch(name) is None:
-            await abort_invalid(context, "arguments", f"key {name!r} is not lower_snake_case")
+            raise invalid_argument("arguments", f"key {name!r} is not lower_snake_case")
         if len(value) > MAX_ARGUMENT_CHARS:
-            await abort_invalid(
-                context, "arguments", f"value of {name!r} is longer than {MAX_ARGUMENT_CHARS} characters"
-            )
+            raise invalid_argument("arguments", f"value of {name!r} is longer than {MAX_ARGUMENT_CHARS} characters")

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from gaming.common.v1 import common_pb2
 from gaming.npc_behavior.v1 import npc_behavior_pb2 as pb
 
+from servicers.errors import invalid_argument
+
 MAX_PERCEPTIONS = 64
 MAX_ID_LENGTH = 256
 INERTIA = 0.05
@@ -95,15 +97,6 @@ MOOD_MULTIPLIERS: dict[int, dict[int, float]] = {
 }
 
 
-class InvalidInput(ValueError):
-    """A request field is out of its documented range; ``field`` is its path."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
-
-
 @dataclass(frozen=True, slots=True)
 class Stimulus:
     """One perception as the scorer sees it.
@@ -149,28 +142,29 @@ class Scored:
 
 
 def check(state: pb.NpcState, has_state: bool, perceptions: Sequence[pb.Perception], prefix: str = "") -> None:
-    """Raise ``InvalidInput`` naming the first field out of its documented range."""
+    """Raise ``InvalidArgument`` naming the first field out of its documented range (Decide's
+    status; DecisionStream answers it in-band)."""
     if not has_state:
-        raise InvalidInput(f"{prefix}state", "is required")
+        raise invalid_argument(f"{prefix}state", "is required")
     if not state.npc_id:
-        raise InvalidInput(f"{prefix}state.npc_id", "is required")
+        raise invalid_argument(f"{prefix}state.npc_id", "is required")
     if len(state.npc_id) > MAX_ID_LENGTH:
-        raise InvalidInput(f"{prefix}state.npc_id", f"is longer than {MAX_ID_LENGTH} characters")
+        raise invalid_argument(f"{prefix}state.npc_id", f"is longer than {MAX_ID_LENGTH} characters")
     for name in ("health", "energy", "hunger"):
         _check_fraction(f"{prefix}state.{name}", getattr(state, name))
     _check_position(f"{prefix}state.position", state.position)
     if state.mood != pb.MOOD_UNSPECIFIED and state.mood not in _MOODS:
-        raise InvalidInput(f"{prefix}state.mood", f"{state.mood} is not a Mood")
+        raise invalid_argument(f"{prefix}state.mood", f"{state.mood} is not a Mood")
     if state.current_activity != pb.ACTION_KIND_UNSPECIFIED and state.current_activity not in _ACTIONS:
-        raise InvalidInput(f"{prefix}state.current_activity", f"{state.current_activity} is not an ActionKind")
+        raise invalid_argument(f"{prefix}state.current_activity", f"{state.current_activity} is not an ActionKind")
     if len(perceptions) > MAX_PERCEPTIONS:
-        raise InvalidInput(f"{prefix}perceptions", f"has {len(perceptions)} items; at most {MAX_PERCEPTIONS}")
+        raise invalid_argument(f"{prefix}perceptions", f"has {len(perceptions)} items; at most {MAX_PERCEPTIONS}")
     for index, perception in enumerate(perceptions):
         path = f"{prefix}perceptions[{index}]"
         if perception.kind not in _PERCEPTIONS:
-            raise InvalidInput(f"{path}.kind", f"{perception.kind} is not a PerceptionKind")
+            raise invalid_argument(f"{path}.kind", f"{perception.kind} is not a PerceptionKind")
         if len(perception.source_id) > MAX_ID_LENGTH:
-            raise InvalidInput(f"{path}.source_id", f"is longer than {MAX_ID_LENGTH} characters")
+            raise invalid_argument(f"{path}.source_id", f"is longer than {MAX_ID_LENGTH} characters")
         _check_fraction(f"{path}.intensity", perception.intensity)
         _check_position(f"{path}.position", perception.position)
 
@@ -178,12 +172,12 @@ def check(state: pb.NpcState, has_state: bool, perceptions: Sequence[pb.Percepti
 def _check_fraction(field: str, value: float) -> None:
     # `not (0 <= x <= 1)` is also true for NaN, which no comparison admits.
     if not 0.0 <= value <= 1.0:
-        raise InvalidInput(field, f"{value} is outside [0, 1]")
+        raise invalid_argument(field, f"{value} is outside [0, 1]")
 
 
 def _check_position(field: str, position: common_pb2.Vector3) -> None:
     if not all(math.isfinite(axis) for axis in (position.x, position.y, position.z)):
-        raise InvalidInput(field, "coordinates must be finite numbers")
+        raise invalid_argument(field, "coordinates must be finite numbers")
 
 
 # -- curves ---------------------------------------------------------------------------------------

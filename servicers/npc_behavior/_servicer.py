@@ -14,9 +14,9 @@ from gaming.npc_behavior.v1 import npc_behavior_pb2_grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2
 
-from servicers.errors import abort_invalid
+from servicers.errors import InvalidArgument
 from servicers.npc_behavior._memory import ThreatMemory
-from servicers.npc_behavior._scoring import InvalidInput, Scored, Stimulus, check, score
+from servicers.npc_behavior._scoring import Scored, Stimulus, check, score
 
 # More requests than this read but not yet answered ends a DecisionStream with
 # RESOURCE_EXHAUSTED, as the proto promises: the client sends faster than it reads answers.
@@ -40,10 +40,7 @@ class NpcBehaviorServicer(npc_behavior_pb2_grpc.NpcBehaviorServiceServicer):
 
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         """The best action for the request's state and perceptions, and the others ranked."""
-        try:
-            check(request.state, request.HasField("state"), request.perceptions)
-        except InvalidInput as invalid:
-            await abort_invalid(context, invalid.field, invalid.description)
+        check(request.state, request.HasField("state"), request.perceptions)
         ranked = score(request.state, [Stimulus.of(perception) for perception in request.perceptions])
         chosen, alternatives = _split(ranked)
         return pb.DecideResponse(chosen=chosen, alternatives=alternatives, decide_time=_timestamp(self._clock()))
@@ -82,6 +79,8 @@ class NpcBehaviorServicer(npc_behavior_pb2_grpc.NpcBehaviorServiceServicer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # context.abort, not a raised RpcError: this status has always come without google.rpc
+        # details, and the boundary would add a grpc-status-details-bin trailer callers can see.
         await context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"more than {self._max_outstanding} requests are waiting for an answer: read the responses",
@@ -108,9 +107,10 @@ class NpcBehaviorServicer(npc_behavior_pb2_grpc.NpcBehaviorServiceServicer):
         reply = pb.DecisionStreamResponse(client_sequence=request.client_sequence, npc_id=request.state.npc_id)
         try:
             check(request.state, request.HasField("state"), request.perceptions)
-        except InvalidInput as invalid:
+        except InvalidArgument as invalid:
+            # In-band, so one bad request does not end the stream of the others.
             reply.error_code = code_pb2.INVALID_ARGUMENT
-            reply.error_message = str(invalid)
+            reply.error_message = invalid.message
             return reply
         chosen, alternatives = _split(score(request.state, memory.recall(request.state.npc_id, request.perceptions)))
         reply.chosen.CopyFrom(chosen)

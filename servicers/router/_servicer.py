@@ -13,7 +13,7 @@ from gaming.router.v1 import router_pb2 as pb
 from gaming.router.v1 import router_pb2_grpc
 from google.protobuf import duration_pb2, json_format, message, struct_pb2
 
-from servicers.errors import abort, abort_invalid
+from servicers.errors import failed_precondition, invalid_argument, not_found, rpc_error
 from servicers.router._table import INTENT, Route
 
 _log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def Dispatch(self, request: pb.DispatchRequest, context: grpc.aio.ServicerContext) -> pb.DispatchResponse:
         """Call the intent's target; its answer, or its error status, is the response."""
-        route = await self._route(request, context)
-        target_request = await _target_request(route, request, context)
+        route = self._route(request)
+        target_request = _target_request(route, request)
         remaining: float | None = context.time_remaining()
         timeout = route.timeout_seconds
         if remaining is not None and remaining < _NO_DEADLINE:
@@ -109,11 +109,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             code = err.code()
             if code == grpc.StatusCode.UNAVAILABLE:
                 _log.warning("router: %s unavailable for %s: %s", route.target_service, route.intent, err.details())
-                await abort(context, code, f"{route.target_service} is unavailable ({route.method}): "
-                            f"{err.details()}", "TARGET_UNAVAILABLE")
+                raise rpc_error(code, f"{route.target_service} is unavailable ({route.method}): "
+                                f"{err.details()}", "TARGET_UNAVAILABLE") from err
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                await abort(context, code, f"{route.target_service} did not answer {route.method} within "
-                            f"{timeout:.3g} s", "TARGET_DEADLINE_EXCEEDED")
+                raise rpc_error(code, f"{route.target_service} did not answer {route.method} within "
+                                f"{timeout:.3g} s", "TARGET_DEADLINE_EXCEEDED") from err
             return pb.DispatchResponse(
                 target_service=route.target_service, method=route.method, status_code=code.value[0],
                 status_message=err.details() or "", latency=latency,
@@ -123,38 +123,34 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             latency=_duration(time.monotonic() - started),
         )
 
-    async def _route(self, request: pb.DispatchRequest, context: grpc.aio.ServicerContext) -> Route:
+    def _route(self, request: pb.DispatchRequest) -> Route:
         if not request.intent:
-            await abort_invalid(context, "intent", "is required")
+            raise invalid_argument("intent", "is required")
         if len(request.intent) > MAX_INTENT or not INTENT.fullmatch(request.intent):
-            await abort_invalid(context, "intent", "must be dot-separated lower_snake_case words, e.g. quest.generate")
+            raise invalid_argument("intent", "must be dot-separated lower_snake_case words, e.g. quest.generate")
         if not request.player_id:
-            await abort_invalid(context, "player_id", "is required")
+            raise invalid_argument("player_id", "is required")
         if len(request.player_id) > MAX_PLAYER_ID:
-            await abort_invalid(context, "player_id", f"must be at most {MAX_PLAYER_ID} characters")
+            raise invalid_argument("player_id", f"must be at most {MAX_PLAYER_ID} characters")
         tag = request.locale.tag
         if tag and (len(tag) > MAX_LOCALE or not LOCALE.fullmatch(tag)):
-            await abort_invalid(context, "locale.tag", "must be a BCP 47 language tag such as en-US")
+            raise invalid_argument("locale.tag", "must be a BCP 47 language tag such as en-US")
         route = self._routes.get(request.intent)
         if route is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no route for intent {request.intent!r}",
-                        "ROUTE_NOT_FOUND")
+            raise not_found(f"no route for intent {request.intent!r}", "ROUTE_NOT_FOUND")
         if not route.enabled:
-            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"the route for {request.intent!r} is disabled",
-                        "ROUTE_DISABLED")
+            raise failed_precondition(f"the route for {request.intent!r} is disabled", "ROUTE_DISABLED")
         return route
 
 
-async def _target_request(
-    route: Route, request: pb.DispatchRequest, context: grpc.aio.ServicerContext
-) -> message.Message:
+def _target_request(route: Route, request: pb.DispatchRequest) -> message.Message:
     """The payload as the target's request message, over the route's defaults, player and locale filled."""
     target_request = route.request_class()
     json_format.ParseDict(dict(route.defaults), target_request)  # checked when the table was built
     try:
         json_format.ParseDict(json_format.MessageToDict(request.payload), target_request)
     except json_format.ParseError as err:
-        await abort_invalid(context, "payload", f"does not fit {target_request.DESCRIPTOR.full_name}: {err}")
+        raise invalid_argument("payload", f"does not fit {target_request.DESCRIPTOR.full_name}: {err}") from err
     if route.player_field is not None:
         _fill(target_request, route.player_field, request.player_id)
     if route.locale_field is not None:

@@ -13,7 +13,7 @@ from gaming.time_manager.v1 import time_manager_pb2, time_manager_pb2_grpc
 from gaming.weather.v1 import weather_pb2, weather_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from servicers.errors import abort, abort_invalid
+from servicers.errors import invalid_argument, not_found, unavailable
 from servicers.weather._simulation import (
     HOUR,
     Climate,
@@ -32,6 +32,11 @@ MAX_HOURS_AHEAD = 168
 STEP_RANGE_NS = (15 * 60 * 10**9, 24 * 3600 * 10**9)
 MAX_STREAM_REGIONS = 100
 TIME_MANAGER = "time-manager"
+
+
+def _check_id(region_id: str, field: str) -> None:
+    if not REGION_ID.fullmatch(region_id):
+        raise invalid_argument(field, "must be 1 to 64 characters of [a-z0-9-]")
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -95,7 +100,7 @@ class WeatherServicer(weather_pb2_grpc.WeatherServiceServicer):
         source = f"time-manager:{self._world_id}" if self._world_id is not None else "clock"
         return f"<WeatherServicer world_seed={self._world_seed!r} regions={regions} time={source}>"
 
-    async def _game_time(self, context: Any) -> float:
+    async def _game_time(self) -> float:
         if self._world_id is None:
             return self._clock()
         stub = time_manager_pb2_grpc.TimeManagerServiceStub(self._channel(TIME_MANAGER))
@@ -107,30 +112,26 @@ class WeatherServicer(weather_pb2_grpc.WeatherServiceServicer):
             # Whatever went wrong there (down, unknown world), this call has no game time.
             code = err.code() if callable(getattr(err, "code", None)) else None
             what = code.name if isinstance(code, grpc.StatusCode) else type(err).__name__
-            await abort(context, grpc.StatusCode.UNAVAILABLE, f"time-manager: {what}", "TIME_SOURCE_UNAVAILABLE")
+            raise unavailable(f"time-manager: {what}", "TIME_SOURCE_UNAVAILABLE") from err
         return float(reply.clock.game_time.ToNanoseconds()) / 1e9
 
-    async def _checked_id(self, context: Any, region_id: str, field: str) -> None:
-        if not REGION_ID.fullmatch(region_id):
-            await abort_invalid(context, field, "must be 1 to 64 characters of [a-z0-9-]")
-
-    async def _region(self, context: Any, region_id: str) -> tuple[int, Climate]:
+    def _region(self, region_id: str) -> tuple[int, Climate]:
         """The region's seed and climate; NOT_FOUND if configuration does not know it."""
         seed = region_seed(self._world_seed, region_id)
         if self._regions is None:
             return seed, climate_for(seed)
         climate = self._regions.get(region_id)
         if climate is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no region {region_id!r}", "REGION_NOT_FOUND")
+            raise not_found(f"no region {region_id!r}", "REGION_NOT_FOUND")
         return seed, climate
 
     async def GetWeather(
         self, request: weather_pb2.GetWeatherRequest, context: grpc.aio.ServicerContext
     ) -> weather_pb2.GetWeatherResponse:
         """The region's weather at the current game time (its 10-minute tick)."""
-        await self._checked_id(context, request.region_id, "region_id")
-        seed, climate = await self._region(context, request.region_id)
-        now = tick_of(await self._game_time(context))
+        _check_id(request.region_id, "region_id")
+        seed, climate = self._region(request.region_id)
+        now = tick_of(await self._game_time())
         found = sample(seed, climate, now)
         return weather_pb2.GetWeatherResponse(weather=weather_message(request.region_id, found), seed=seed)
 
@@ -138,14 +139,14 @@ class WeatherServicer(weather_pb2_grpc.WeatherServiceServicer):
         self, request: weather_pb2.ForecastRequest, context: grpc.aio.ServicerContext
     ) -> weather_pb2.ForecastResponse:
         """Points from now to ``hours_ahead`` hours ahead, one per ``step``; exact, not guessed."""
-        await self._checked_id(context, request.region_id, "region_id")
+        _check_id(request.region_id, "region_id")
         if not 1 <= request.hours_ahead <= MAX_HOURS_AHEAD:
-            await abort_invalid(context, "hours_ahead", f"must be from 1 to {MAX_HOURS_AHEAD}")
+            raise invalid_argument("hours_ahead", f"must be from 1 to {MAX_HOURS_AHEAD}")
         step_ns = request.step.ToNanoseconds() if request.HasField("step") else HOUR * 10**9
         if not STEP_RANGE_NS[0] <= step_ns <= STEP_RANGE_NS[1]:
-            await abort_invalid(context, "step", "must be from 15 minutes to 24 hours")
-        seed, climate = await self._region(context, request.region_id)
-        issue = tick_of(await self._game_time(context))
+            raise invalid_argument("step", "must be from 15 minutes to 24 hours")
+        seed, climate = self._region(request.region_id)
+        issue = tick_of(await self._game_time())
         count = (request.hours_ahead * HOUR * 10**9) // step_ns + 1
         times = [issue + k * step_ns / 1e9 for k in range(count)]
         # Each point holds the weather GetWeather will report then: that of the tick it falls in.
@@ -168,16 +169,16 @@ class WeatherServicer(weather_pb2_grpc.WeatherServiceServicer):
         """Each region's current weather, then an update per region at every new 10-minute tick."""
         ids = list(request.region_ids)
         if not 1 <= len(ids) <= MAX_STREAM_REGIONS:
-            await abort_invalid(context, "region_ids", f"must hold 1 to {MAX_STREAM_REGIONS} region ids")
+            raise invalid_argument("region_ids", f"must hold 1 to {MAX_STREAM_REGIONS} region ids")
         for index, region_id in enumerate(ids):
-            await self._checked_id(context, region_id, f"region_ids[{index}]")
+            _check_id(region_id, f"region_ids[{index}]")
             if region_id in ids[:index]:
-                await abort_invalid(context, f"region_ids[{index}]", f"duplicates {region_id!r}")
-        regions = [(region_id, *await self._region(context, region_id)) for region_id in ids]
+                raise invalid_argument(f"region_ids[{index}]", f"duplicates {region_id!r}")
+        regions = [(region_id, *self._region(region_id)) for region_id in ids]
         previous: dict[str, Condition] = {}
         last_tick = math.nan
         while True:
-            tick = tick_of(await self._game_time(context))
+            tick = tick_of(await self._game_time())
             if tick != last_tick:  # also when game time went back (a reset world clock)
                 last_tick = tick
                 for region_id, seed, climate in regions:

@@ -1,5 +1,6 @@
 """Targets for ingress tests: real servicers served over NATS the way ``mesh.host`` serves them
-(grpc.health.v1 and reflection beside the servicer), an ingress in front, and a client to it."""
+(grpc.health.v1 and reflection beside the servicer, behind the ErrorBoundary that turns what they
+raise into statuses), an ingress in front, and a client to it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from nats.aio.client import Client
 
 import nats_transport.aio
 from gateway.ingress import Ingress, IngressOptions, run_ingress
+from servicers.error_boundary import ErrorBoundary
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -47,7 +49,7 @@ async def serving(
 ) -> AsyncIterator[Target]:
     """Serve ``servicer`` as a fresh target with health (all SERVING) and reflection."""
     target = name or f"svc-{uuid.uuid4().hex[:10]}"
-    server = nats_transport.aio.server(nc, target)
+    server = nats_transport.aio.server(nc, target, interceptors=[ErrorBoundary()])
     health = health_aio.HealthServicer()
     for service in ("", *services):
         await health.set(service, SERVING)

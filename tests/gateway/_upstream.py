@@ -1,5 +1,6 @@
 """Upstreams for edge tests: a plain HTTP/2 grpc.aio server on a free port, hosting servicers
-(real ones, or the status-echoing one below) with health and reflection, as an ingress would."""
+(real ones, or the status-echoing one below) with health and reflection, as an ingress would,
+behind the ErrorBoundary the host installs (servicers raise their errors)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from nats_transport.testing import free_port
+from servicers.error_boundary import ErrorBoundary
 
 Adder = Callable[[Any, Any], None]
 
@@ -29,7 +31,7 @@ async def grpc_upstream(
 ) -> AsyncIterator[int]:
     """Serve ``servicers`` (``(add_to_server, servicer)`` pairs) on a free loopback port, with
     health and reflection; yield the port."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[ErrorBoundary()])
     for add, servicer in servicers:
         add(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)

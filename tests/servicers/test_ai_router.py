@@ -327,18 +327,24 @@ async def test_when_every_candidate_fails_the_last_message_is_returned(world: Me
     assert detail(err, error_details_pb2.ErrorInfo).metadata["attempts"] == "ghost-a:NOT_FOUND, ghost-b:NOT_FOUND"
 
 
-async def test_invalid_input_found_by_ai_integration_is_returned_without_fallback(world: Mesh) -> None:
+@pytest.mark.parametrize("method", ["Route", "StreamRoute"])
+async def test_invalid_input_found_by_ai_integration_is_returned_without_fallback(world: Mesh, method: str) -> None:
     await register(world, "ghost", latency_ms=50)
     # 2,500 tokens by the router's 4-characters estimate, but 5,000 words to the local model:
     # with 4,096 more to generate, its 8,192-token window is too small, and it says so.
     prompt = "a " * 5000
-    err = await failure(world.router.Route(router.RouteRequest(capability=TEXT, prompt=prompt, max_tokens=4096),
-                                           timeout=5))
+    if method == "Route":
+        err = await failure(world.router.Route(router.RouteRequest(capability=TEXT, prompt=prompt, max_tokens=4096),
+                                               timeout=5))
+    else:
+        received, err = await stream_failure(world.router.StreamRoute(
+            router.StreamRouteRequest(capability=TEXT, prompt=prompt, max_tokens=4096), timeout=5))
+        assert received == []
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert detail(err, error_details_pb2.BadRequest).field_violations[0].field == "max_tokens"
     info = detail(err, error_details_pb2.ErrorInfo)
     assert (info.reason, info.metadata["attempts"]) == ("MODEL_FAILED", "local-tiny:INVALID_ARGUMENT")
-    assert len(world.observed_inference.seen("Generate")) == 1  # ghost was never tried
+    assert len(world.observed_inference.seen(method.replace("Route", "Generate"))) == 1  # ghost was never tried
 
 
 async def test_no_qualifying_model_is_failed_precondition(world: Mesh) -> None:

@@ -11,14 +11,15 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from nats.aio.client import Client
 
 import nats_transport.aio
 from servicers.error_boundary import STORAGE_MESSAGE, STORAGE_REASON, ErrorBoundary
-from servicers.errors import DOMAIN, invalid_argument, not_found
+from servicers.errors import DOMAIN, RpcError, invalid_argument, not_found
 from servicers.named_store import WordedOutage
 from servicers.storage import StorageUnavailable, ValueTooLarge
 
@@ -28,10 +29,23 @@ KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 Served = tuple[str, Any]
 
 
+# A detail another service sent, of a type this process has no class for, forwarded as it came.
+FOREIGN = any_pb2.Any(type_url="type.googleapis.com/other.v1.Hint", value=b"\x08\x2a")
+
+
+def forwarded() -> RpcError:
+    """An error passing on another service's packed details, then one of its own."""
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.ErrorInfo(reason="UPSTREAM_REASON", domain="other"))
+    return RpcError(grpc.StatusCode.FAILED_PRECONDITION, "upstream said no",
+                    [FOREIGN, packed, error_details_pb2.ErrorInfo(reason="FORWARDED", domain=DOMAIN)])
+
+
 def failure(what: bytes) -> Exception:
     """What a handler raises when asked ``what``."""
     return {
         b"invalid": invalid_argument("player_id", "is required"),
+        b"forwarded": forwarded(),
         b"missing": not_found("quest 'q1' does not exist", "QUEST_NOT_FOUND"),
         b"storage": StorageUnavailable("get clock.main: connection closed"),
         b"worded": WordedOutage("the clock store is unavailable"),
@@ -218,3 +232,24 @@ async def test_anything_else_is_left_to_the_server(channel: Served, style: str, 
     assert received == sent_first(kind)
     assert err.code() == grpc.StatusCode.UNKNOWN
     assert "STORAGE" not in (err.details() or "")
+
+
+@pytest.mark.parametrize("style", ["Async", "Sync"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_packed_details_are_sent_as_they_came(channel: Served, style: str, kind: str) -> None:
+    _, err = await outcome(channel, style, kind, b"forwarded")
+    assert (err.code(), err.details()) == (grpc.StatusCode.FAILED_PRECONDITION, "upstream said no")
+    status = rpc_status.from_call(err)
+    assert status is not None
+    own = any_pb2.Any()
+    own.Pack(error_details_pb2.ErrorInfo(reason="FORWARDED", domain=DOMAIN))
+    assert list(status.details) == [*forwarded().details[:2], own]  # not packed a second time
+
+
+def test_an_rpc_error_names_packed_details_and_reads_a_packed_reason() -> None:
+    error = forwarded()
+    assert error.reason == "UPSTREAM_REASON"  # the first ErrorInfo the caller gets
+    assert repr(error) == ("RpcError(FAILED_PRECONDITION, 'upstream said no', "
+                           "details=[packed other.v1.Hint, packed google.rpc.ErrorInfo, ErrorInfo])")
+    sent = status_pb2.Status.FromString(dict(error.status().trailing_metadata)["grpc-status-details-bin"])
+    assert sent.details[0] == FOREIGN

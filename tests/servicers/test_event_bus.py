@@ -449,6 +449,10 @@ async def test_ack_errors_follow_the_contract(b: Bus) -> None:
         await b.stub.Ack(eb.AckRequest(sequence=1))
     with rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "sequence"):
         await b.stub.Ack(eb.AckRequest(consumer_name="worker"))
+    with rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "kind"):
+        await b.stub.Ack(eb.AckRequest(consumer_name="worker", sequence=1, kind=99))  # type: ignore[arg-type]
+    with rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "redeliver_delay"):
+        await b.stub.Ack(eb.AckRequest(consumer_name="worker", sequence=1, redeliver_delay=seconds(-1)))
     with rpc_error(grpc.StatusCode.NOT_FOUND, reason="CONSUMER_NOT_FOUND"):
         await b.stub.Ack(eb.AckRequest(consumer_name="nobody", sequence=1))
     with rpc_error(grpc.StatusCode.NOT_FOUND, reason="CONSUMER_NOT_FOUND"):

@@ -201,6 +201,11 @@ INVALID = [
     pytest.param(
         pb.DecideRequest(state=state(), perceptions=[pb.Perception(kind=77)]), "perceptions[0].kind", id="unknown kind"
     ),
+    pytest.param(
+        pb.DecideRequest(state=state(), perceptions=[seen(SEE_ITEM, source_id="s" * 257)]),
+        "perceptions[0].source_id",
+        id="source id too long",
+    ),
 ]
 
 

@@ -25,7 +25,10 @@ from nats.aio.client import Client
 from mesh.jetstream_storage import JetStreamStorage
 from nats_transport.testing import NatsServer
 from servicers import settings
+from servicers.auth.call_identity import set_call_identity
+from servicers.auth.identity import Identity
 from servicers.dependencies import Dependencies
+from servicers.errors import RpcError
 from tests._buckets import delete_buckets
 from tests._serving import served
 
@@ -319,6 +322,21 @@ async def test_values_at_their_limits_are_accepted(stub: Stub) -> None:
 async def test_a_watch_with_a_bad_scope_is_invalid(stub: Stub) -> None:
     call = stub.Watch(st.WatchRequest(scope=st.Scope(id="p1")), timeout=5)
     assert await invalid_field(call.read()) == "scope.kind"
+
+
+async def test_a_player_may_not_use_another_players_scope(storage: JetStreamStorage) -> None:
+    servicer = await settings.create(Dependencies(storage=storage, channel=no_channel, settings=SETTINGS))
+    # AccessPolicy sets the verified caller in the handler's context; called directly, the
+    # handler runs in this test's (its own task's), and raises what the boundary would answer.
+    set_call_identity(Identity(subject="p2", session_id="s", scopes=("player",), expire_time=NOW + 60), "token")
+    try:
+        with pytest.raises(RpcError) as caught:
+            await servicer.Get(st.GetRequest(scope=PLAYER), None)
+        await servicer.Get(st.GetRequest(scope=st.Scope(kind=st.SCOPE_KIND_PLAYER, id="p2")), None)  # their own
+    finally:
+        set_call_identity(None, None)  # tests may share a context: leave no caller behind
+    assert (caught.value.code, caught.value.message, caught.value.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED, "a player may use only their own player scope", "NOT_SCOPE_OWNER")
 
 
 # -- watch ----------------------------------------------------------------------------------
