@@ -514,11 +514,13 @@ class ClientStream:
     def _expire(self) -> None:
         self.endpoint.fail(StreamFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
-    def cancel(self, details: str = "Locally cancelled by application!") -> bool:
-        """Cancel the call here and tell the server."""
+    def cancel(self, details: str = "Locally cancelled by application!",
+               code: grpc.StatusCode = grpc.StatusCode.CANCELLED) -> bool:
+        """End the call here with ``code`` (CANCELLED, or INTERNAL for a message this side cannot
+        handle) and tell the server."""
         if self._trailers.done():
             return False
-        self.endpoint.fail(StreamFailure(grpc.StatusCode.CANCELLED, details))
+        self.endpoint.fail(StreamFailure(code, details))
         return True
 
     # -- events from the wire -------------------------------------------------------------

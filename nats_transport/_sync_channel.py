@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -22,233 +22,18 @@ from nats.aio.client import Client
 from nats_transport import _client
 from nats_transport._circuit import breaker_for
 from nats_transport._connection_guard import WATCHDOG_CONNECT_OPTIONS, guard_connection
-from nats_transport._framing import Trailers
-from nats_transport._metadata import MetadataTuple
 from nats_transport._options import ChannelOptions
 from nats_transport._retry import CallPolicy, throttle_for
 from nats_transport._service_config import ServiceConfig, parse_service_config
-from nats_transport._status import code_from_number
 from nats_transport._subjects import call_subject, check_token
-from nats_transport.aio._calls import StreamCall, attempt_unary, trailing_of
+from nats_transport._sync_calls import RpcError, StreamIterator, UnaryCall, as_coroutine
+from nats_transport.aio._call_base import SERIALIZE_FAILED, internal
+from nats_transport.aio._calls import UnaryUnaryCall
+from nats_transport.aio._stream_call import StreamCall
+
+__all__ = ["Channel", "RpcError", "channel"]
 
 T = TypeVar("T")
-
-
-class RpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
-    """A failed call: an RpcError that is also a Call and a Future, as grpcio's errors are."""
-
-    def __init__(self, trailers: Trailers, initial: tuple[MetadataTuple, ...] = ()) -> None:
-        super().__init__(trailers.message)
-        self._trailers = trailers
-        self._initial = initial
-
-    def __repr__(self) -> str:
-        return f"<nats_transport.RpcError code={self.code().name} details={self.details()!r}>"
-
-    __str__ = __repr__
-
-    def code(self) -> grpc.StatusCode:
-        return code_from_number(self._trailers.code)
-
-    def details(self) -> str:
-        return self._trailers.message
-
-    def initial_metadata(self) -> tuple[MetadataTuple, ...]:
-        return self._initial
-
-    def trailing_metadata(self) -> tuple[MetadataTuple, ...]:
-        return trailing_of(self._trailers)
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return bool(self._trailers.code == grpc.StatusCode.CANCELLED.value[0])
-
-    def running(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def result(self, timeout: float | None = None) -> Any:
-        raise self
-
-    def exception(self, timeout: float | None = None) -> RpcError:
-        return self
-
-    def traceback(self, timeout: float | None = None) -> None:
-        return None
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
-
-
-class _UnaryCall(grpc.Call, grpc.Future):  # type: ignore[misc]
-    """A unary call in flight (what ``future()`` returns, and ``with_call()``'s second item)."""
-
-    def __init__(self, future: concurrent.futures.Future[_client.Outcome], deadline: float | None,
-                 deserializer: Callable[[bytes], Any] | None) -> None:
-        self._future = future
-        self._deadline = deadline
-        self._deserializer = deserializer
-
-    def _outcome(self, timeout: float | None = None) -> _client.Outcome:
-        try:
-            return self._future.result(timeout)
-        except concurrent.futures.CancelledError:
-            return _client.failed(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
-        except concurrent.futures.TimeoutError:
-            raise grpc.FutureTimeoutError() from None
-
-    def result(self, timeout: float | None = None) -> Any:
-        outcome = self._outcome(timeout)
-        if outcome.trailers.code != 0 or outcome.response is None:
-            raise RpcError(outcome.trailers, outcome.initial_metadata)
-        data = outcome.response
-        return data if self._deserializer is None else self._deserializer(data)
-
-    def exception(self, timeout: float | None = None) -> RpcError | None:
-        outcome = self._outcome(timeout)
-        return RpcError(outcome.trailers, outcome.initial_metadata) if outcome.trailers.code else None
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        error = self.exception(timeout)
-        return error.__traceback__ if error is not None else None
-
-    def code(self) -> grpc.StatusCode:
-        return code_from_number(self._outcome().trailers.code)
-
-    def details(self) -> str:
-        return self._outcome().trailers.message
-
-    def initial_metadata(self) -> tuple[MetadataTuple, ...]:
-        return self._outcome().initial_metadata
-
-    def trailing_metadata(self) -> tuple[MetadataTuple, ...]:
-        return trailing_of(self._outcome().trailers)
-
-    def cancel(self) -> bool:
-        return self._future.cancel()
-
-    def cancelled(self) -> bool:
-        return self._future.cancelled()
-
-    def running(self) -> bool:
-        return self._future.running()
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def is_active(self) -> bool:
-        return not self._future.done()
-
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        if self._future.done():
-            return False
-        self._future.add_done_callback(lambda _: callback())
-        return True
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._future.add_done_callback(lambda _: fn(self))
-
-
-class _StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
-    """Responses of a streaming call as a blocking iterator that is also a Call and a Future."""
-
-    def __init__(self, channel: Channel, call: StreamCall, response_streaming: bool) -> None:
-        self._channel = channel
-        self._call = call
-        self._response_streaming = response_streaming
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            message = self._channel._run(self._call.read())
-        except (grpc.aio.AioRpcError, asyncio.CancelledError, concurrent.futures.CancelledError) as err:
-            # grpcio's sync iterators raise an RpcError (CANCELLED) after cancel(), never
-            # asyncio's CancelledError.
-            raise self._error() from err
-        if message is grpc.aio.EOF:
-            raise StopIteration
-        return message
-
-    def _error(self) -> RpcError:
-        trailers = self._call._trailers or Trailers(grpc.StatusCode.UNKNOWN.value[0], "call failed")
-        return RpcError(trailers, self._call._initial)
-
-    def _wait(self) -> Trailers:
-        return self._channel._run(self._call._wait_done())
-
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            return self._channel._run(self._call._unary_response(), timeout)
-        except (grpc.aio.AioRpcError, asyncio.CancelledError, concurrent.futures.CancelledError) as err:
-            raise self._error() from err
-
-    def exception(self, timeout: float | None = None) -> RpcError | None:
-        trailers = self._wait()
-        return RpcError(trailers, self._call._initial) if trailers.code else None
-
-    def traceback(self, timeout: float | None = None) -> None:
-        return None
-
-    def code(self) -> grpc.StatusCode:
-        return code_from_number(self._wait().code)
-
-    def details(self) -> str:
-        return self._wait().message
-
-    def initial_metadata(self) -> tuple[MetadataTuple, ...]:
-        return self._channel._run(self._call._initial_metadata())
-
-    def trailing_metadata(self) -> tuple[MetadataTuple, ...]:
-        return trailing_of(self._wait())
-
-    def cancel(self) -> bool:
-        return bool(self._channel._run(_call_soon(self._call.cancel)))
-
-    def cancelled(self) -> bool:
-        return self._call.cancelled()
-
-    def running(self) -> bool:
-        return not self._call.done()
-
-    def done(self) -> bool:
-        return self._call.done()
-
-    def is_active(self) -> bool:
-        return not self._call.done()
-
-    def time_remaining(self) -> float | None:
-        return self._call.time_remaining()
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        if self._call.done():
-            return False
-        self._channel._loop.call_soon_threadsafe(self._call.add_done_callback, lambda _: callback())
-        return True
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._channel._loop.call_soon_threadsafe(self._call.add_done_callback, lambda _: fn(self))
-
-
-async def _call_soon(fn: Callable[[], Any]) -> Any:
-    return fn()
 
 
 class _MultiCallable(
@@ -271,26 +56,40 @@ class _MultiCallable(
         # The service config's timeout caps the call's own, as in grpcio.
         return timeout if limit is None else limit if timeout is None else min(timeout, limit)
 
-    def _unary_future(self, request: Any, timeout: float | None, metadata: Any,
-                      wait_for_ready: bool | None = None) -> _UnaryCall:
-        deadline = _client.effective_deadline(self._timeout(timeout))
-        data = request if self._serializer is None else self._serializer(request)
-        channel = self._channel
-        future = channel._submit(attempt_unary(
-            channel._nc_checked(), channel._options, self._subject, data, metadata, deadline,
-            self._policy, wait_for_ready,
-        ))
-        return _UnaryCall(future, deadline, self._deserializer)
+    def _serialized(self, request: Any) -> bytes:
+        """The one request of a call, serialized here in the calling thread: as in grpcio, a
+        serializer that fails raises INTERNAL before anything starts."""
+        try:
+            return request if self._serializer is None else self._serializer(request)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise RpcError(internal(SERIALIZE_FAILED)) from exc
 
-    def _stream(self, request: Any, timeout: float | None, metadata: Any) -> _StreamIterator:
+    def _unary_future(self, request: Any, timeout: float | None, metadata: Any,
+                      wait_for_ready: bool | None = None) -> UnaryCall:
+        channel = self._channel
+        nc = channel._nc_checked()
+        deadline = _client.effective_deadline(self._timeout(timeout))
+        payload = self._serialized(request)
+
+        def start() -> UnaryUnaryCall:  # on the loop thread, in the caller's context
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            return UnaryUnaryCall(nc, channel._options, self._subject, payload, None, self._deserializer,
+                                  remaining, metadata, self._policy, wait_for_ready)
+
+        return UnaryCall(channel, start, deadline)
+
+    def _stream(self, request: Any, timeout: float | None, metadata: Any) -> StreamIterator:
         request_streaming, response_streaming = self._kind
         channel = self._channel
         deadline = _client.effective_deadline(self._timeout(timeout))
+        serializer = self._serializer
+        if not request_streaming:
+            request, serializer = self._serialized(request), None
 
         async def start() -> StreamCall:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             return StreamCall(
-                channel._nc_checked(), channel._options, self._subject, self._serializer, self._deserializer,
+                channel._nc_checked(), channel._options, self._subject, serializer, self._deserializer,
                 remaining, metadata,
                 request=None if request_streaming else request,
                 request_streaming=request_streaming, response_streaming=response_streaming,
@@ -302,7 +101,7 @@ class _MultiCallable(
             # A blocking request iterator must not run on the loop thread: feed it from here.
             threading.Thread(target=channel._feed, args=(call, request), daemon=True,
                              name="grpc-nats-request-feeder").start()
-        return _StreamIterator(channel, call, response_streaming)
+        return StreamIterator(channel, call, response_streaming)
 
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
                  credentials: Any = None, wait_for_ready: bool | None = None, compression: Any = None) -> Any:
@@ -409,20 +208,34 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         self._loop.call_soon_threadsafe(start, context=context)
         return result
 
+    def _call_soon(self, fn: Callable[[T], None], arg: T) -> None:
+        """Run ``fn(arg)`` on the loop thread in a copy of the caller's context, so the inherited
+        deadline and trace context (contextvars) of a handler thread reach the call."""
+        if self._closed:
+            raise RuntimeError("the channel is closed")
+        self._loop.call_soon_threadsafe(fn, arg, context=contextvars.copy_context())
+
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         self._check_thread()
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: the channel was closed under a request feeder
+            coro.close()
+            raise
+        return future.result(timeout)
 
     def _feed(self, call: StreamCall, requests: Any) -> None:
         try:
             for request in requests:
-                if call.done():
+                if call.done() or self._closed:
                     return
-                self._run(call._write(request))
-            self._run(call.done_writing())
+                self._run(call.write(request))
+            if not self._closed:
+                self._run(call.done_writing())
         except Exception:  # the call ended (its status tells why) or the iterator failed
-            if not call.done():
-                self._run(_call_soon(call.cancel))
+            if not call.done() and not self._closed:
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    self._run(as_coroutine(call.cancel))
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool = False) -> Any:

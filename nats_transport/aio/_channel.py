@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -16,7 +16,10 @@ from nats_transport._options import ChannelOptions
 from nats_transport._retry import CallPolicy, throttle_for
 from nats_transport._service_config import ServiceConfig, parse_service_config
 from nats_transport._subjects import call_subject, check_token
-from nats_transport.aio._calls import Deserializer, Serializer, StreamCall, UnaryUnaryCall
+from nats_transport.aio._call_base import Deserializer, Serializer
+from nats_transport.aio._calls import UnaryUnaryCall
+from nats_transport.aio._intercepted import Chain, InterceptedCall
+from nats_transport.aio._stream_call import StreamCall
 
 _KINDS = {
     (False, False): ("intercept_unary_unary", grpc.aio.UnaryUnaryClientInterceptor),
@@ -172,7 +175,17 @@ class _MultiCallable(
         if not self._interceptors:
             return self._start(self._subject, request, timeout, metadata, wait_for_ready, self._policy)
         details = grpc.aio.ClientCallDetails(self._method, timeout, metadata, credentials, wait_for_ready)
-        return _InterceptedCall(self, details, request)
+        chain = Chain(self._interceptors, self._hook, self._kind, self._start_intercepted)
+        return InterceptedCall(chain.run(0, details, request), timeout)
+
+    def _start_intercepted(self, details: Any, request: Any) -> Any:
+        """Start the call the interceptors asked for (they may change the method)."""
+        subject, policy = self._subject, self._policy
+        if details.method != self._method:
+            subject = call_subject(self._channel._options.subject_prefix, self._channel.target, details.method)
+            policy = self._channel._policy(details.method)
+        wait_for_ready = getattr(details, "wait_for_ready", None)
+        return self._start(subject, request, details.timeout, details.metadata, wait_for_ready, policy)
 
     def _start(self, subject: str, request: Any, timeout: float | None, metadata: Any,
                wait_for_ready: bool | None, policy: CallPolicy) -> Any:
@@ -195,167 +208,3 @@ class _MultiCallable(
             response_streaming=response_streaming,
             policy=policy,
         )
-
-    async def _chain(self, index: int, details: Any, request: Any, owner: _InterceptedCall) -> Any:
-        if index == len(self._interceptors):
-            subject, policy = self._subject, self._policy
-            if details.method != self._method:
-                subject = call_subject(self._channel._options.subject_prefix, self._channel.target, details.method)
-                policy = self._channel._policy(details.method)
-            wait_for_ready = getattr(details, "wait_for_ready", None)
-            call = self._start(subject, request, details.timeout, details.metadata, wait_for_ready, policy)
-            owner._last_call = call
-            return call
-
-        async def continuation(next_details: Any, next_request: Any) -> Any:
-            result = await self._chain(index + 1, next_details, next_request, owner)
-            if not self._kind[1] and not isinstance(result, grpc.aio.Call | _InterceptedCall):
-                # An inner interceptor answered with the response itself: callers up the chain
-                # still get a call, as with grpc.aio.
-                return _ResponseCall(result)
-            return result
-
-        interceptor = self._interceptors[index]
-        return await getattr(interceptor, self._hook)(continuation, details, request)
-
-
-class _ResponseCall:
-    """A finished OK call around a response an interceptor produced itself."""
-
-    def __init__(self, response: Any) -> None:
-        self._response = response
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
-
-    async def _result(self) -> Any:
-        return self._response
-
-    async def initial_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata()
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata()
-
-    async def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.OK
-
-    async def details(self) -> str:
-        return ""
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def add_done_callback(self, callback: Any) -> None:
-        callback(self)
-
-    def time_remaining(self) -> float | None:
-        return None
-
-
-class _InterceptedCall:
-    """The call handed back when interceptors run: it resolves to whatever the chain returned
-    (a call, a response, or an async iterator of responses) and delegates to it."""
-
-    def __init__(self, callable_: _MultiCallable, details: Any, request: Any) -> None:
-        self._request_streaming, self._response_streaming = callable_._kind
-        # The transport call the chain started last. An interceptor may hand back an async
-        # iterator of responses instead of a call (OpenTelemetry's does for streams): cancel()
-        # and the status then go to this call, as in grpc.aio.
-        self._last_call: Any = None
-        self._responses: AsyncIterator[Any] | None = None
-        # With no request iterator, write() must reach the inner call once the chain has run.
-        self._task = asyncio.get_running_loop().create_task(callable_._chain(0, details, request, self))
-
-    async def _inner(self) -> Any:
-        return await asyncio.shield(self._task)
-
-    async def _call(self) -> Any:
-        """The call object behind the chain's result: the result itself when it is a call."""
-        inner = await self._inner()
-        if hasattr(inner, "code") or self._last_call is None:
-            return inner
-        return self._last_call
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._response().__await__()
-
-    async def _response(self) -> Any:
-        result = await self._inner()
-        if isinstance(result, grpc.aio.Call | UnaryUnaryCall | StreamCall | _ResponseCall):
-            return await result
-        return result
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        result = await self._inner()
-        async for item in result:
-            yield item
-
-    async def read(self) -> Any:
-        inner = await self._inner()
-        if hasattr(inner, "read"):
-            return await inner.read()
-        if self._responses is None:
-            self._responses = inner.__aiter__()
-        try:
-            return await self._responses.__anext__()
-        except StopAsyncIteration:
-            return grpc.aio.EOF
-
-    async def write(self, request: Any) -> None:
-        await (await self._inner()).write(request)
-
-    async def done_writing(self) -> None:
-        await (await self._inner()).done_writing()
-
-    async def initial_metadata(self) -> Any:
-        return await (await self._call()).initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await (await self._call()).trailing_metadata()
-
-    async def code(self) -> grpc.StatusCode:
-        try:
-            inner = await self._call()
-        except grpc.aio.AioRpcError as err:
-            return err.code()
-        return await inner.code() if hasattr(inner, "code") else grpc.StatusCode.OK
-
-    async def details(self) -> str:
-        try:
-            inner = await self._call()
-        except grpc.aio.AioRpcError as err:
-            return err.details() or ""
-        return await inner.details() if hasattr(inner, "details") else ""
-
-    def cancel(self) -> bool:
-        if self._task.done() and not self._task.cancelled() and self._task.exception() is None:
-            inner = self._task.result()
-            if not hasattr(inner, "cancel"):
-                inner = self._last_call
-            return bool(inner.cancel()) if hasattr(inner, "cancel") else False
-        return self._task.cancel()
-
-    def cancelled(self) -> bool:
-        return self._task.cancelled()
-
-    def done(self) -> bool:
-        if not self._task.done() or self._task.cancelled() or self._task.exception() is not None:
-            return self._task.done()
-        inner = self._task.result()
-        return bool(inner.done()) if hasattr(inner, "done") else True
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._task.add_done_callback(lambda _: callback(self))
-
-    def time_remaining(self) -> float | None:
-        return None
