@@ -51,7 +51,6 @@ from nats_transport._stream import (
     cancel_payload,
     failure_of_cancel,
     headers_size,
-    join_repeated_headers,
     publish_quietly,
 )
 from nats_transport._subjects import cancel_subject_of
@@ -131,7 +130,7 @@ class ReplyMux:
         return mux
 
     def __init__(self, nc: Client) -> None:
-        self.nc = join_repeated_headers(nc)  # every reply is read here: repeated lines join (§4)
+        self.nc = nc
         self._prefix = nc.new_inbox()
         self._prefix_len = len(self._prefix) + 1
         self._calls: dict[str, Any] = {}

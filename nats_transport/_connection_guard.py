@@ -20,6 +20,10 @@ server has seen them: a server that subscribed and flushed was then, about once 
 a TLS connection, not yet subscribed when its first caller published (no responders). The guard
 sends PINGs through the pending buffer, behind everything written before them.
 
+nats-py's header parser also keeps only the last line of a key that repeats; the guard has it
+join repeated lines with ``,`` (wire spec §4), looking at a block again only when it holds fewer
+keys than lines, so the hot path pays one ``bytes.count``.
+
 A guard cannot foresee every future nats-py bug, so ``connection_problem`` is the watchdog's
 eye: it reports a reader task that has died on a connection that claims to be connected, or
 PINGs left unanswered. Connect with a short ``ping_interval`` (``WATCHDOG_CONNECT_OPTIONS``) and
@@ -36,6 +40,8 @@ from typing import Any
 
 from nats.aio.client import PING_PROTO, Client
 
+from nats_transport._metadata import fold_repeated_lines
+
 log = logging.getLogger("nats_transport.connection")
 
 # nats-py's stale-connection detection, tightened: a PING every 2 s and a reconnect once more
@@ -51,11 +57,13 @@ _dropped: weakref.WeakKeyDictionary[Client, int] = weakref.WeakKeyDictionary()
 
 
 def guard_connection(nc: Client) -> Client:
-    """Make ``nc`` drop, rather than die of, a message it cannot process. Returns ``nc``."""
+    """Make ``nc`` drop, rather than die of, a message it cannot process, and join header lines
+    that repeat a key. Returns ``nc``."""
     if nc in _dropped:
         return nc
     _dropped[nc] = 0
     process = nc._process_msg  # the bound method the protocol parser calls for each MSG/HMSG
+    parse_headers = nc._process_headers  # what it calls for a header block
     reference = weakref.ref(nc)
 
     async def process_guarded(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
@@ -76,7 +84,16 @@ def guard_connection(nc: Client) -> Client:
         await client._send_command(PING_PROTO)
         await client._flush_pending()
 
+    async def parse_joined(headers: bytes) -> dict[str, str] | None:
+        parsed: dict[str, str] | None = await parse_headers(headers)
+        # CRLFs: the version line's, one per header line and the blank line's. Fewer keys than
+        # header lines means a key repeated (or a line nats-py skipped): only then look again.
+        if parsed and len(parsed) < headers.count(b"\r\n") - 2:
+            fold_repeated_lines(headers, parsed)
+        return parsed
+
     nc._process_msg = process_guarded  # type: ignore[method-assign]  # instance-level wrap, see above
+    nc._process_headers = parse_joined  # type: ignore[method-assign]
     nc._send_ping = send_ping_in_order  # type: ignore[method-assign]  # PING behind pending commands
     return nc
 

@@ -62,7 +62,6 @@ from nats_transport._stream import (
     StreamFailure,
     failure_of_cancel,
     headers_size,
-    join_repeated_headers,
     publish_quietly,
 )
 from nats_transport._subjects import cancel_subject, check_token, method_of, server_wildcard, stream_prefix_of
@@ -118,7 +117,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         interceptors: Sequence[Any] | None = None,
         options: ServerOptions,
     ) -> None:
-        self._nc = join_repeated_headers(guard_connection(nc))
+        self._nc = guard_connection(nc)
         self._target = check_token(target, "target")
         self._options = options
         self._interceptors = tuple(interceptors or ())

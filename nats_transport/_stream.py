@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,6 @@ from nats_transport._framing import (
     decode_trailer_block,
     encode_trailers,
 )
-from nats_transport._metadata import fold_repeated_lines
 from nats_transport._status import code_from_number, status_for_framing_error
 
 END = object()  # queued after the last inbound message
@@ -65,36 +63,6 @@ async def publish_quietly(nc: Client, subject: str, body: bytes, headers: dict[s
         await nc.publish(subject, body, headers=headers)
     except Exception:  # best effort: the caller left or the connection is down
         return
-
-
-_joining: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-def join_repeated_headers(nc: Client) -> Client:
-    """Make ``nc`` join header lines that repeat a key with ``,`` (wire spec §4), where nats-py's
-    parser (checked against 2.16.0) keeps only the last line. Idempotent; returns ``nc``.
-
-    It wraps the instance's ``_process_headers`` (as ``guard_connection`` wraps its per-message
-    entry point) and looks at the block again only when it has two header lines or more, so a
-    single header or a bare status line (a 503) costs nothing extra. Applied by servers and by the
-    reply subscription of clients, so it reaches every message either side reads metadata from.
-    """
-    process = getattr(nc, "_process_headers", None)
-    if process is None or nc in _joining:
-        return nc
-    _joining.add(nc)
-
-    async def process_joined(headers: bytes) -> dict[str, str] | None:
-        parsed: dict[str, str] | None = await process(headers)
-        # CRLFs: the version line's, one per header line and the blank line's. Fewer keys than
-        # header lines means a key repeated (or a line nats-py skipped): only then look again,
-        # so the hot path pays one bytes.count.
-        if parsed and len(parsed) < headers.count(b"\r\n") - 2:
-            fold_repeated_lines(headers, parsed)
-        return parsed
-
-    nc._process_headers = process_joined  # type: ignore[method-assign]  # instance-level wrap
-    return nc
 
 
 def headers_size(headers: dict[str, str]) -> int:
