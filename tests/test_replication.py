@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import nats
+import nats.js.errors
 import pytest
 from nats.js.api import KeyValueConfig, StreamConfig
 
@@ -50,7 +51,17 @@ async def test_on_a_cluster_auto_is_r3_and_old_r1_buckets_and_streams_are_scaled
 
         # A bucket left at R1 by an earlier version, holding data.
         old = await js.create_key_value(KeyValueConfig(bucket=name, replicas=1))
-        await old.put("kept", b"value")
+
+        async def kept() -> bool:
+            # Right after creation the stream's interest may not have reached the server this
+            # client talks to (its one replica is on another node): NATS answers no responders.
+            try:
+                await old.put("kept", b"value")
+            except nats.js.errors.NoStreamResponseError:
+                return False
+            return True
+
+        await wait_for(kept, timeout=10)
         bucket = await JetStreamStorage(nc, replicas=choice.replicas).key_value(name)
         assert (await js.stream_info(f"KV_{name}")).config.num_replicas == 3
         entry = await bucket.get("kept")
