@@ -160,6 +160,13 @@ def _wants_profile(args: argparse.Namespace, settings: Settings) -> tuple[bool, 
     return True, ""
 
 
+def _keys(text: str) -> set[str]:
+    keys = {key.strip() for key in text.split(",") if key.strip()}
+    if unknown := keys - {t.key for t in TRANSPORTS}:
+        raise argparse.ArgumentTypeError(f"unknown transport {', '.join(sorted(unknown))}")
+    return keys
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -173,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
                              "by default they go to a new scratch folder, whose path is printed")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="profile with py-spy after measuring (default: in full mode only)")
+    parser.add_argument("--only", metavar="KEY,...", type=_keys, default=None,
+                        help="run only these transports (" + ", ".join(t.key for t in TRANSPORTS) + "); "
+                             "figures whose cases did not run are left out")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     profile, note = _wants_profile(args, settings)
@@ -181,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         missing |= {"ingress", "envoy"}
     elif not edge_available():
         missing.add("envoy")
+    if args.only is not None:
+        missing |= {t.key for t in TRANSPORTS} - args.only
     transports = tuple(t for t in TRANSPORTS if t.key not in missing)
     session = document.Session(settings, transports, profile_note=note)
     began = time.monotonic()
