@@ -20,6 +20,7 @@ from nats.aio.subscription import Subscription
 
 from nats_transport import _envelope as env
 from nats_transport import _framing, _status
+from nats_transport._connection_guard import subscribe_direct
 from nats_transport._context import current_deadline, current_trace
 from nats_transport._envelope import Kind
 from nats_transport._keepalive import (
@@ -156,7 +157,7 @@ class ReplyMux:
         if self._starting is None:
             self._starting = asyncio.get_running_loop().create_future()
             try:
-                self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_message)
+                self._sub = await subscribe_direct(self.nc, f"{self._prefix}.*", self._on_message)
                 self._starting.set_result(None)
             except BaseException as exc:
                 self._starting.set_exception(exc)
@@ -182,7 +183,7 @@ class ReplyMux:
         """Forget a finished call."""
         self._calls.pop(token, None)
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         call = self._calls.get(msg.subject[self._prefix_len :])
         if call is not None:
             call.on_reply(msg)

@@ -24,6 +24,14 @@ nats-py's header parser also keeps only the last line of a key that repeats; the
 join repeated lines with ``,`` (wire spec §4), looking at a block again only when it holds fewer
 keys than lines, so the hot path pays one ``bytes.count``.
 
+The transport's own hot subscriptions (a server's calls, a connection's unary replies) are
+subscribed with ``subscribe_direct``: the guard hands their messages straight from the reader to
+a plain function, skipping the subscription's queue and its dispatch task. Each message then
+costs one hop through the event loop fewer on each side of a call; the functions never block
+(they resolve a future or start a task), so the reader is never held up by them. nats-py's
+slow-consumer limits do not apply to them: what bounds them is the server's admission limit and
+the calls a client has waiting.
+
 A guard cannot foresee every future nats-py bug, so ``connection_problem`` is the watchdog's
 eye: it reports a reader task that has died on a connection that claims to be connected, or
 PINGs left unanswered. Connect with a short ``ping_interval`` (``WATCHDOG_CONNECT_OPTIONS``) and
@@ -36,9 +44,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import PING_PROTO, Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from nats_transport._metadata import fold_repeated_lines
 
@@ -53,7 +64,13 @@ WATCHDOG_CONNECT_OPTIONS: dict[str, Any] = {"ping_interval": 2, "max_outstanding
 _LOG_FIRST = 5
 _LOG_EVERY = 1000
 
+DirectHandler = Callable[[Msg], None]
+
 _dropped: weakref.WeakKeyDictionary[Client, int] = weakref.WeakKeyDictionary()
+# Per guarded connection: subscription id -> (the subscription, its direct handler).
+_direct: weakref.WeakKeyDictionary[Client, dict[int, tuple[Subscription, DirectHandler]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def guard_connection(nc: Client) -> Client:
@@ -62,12 +79,29 @@ def guard_connection(nc: Client) -> Client:
     if nc in _dropped:
         return nc
     _dropped[nc] = 0
+    routes = _direct[nc] = {}
     process = nc._process_msg  # the bound method the protocol parser calls for each MSG/HMSG
     parse_headers = nc._process_headers  # what it calls for a header block
     reference = weakref.ref(nc)
 
     async def process_guarded(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         try:
+            route = routes.get(sid)
+            if route is not None:
+                client = reference()
+                sub = route[0]
+                # Only while nats-py still holds the subscription: after an unsubscribe or a
+                # drain, stragglers take nats-py's own path (which drops them).
+                if client is not None and client._subs.get(sid) is not sub:
+                    del routes[sid]
+                elif client is not None:
+                    stats = client.stats
+                    stats["in_msgs"] += 1
+                    stats["in_bytes"] += len(data)
+                    sub._received += 1
+                    parsed = await parse_joined(headers) if headers else None
+                    route[1](Msg(client, subject.decode(), reply.decode(), data, parsed, _sid=sid))
+                    return
             await process(sid, subject, reply, data, headers)
         except asyncio.CancelledError:
             raise
@@ -96,6 +130,22 @@ def guard_connection(nc: Client) -> Client:
     nc._process_headers = parse_joined  # type: ignore[method-assign]
     nc._send_ping = send_ping_in_order  # type: ignore[method-assign]  # PING behind pending commands
     return nc
+
+
+async def subscribe_direct(nc: Client, subject: str, handler: DirectHandler, queue: str = "") -> Subscription:
+    """Subscribe ``handler`` to ``subject`` on the guarded connection ``nc``, its messages handed
+    to it straight from the reader (see the module's docstring). ``handler`` must not block or
+    raise; what it raises is dropped and counted like a malformed message."""
+
+    async def through_nats_py(msg: Msg) -> None:
+        # Used only if the guard is bypassed (another wrapper put over ours, say): same handler.
+        handler(msg)
+
+    sub = await nc.subscribe(subject, queue=queue, cb=through_nats_py)
+    routes = _direct.get(nc)
+    if routes is not None:
+        routes[sub._id] = (sub, handler)
+    return sub
 
 
 def dropped_messages(nc: Client) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 import itertools
@@ -20,7 +19,7 @@ from nats.aio.subscription import Subscription
 
 from nats_transport import _envelope as env
 from nats_transport import _framing, _status
-from nats_transport._connection_guard import guard_connection
+from nats_transport._connection_guard import guard_connection, subscribe_direct
 from nats_transport._context import (
     AbortError,
     AioServicerContext,
@@ -65,6 +64,7 @@ from nats_transport._stream import (
     publish_quietly,
 )
 from nats_transport._subjects import cancel_subject, check_token, method_of, server_wildcard, stream_prefix_of
+from nats_transport._thread_pool import ThreadPool
 from nats_transport._unary_calls import CANCELLED_BY_CLIENT, UnaryCalls
 
 log = logging.getLogger("nats_transport.server")
@@ -132,9 +132,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._streams: dict[str, StreamEndpoint] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=options.thread_pool_size, thread_name_prefix=f"grpc-nats-{target}"
-        )
+        self._pool = ThreadPool(options.thread_pool_size, f"grpc-nats-{target}")
         self._started = False
         self._stopping = False
         self._refusing = False  # set once the call subscription is drained
@@ -204,14 +202,12 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         self._started = True
         self._resolve = self._build_chain()
         self._stream_prefix = stream_prefix_of(self._nc.new_inbox())
-        self._stream_sub = await self._nc.subscribe(f"{self._stream_prefix}.*", cb=self._on_stream_message)
+        self._stream_sub = await subscribe_direct(self._nc, f"{self._stream_prefix}.*", self._on_stream_message)
         # Before the calls: a call must never arrive here while its cancel could not.
         self._cancel_sub = await self._nc.subscribe(
             cancel_subject(self._options.subject_prefix, self._target), cb=self._on_cancel
         )
-        self._call_sub = await self._nc.subscribe(
-            self._call_wildcard(), queue=self._target, cb=self._on_call
-        )
+        self._call_sub = await subscribe_direct(self._nc, self._call_wildcard(), self._on_call, queue=self._target)
         self._services_api = ServicesApi(
             self._nc,
             name=self._target,
@@ -247,6 +243,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+            self._tasks = {task for task in self._tasks if not task.done()}
         for endpoint in list(self._streams.values()):
             endpoint.close()
         if self._stream_sub is not None:
@@ -254,7 +251,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         if self._cancel_sub is not None:
             await _quiet_unsubscribe(self._cancel_sub)
         self._unary.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         self._terminated.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - grpc.aio's signature
@@ -350,8 +347,8 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _on_call(self, msg: Msg) -> None:
-        # nats-py runs one subscription's callbacks one at a time: each call gets its own task.
+    def _on_call(self, msg: Msg) -> None:
+        # Called from the connection's reader (subscribe_direct): each call gets its own task.
         if not msg.reply:
             return  # nobody to answer; a publish without reply is not a call
         self.stats.bytes_received += len(msg.data)
@@ -361,9 +358,12 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         if headers and headers.get(STREAM_HEADER):
             self._spawn(self._serve_stream(msg))
         else:
-            self._spawn(self._serve_unary(msg))
+            # The unary fast path removes itself from _tasks when it ends (a done callback would
+            # cost a trip through the event loop per call); stop() sweeps any it cancelled
+            # before they began.
+            self._tasks.add(asyncio.get_running_loop().create_task(self._serve_unary(msg)))
 
-    async def _on_stream_message(self, msg: Msg) -> None:
+    def _on_stream_message(self, msg: Msg) -> None:
         endpoint = self._streams.get(msg.subject[len(self._stream_prefix) + 1 :])
         self.stats.bytes_received += len(msg.data)
         if endpoint is not None:
@@ -432,6 +432,12 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
     # -- unary fast path ------------------------------------------------------------------
 
     async def _serve_unary(self, msg: Msg) -> None:
+        try:
+            await self._serve_unary_call(msg)
+        finally:
+            self._tasks.discard(asyncio.current_task())  # always in a task: current_task() is it
+
+    async def _serve_unary_call(self, msg: Msg) -> None:
         try:
             state, handler = await self._prepare(msg)
             if handler.request_streaming or handler.response_streaming:
@@ -555,17 +561,19 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
             sync_context = SyncServicerContext(state, sync_writer(stream, loop), sync_reader(stream, loop), loop)
             if request is stream and stream is not None:
                 request = SyncRequestIterator(stream, loop)  # plain functions iterate blocking
-            call_args = (request, sync_context)
+            # One copy per call, of the deadline and trace set above: the handler's thread runs
+            # in it (and each step of its response iterator), never in this task's own context.
             ctx = contextvars.copy_context()
+            pool = self._pool
             if stream is not None and stream.response_streaming:
-                iterator = await loop.run_in_executor(self._pool, ctx.run, behaviour, *call_args)
+                iterator = await pool.run(behaviour, request, sync_context, context=ctx)
                 sentinel = object()
                 while True:
-                    item = await loop.run_in_executor(self._pool, ctx.run, _next_or, iterator, sentinel)
+                    item = await pool.run(_next_or, iterator, sentinel, context=ctx)
                     if item is sentinel:
                         return None
                     await stream.write(item)
-            return await loop.run_in_executor(self._pool, ctx.run, behaviour, *call_args)
+            return await pool.run(behaviour, request, sync_context, context=ctx)
         except AbortError:
             return FAILED
         except asyncio.CancelledError:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import nats
+import asyncio
 
-from nats_transport._connection_guard import guard_connection
+import nats
+from nats.aio.msg import Msg
+
+from nats_transport._connection_guard import dropped_messages, guard_connection, subscribe_direct
 from nats_transport.testing import NatsServer
+from tests._waiting import wait_for
 
 
 async def test_flush_returns_only_after_the_server_saw_what_was_written_before_it(nats_server: NatsServer):
@@ -23,5 +27,83 @@ async def test_flush_returns_only_after_the_server_saw_what_was_written_before_i
         await nc.flush()
         stream = b"".join(written)
         assert stream.index(b"SUB probe.ordering") < stream.index(b"PING\r\n"), stream
+    finally:
+        await nc.close()
+
+
+async def test_a_direct_subscription_hands_each_message_to_its_handler_from_the_reader(nats_server: NatsServer):
+    nc = guard_connection(await nats.connect(nats_server.url))
+    publisher = await nats.connect(nats_server.url)
+    seen: list[tuple[str, str, bytes, dict[str, str] | None]] = []
+    in_reader: list[bool] = []
+
+    def handler(msg: Msg) -> None:
+        in_reader.append(asyncio.current_task() is nc._reading_task)
+        seen.append((msg.subject, msg.reply, msg.data, msg.headers))
+
+    try:
+        sub = await subscribe_direct(nc, "direct.>", handler)
+        await nc.flush()
+        await publisher.publish("direct.a", b"one", reply="answer.here", headers={"k": "v"})
+        await publisher.publish("direct.b", b"two")
+        await publisher.flush()
+        await wait_for(lambda: len(seen) == 2, timeout=5)
+        assert seen == [("direct.a", "answer.here", b"one", {"k": "v"}), ("direct.b", "", b"two", None)]
+        # Handed over by the reader itself, not by the subscription's dispatch task; nats-py's
+        # counters still count them.
+        assert in_reader == [True, True]
+        assert sub.delivered == 2
+        assert nc.stats["in_msgs"] >= 2
+    finally:
+        await nc.close()
+        await publisher.close()
+
+
+async def test_a_direct_handler_that_raises_costs_one_message_not_the_connection(nats_server: NatsServer):
+    nc = guard_connection(await nats.connect(nats_server.url))
+    publisher = await nats.connect(nats_server.url)
+    seen: list[bytes] = []
+
+    def handler(msg: Msg) -> None:
+        if msg.data == b"boom":
+            raise ValueError("handler failed")
+        seen.append(msg.data)
+
+    try:
+        await subscribe_direct(nc, "direct.raise", handler)
+        await nc.flush()
+        for body in (b"boom", b"after"):
+            await publisher.publish("direct.raise", body)
+        await publisher.flush()
+        await wait_for(lambda: seen == [b"after"], timeout=5)
+        assert dropped_messages(nc) == 1
+    finally:
+        await nc.close()
+        await publisher.close()
+
+
+async def test_a_direct_subscription_hears_nothing_once_unsubscribed(nats_server: NatsServer):
+    nc = guard_connection(await nats.connect(nats_server.url))
+    seen: list[bytes] = []
+    try:
+        sub = await subscribe_direct(nc, "direct.gone", lambda msg: seen.append(msg.data))
+        await nc.publish("direct.gone", b"first")
+        await wait_for(lambda: seen == [b"first"], timeout=5)
+        await sub.unsubscribe()
+        marker = await nc.subscribe("direct.gone")
+        await nc.publish("direct.gone", b"second")
+        await marker.next_msg(timeout=5)  # the second message reached this connection...
+        assert seen == [b"first"]  # ...but not the handler of the subscription that ended
+    finally:
+        await nc.close()
+
+
+async def test_without_the_guard_a_direct_subscription_still_delivers_through_nats_py(nats_server: NatsServer):
+    nc = await nats.connect(nats_server.url)
+    seen: list[bytes] = []
+    try:
+        await subscribe_direct(nc, "direct.plain", lambda msg: seen.append(msg.data))
+        await nc.publish("direct.plain", b"hello")
+        await wait_for(lambda: seen == [b"hello"], timeout=5)
     finally:
         await nc.close()

@@ -137,12 +137,15 @@ class UnaryUnaryCall(CallBase, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
 
     def __await__(self) -> Generator[Any, None, Any]:
         try:
-            yield from asyncio.shield(self._task).__await__()
+            # Not shielded: cancelling the task that awaits cancels the call's task with it (its
+            # _run reports CANCELLED and tells the server, wire protocol 1.1), as grpc.aio does.
+            # A shield would cost a future and a trip through the event loop on every call.
+            yield from self._task.__await__()
         except asyncio.CancelledError:
             if not self.done():
-                # The task awaiting the call was cancelled: as in grpc.aio, so is the call, and the
-                # server hears of it (wire protocol 1.1).
                 self.cancel()
+            elif self._task.cancelled():
+                self._locally_cancelled = True  # the call ended because its awaiter was cancelled
             raise
         if self._locally_cancelled:
             raise asyncio.CancelledError()  # what grpc.aio raises once the caller cancelled
