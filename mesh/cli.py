@@ -8,7 +8,6 @@ port that is already taken), 130 interrupted before the signal handlers were in 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.metadata
 import subprocess
 import sys
@@ -16,10 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from mesh import gateway_command, serve, tools, trace_command
+from mesh import event_loop, gateway_command, serve, tools, trace_command
 from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.conformance import command as conformance_command
 from mesh.embedded_nats import EmbeddedNatsError, PortUnavailableError
+from mesh.event_loop import EventLoopError
 from mesh.k8s import command as k8s_command
 from mesh.security import command as security_command
 from mesh.up import NatsNotUsable, PortsTaken, TracingNotUsable, UpError, run
@@ -191,11 +191,11 @@ def _run_up(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _fail("up", str(error), EXIT_USAGE)
     try:
-        asyncio.run(run(config, trace=args.trace))
+        event_loop.run(run(config, trace=args.trace))
     except PortUnavailableError as error:
         flag = flag_of({"client": "nats_port", "cluster": "nats_cluster_port"}.get(error.role, "nats_monitor_port"))
         return _fail("up", f"{flag}: cannot listen on {error.host}:{error.port}: {error.reason}", EXIT_USAGE)
-    except (NatsNotUsable, PortsTaken, TracingNotUsable) as error:
+    except (NatsNotUsable, PortsTaken, TracingNotUsable, EventLoopError) as error:
         return _fail("up", str(error), EXIT_USAGE)
     except (EmbeddedNatsError, UpError) as error:
         return _fail("up", str(error), EXIT_FAILED)

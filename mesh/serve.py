@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from health.call_log import configure_json_logging
-from mesh import catalogue
+from mesh import catalogue, event_loop
 from mesh.config import NATS_URL_SCHEMES, ConfigError
 from mesh.connection import AccessDenied, NatsAccess
+from mesh.event_loop import EventLoopError
 from mesh.host import Host, HostConfig
 from nats_transport import ServiceConfig
 
@@ -292,7 +293,7 @@ async def serve(config: HostConfig) -> None:
         if starting.done():
             starting.result()
             print(f"mesh serve: {', '.join(config.targets)} on {', '.join(config.nats.urls)}"
-                  f"; admin port {host.admin_port}", flush=True)
+                  f"; admin port {host.admin_port}; {event_loop.running()} event loop", flush=True)
             await stopping
     finally:
         for task in (starting, stopping):
@@ -312,8 +313,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     configure_json_logging(level)
     try:
-        asyncio.run(serve(config))
-    except (AccessDenied, ConfigError) as error:
+        event_loop.run(serve(config))
+    except (AccessDenied, ConfigError, EventLoopError) as error:
         print(f"mesh serve: error: {error}", flush=True, file=sys.stderr)
         return 2
     return 0

@@ -29,10 +29,11 @@ from nats.aio.client import Client
 
 import nats_transport.aio
 from health.call_log import configure_json_logging
-from mesh import serve
+from mesh import event_loop, serve
 from mesh.config import ConfigError
 from mesh.conformance.service import SERVICE_NAME, ConformanceServicer, RequestedException
 from mesh.connection import AccessDenied, NatsAccess, NatsUnreachable, connect
+from mesh.event_loop import EventLoopError
 from nats_transport import ServerOptions
 
 __all__ = ["DEFAULT_KEEPALIVE_MS", "DEFAULT_TARGET", "DEFAULT_WINDOW", "LIMITED_SUFFIX", "ConformanceConfig",
@@ -247,8 +248,8 @@ def run(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_not_requested)
     try:
-        asyncio.run(serve_until_stopped(config))
-    except (AccessDenied, NatsUnreachable) as error:
+        event_loop.run(serve_until_stopped(config))
+    except (AccessDenied, NatsUnreachable, EventLoopError) as error:
         return _fail(str(error))
     except (OSError, nats.errors.Error) as error:
         return _fail(f"cannot reach NATS: {error or type(error).__name__}")
