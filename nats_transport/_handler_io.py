@@ -5,10 +5,12 @@ written into its CallState; the server turns that into the status."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -17,6 +19,8 @@ from nats_transport._context import AbortError, CallState, initial_headers
 from nats_transport._stream import StreamEndpoint, headers_size
 
 log = logging.getLogger("nats_transport.server")
+
+T = TypeVar("T")
 
 FAILED: Any = object()  # a request or result that did not come to be; the state says why
 
@@ -113,12 +117,50 @@ def serialize(serializer: Any, message: Any, state: CallState) -> bytes | None:
         return None
 
 
+def wait_on_loop(loop: asyncio.AbstractEventLoop, step: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """From a handler's thread: run ``step()`` as a task on ``loop`` and block until it ends;
+    return its result or raise its exception.
+
+    ``asyncio.run_coroutine_threadsafe(...).result()`` does the same through a
+    ``concurrent.futures.Future``, a Condition with its locks and a chained callback; a stream
+    pays that for every message a plain-function handler reads. One plain lock per wait does.
+    """
+    finished = threading.Lock()
+    finished.acquire()  # released by the loop when the task ends: acquiring it again waits
+    outcome: list[tuple[bool, Any]] = []
+
+    def settle(task: asyncio.Task[T]) -> None:
+        if task.cancelled():  # the loop is shutting down: as run_coroutine_threadsafe reports it
+            outcome.append((False, concurrent.futures.CancelledError()))
+        elif (error := task.exception()) is not None:
+            outcome.append((False, error))
+        else:
+            outcome.append((True, task.result()))
+        finished.release()
+
+    def start() -> None:
+        try:
+            task = loop.create_task(step())
+        except BaseException as exc:  # the handler's thread raises it; the loop goes on
+            outcome.append((False, exc))
+            finished.release()
+            return
+        task.add_done_callback(settle)
+
+    loop.call_soon_threadsafe(start)
+    finished.acquire()
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return cast(T, value)
+
+
 def sync_writer(stream: StreamIO | None, loop: asyncio.AbstractEventLoop) -> Callable[[Any], None] | None:
     if stream is None:
         return None
 
     def write(message: Any) -> None:
-        asyncio.run_coroutine_threadsafe(stream.write(message), loop).result()
+        wait_on_loop(loop, lambda: stream.write(message))
 
     return write
 
@@ -134,7 +176,7 @@ class SyncRequestIterator:
         return self
 
     def __next__(self) -> Any:
-        message = asyncio.run_coroutine_threadsafe(self._stream.read(), self._loop).result()
+        message = wait_on_loop(self._loop, self._stream.read)
         if message is grpc.aio.EOF:
             raise StopIteration
         return message

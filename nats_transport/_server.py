@@ -539,7 +539,7 @@ class Server(grpc.aio.Server):  # type: ignore[misc]
         task = asyncio.current_task()
         assert task is not None
         current_deadline.set(state.deadline)
-        if headers:
+        if headers and ("traceparent" in headers or "tracestate" in headers):  # TRACE_HEADERS, unrolled
             current_trace.set(tuple((k, headers[k]) for k in TRACE_HEADERS if k in headers))
         deadline_handle = None
         if state.deadline is not None:
