@@ -1,15 +1,9 @@
 """Settings: versioned key/value settings of a scope (one player, or one service of the mesh).
 
 Storage: the bucket ``settings`` holds one key per scope, ``player.<id>`` or ``service.<id>``
-(the id in base64url), whose value is a ``SettingsRecord``, declared below because the API has
-no message for what is stored::
-
-    message SettingsRecord {
-      gaming.settings.v1.Settings settings = 1;  // revision unset: the store assigns it
-      repeated string changed_keys = 2;          // what the write set, for watchers
-      repeated string removed_keys = 3;          // what the write removed (keys that were set)
-      uint64 previous_revision = 4;              // the revision the write replaced; 0 for none
-    }
+(the id in base64url), whose value is a ``SettingsRecord`` of
+``protos/gaming/settings/storage/v1/settings_records.proto``: the settings (revision unset, the
+store assigns it), the keys the write set and removed, and the revision it replaced (0 for none).
 
 Keeping the delta in the record gives watchers the exact keys an update named, even a key set
 to the value it had. ``previous_revision`` tells a watcher that it missed a write (possible
@@ -25,9 +19,10 @@ from typing import Any
 
 import grpc
 from gaming.common.v1 import common_pb2
+from gaming.settings.storage.v1 import settings_records_pb2
 from gaming.settings.v1 import settings_pb2 as pb
 from gaming.settings.v1 import settings_pb2_grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from servicers.auth.call_identity import acts_for, acts_for_anyone, caller, recorded_actor
 from servicers.dependencies import Dependencies
@@ -56,45 +51,21 @@ _KIND_TOKENS = {pb.SCOPE_KIND_PLAYER: "player", pb.SCOPE_KIND_SERVICE: "service"
 # google.protobuf.Duration's documented range.
 _MAX_DURATION_SECONDS = 315_576_000_000
 
-_FIELD = descriptor_pb2.FieldDescriptorProto
-
-
-def _declare_record() -> Any:
-    source = descriptor_pb2.FileDescriptorProto(
-        name="servicers/settings/settings_record.proto",
-        package="servicers.settings",
-        syntax="proto3",
-        dependency=[pb.DESCRIPTOR.name],
-    )
-    message = source.message_type.add(name="SettingsRecord")
-    message.field.add(name="settings", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
-                      type_name=".gaming.settings.v1.Settings")
-    message.field.add(name="changed_keys", number=2, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_STRING)
-    message.field.add(name="removed_keys", number=3, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_STRING)
-    message.field.add(name="previous_revision", number=4, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_UINT64)
-    pool = descriptor_pool.Default()
-    pool.AddSerializedFile(source.SerializeToString())
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.settings.SettingsRecord"))
-
-
-# A dynamically built class, typed Any: only _encode and _decode below touch it.
-_SettingsRecord: Any = _declare_record()
-
 
 def _encode(settings: pb.Settings, changed: list[str], removed: list[str], previous_revision: int) -> bytes:
-    record = _SettingsRecord(
+    record = settings_records_pb2.SettingsRecord(
         settings=settings, changed_keys=changed, removed_keys=removed, previous_revision=previous_revision
     )
-    return bytes(record.SerializeToString())
+    return record.SerializeToString()
 
 
 def _decode(entry: Entry) -> tuple[pb.Settings, list[str], list[str], int]:
     """(settings with the entry's revision, changed keys, removed keys, previous revision)."""
-    record = _SettingsRecord.FromString(entry.value)
+    record = settings_records_pb2.SettingsRecord.FromString(entry.value)
     settings = pb.Settings()
     settings.CopyFrom(record.settings)
     settings.revision.value = entry.revision
-    return settings, list(record.changed_keys), list(record.removed_keys), int(record.previous_revision)
+    return settings, list(record.changed_keys), list(record.removed_keys), record.previous_revision
 
 
 def _empty(scope: pb.Scope) -> pb.Settings:

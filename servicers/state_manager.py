@@ -1,13 +1,9 @@
 """State manager: one JSON-like state document per player, written with compare-and-set.
 
 Storage: the bucket ``state_manager`` holds one key per player (the id in base64url) whose
-value is a ``StateRecord``, declared below because the API has no message for what is stored::
-
-    message StateRecord {
-      gaming.state_manager.v1.PlayerState state = 1;  // revision unset: the store assigns it
-      bool deleted = 2;             // a tombstone: `state` holds the player id and audit only
-      uint64 previous_revision = 3; // the revision this write replaced; 0 for none
-    }
+value is a ``StateRecord`` of ``protos/gaming/state_manager/storage/v1/state_manager_records.proto``:
+the state (revision unset, the store assigns it), whether it is a tombstone (then the state holds
+the player id and audit only), and the revision the write replaced (0 for none).
 
 A delete writes a tombstone instead of deleting the key, so that the delete has a revision of
 its own (``DeleteResponse.revision``, seen by watchers, as the proto promises) and records who
@@ -24,9 +20,10 @@ from typing import Any
 
 import grpc
 from gaming.common.v1 import common_pb2
+from gaming.state_manager.storage.v1 import state_manager_records_pb2
 from gaming.state_manager.v1 import state_manager_pb2 as pb
 from gaming.state_manager.v1 import state_manager_pb2_grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from servicers.auth.call_identity import recorded_actor
 from servicers.dependencies import Dependencies
@@ -48,41 +45,18 @@ MAX_DOCUMENT_BYTES = 1 << 20
 # JetStream adds; a larger publish makes nats-server close the whole connection.
 MAX_RECORD_BYTES = (1 << 20) - 1024
 
-_FIELD = descriptor_pb2.FieldDescriptorProto
-
-
-def _declare_record() -> Any:
-    source = descriptor_pb2.FileDescriptorProto(
-        name="servicers/state_manager/state_record.proto",
-        package="servicers.state_manager",
-        syntax="proto3",
-        dependency=[pb.DESCRIPTOR.name],
-    )
-    message = source.message_type.add(name="StateRecord")
-    message.field.add(name="state", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
-                      type_name=".gaming.state_manager.v1.PlayerState")
-    message.field.add(name="deleted", number=2, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_BOOL)
-    message.field.add(name="previous_revision", number=3, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_UINT64)
-    pool = descriptor_pool.Default()
-    pool.AddSerializedFile(source.SerializeToString())
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.state_manager.StateRecord"))
-
-
-# A dynamically built class, typed Any: only _encode and _decode below touch it.
-_StateRecord: Any = _declare_record()
-
 
 def _encode(state: pb.PlayerState, *, deleted: bool, previous_revision: int) -> bytes:
-    record = _StateRecord(state=state, deleted=deleted, previous_revision=previous_revision)
-    return bytes(record.SerializeToString())
+    record = state_manager_records_pb2.StateRecord(state=state, deleted=deleted, previous_revision=previous_revision)
+    return record.SerializeToString()
 
 
 def _decode(value: bytes) -> tuple[pb.PlayerState, bool, int]:
     """(state without its revision, deleted, previous revision) of a stored value."""
-    record = _StateRecord.FromString(value)
+    record = state_manager_records_pb2.StateRecord.FromString(value)
     state = pb.PlayerState()
     state.CopyFrom(record.state)
-    return state, bool(record.deleted), int(record.previous_revision)
+    return state, record.deleted, record.previous_revision
 
 
 def _live_state(entry: Entry | None) -> pb.PlayerState | None:

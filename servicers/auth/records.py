@@ -1,93 +1,41 @@
 """What the auth service keeps in its buckets: accounts, sessions, failed-login counters, the
 signing key set and recent revocations.
 
-Each record is a frozen dataclass stored as a serialized protobuf message. The message types are
-internal (nothing outside this service reads them), so rather than adding them to the public
-``auth.proto`` their schema is derived here from the dataclass: every field carries its protobuf
-field number in ``Annotated[..., Tag(n)]``. As with a ``.proto`` file, a number must never be
-reused or changed; add fields with new numbers, and old records decode with the default value.
-A field may be a scalar, another record dataclass (a nested message), or a tuple of either
-(repeated).
+Each record is a frozen dataclass stored as a serialized protobuf message of
+``protos/gaming/auth/storage/v1/auth_records.proto`` (a storage-only package, so the records stay
+out of the public ``auth.proto``). The proto is the schema: a field number there must never be
+reused or changed; a field added with a new number reads as its default from older records. The
+codecs below copy fields between the dataclasses and the generated messages.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
-
-_FIELD = descriptor_pb2.FieldDescriptorProto
-# Python annotation -> protobuf scalar type; a tuple[X, ...] is a repeated X.
-_SCALARS: dict[object, int] = {
-    str: _FIELD.TYPE_STRING,
-    int: _FIELD.TYPE_INT64,
-    float: _FIELD.TYPE_DOUBLE,
-    bool: _FIELD.TYPE_BOOL,
-    bytes: _FIELD.TYPE_BYTES,
-}
-# A private pool: these types must not show up in server reflection or clash with public ones.
-_POOL = descriptor_pool.DescriptorPool()
-_PACKAGE = "gaming.auth.internal.v1"
-
-
-@dataclass(frozen=True, slots=True)
-class Tag:
-    """The protobuf field number of a record field."""
-
-    number: int
-
+from gaming.auth.storage.v1 import auth_records_pb2 as pb
+from google.protobuf import message
 
 R = TypeVar("R")
+M = TypeVar("M", bound=message.Message)
 
 
-class Codec(Generic[R]):
-    """Encodes one record dataclass (and the records nested in it) to protobuf bytes and back."""
+class Codec(Generic[R, M]):
+    """Encodes one record dataclass to its stored message's bytes and back."""
 
-    def __init__(self, record_type: type[R], message_name: str) -> None:
-        self._type = record_type
-        proto = descriptor_pb2.FileDescriptorProto(
-            name=f"gaming/auth/internal/v1/{message_name.lower()}.proto", package=_PACKAGE, syntax="proto3"
-        )
-        # Nested record types become messages of the same file, named after the outer one.
-        self._names: dict[type, str] = {}
-        self._describe(proto, record_type, message_name)
-        _POOL.Add(proto)
-        self._message = message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{message_name}"))
-
-    def _describe(self, proto: descriptor_pb2.FileDescriptorProto, record_type: type, name: str) -> None:
-        self._names[record_type] = name
-        described = proto.message_type.add(name=name)
-        hints = typing.get_type_hints(record_type, include_extras=True)
-        for item in dataclasses.fields(record_type):
-            base, *extras = typing.get_args(hints[item.name])
-            tag = next(extra for extra in extras if isinstance(extra, Tag))
-            label = _FIELD.LABEL_OPTIONAL
-            if typing.get_origin(base) is tuple:
-                base = typing.get_args(base)[0]
-                label = _FIELD.LABEL_REPEATED
-            if _is_record(base):
-                if base not in self._names:
-                    self._describe(proto, base, f"{name}{base.__name__}")
-                described.field.add(
-                    name=item.name,
-                    number=tag.number,
-                    label=label,
-                    type=_FIELD.TYPE_MESSAGE,
-                    type_name=f".{_PACKAGE}.{self._names[base]}",
-                )
-            else:
-                described.field.add(name=item.name, number=tag.number, label=label, type=_SCALARS[base])
+    def __init__(self, message_type: type[M], to_message: Callable[[R], M], from_message: Callable[[M], R]) -> None:
+        self._message_type = message_type
+        self._to_message = to_message
+        self._from_message = from_message
 
     def __repr__(self) -> str:
-        return f"<Codec {self._message.DESCRIPTOR.full_name}>"
+        return f"<Codec {self._message_type.DESCRIPTOR.full_name}>"
 
     def encode(self, record: R) -> bytes:
         """The record as serialized protobuf."""
-        encoded: bytes = self._message(**_values(record)).SerializeToString(deterministic=True)
-        return encoded
+        # Deterministic, as before the schema moved to a .proto: equal records store equal bytes.
+        return self._to_message(record).SerializeToString(deterministic=True)
 
     def decode(self, data: bytes) -> R:
         """The record stored as ``data``.
@@ -95,43 +43,7 @@ class Codec(Generic[R]):
         Raises:
             google.protobuf.message.DecodeError: ``data`` is not a record of this type.
         """
-        parsed: message.Message = self._message.FromString(data)
-        return typing.cast(R, _record(self._type, parsed))
-
-
-def _is_record(annotation: object) -> typing.TypeGuard[type]:
-    """Whether a field's type is a record dataclass (a nested message), not a scalar."""
-    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
-
-
-def _values(record: object) -> dict[str, object]:
-    """The fields of ``record`` as keyword arguments of its message (nested records as dicts)."""
-
-    def plain(value: object) -> object:
-        if isinstance(value, tuple):
-            return [plain(item) for item in value]
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return _values(value)
-        return value
-
-    return {item.name: plain(getattr(record, item.name)) for item in dataclasses.fields(record)}  # type: ignore[arg-type]
-
-
-def _record(record_type: type, parsed: message.Message) -> object:
-    """The dataclass ``record_type`` holding the fields of ``parsed``."""
-    hints = typing.get_type_hints(record_type, include_extras=True)
-    values: dict[str, object] = {}
-    for item in dataclasses.fields(record_type):
-        base = typing.get_args(hints[item.name])[0]
-        value = getattr(parsed, item.name)
-        if typing.get_origin(base) is tuple:
-            inner = typing.get_args(base)[0]
-            values[item.name] = tuple(_record(inner, v) if _is_record(inner) else v for v in value)
-        elif _is_record(base):
-            values[item.name] = _record(base, value)
-        else:
-            values[item.name] = value
-    return record_type(**values)
+        return self._from_message(self._message_type.FromString(data))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,13 +54,13 @@ class Account:
     ``scopes`` are the scopes the account may hold, all granted by a login that names none.
     """
 
-    account_id: Annotated[str, Tag(1)]
-    username: Annotated[str, Tag(2)]
-    display_name: Annotated[str, Tag(3)]
-    password_hash: Annotated[str, Tag(4)]
-    scopes: Annotated[tuple[str, ...], Tag(5)]
-    create_time: Annotated[float, Tag(6)]
-    disabled: Annotated[bool, Tag(7)] = False
+    account_id: str
+    username: str
+    display_name: str
+    password_hash: str
+    scopes: tuple[str, ...]
+    create_time: float
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,15 +72,15 @@ class Session:
     the session is revoked. Times are Unix seconds.
     """
 
-    session_id: Annotated[str, Tag(1)]
-    account_id: Annotated[str, Tag(2)]
-    scopes: Annotated[tuple[str, ...], Tag(3)]
-    client_description: Annotated[str, Tag(4)]
-    create_time: Annotated[float, Tag(5)]
-    refresh_expire_time: Annotated[float, Tag(6)]
-    refresh_generation: Annotated[int, Tag(7)]
-    revoke_time: Annotated[float, Tag(8)] = 0.0
-    revoke_reason: Annotated[str, Tag(9)] = ""
+    session_id: str
+    account_id: str
+    scopes: tuple[str, ...]
+    client_description: str
+    create_time: float
+    refresh_expire_time: float
+    refresh_generation: int
+    revoke_time: float = 0.0
+    revoke_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,9 +91,9 @@ class Failures:
     ``locked_until`` (Unix seconds, 0 when not locked).
     """
 
-    count: Annotated[int, Tag(1)]
-    last_failure_time: Annotated[float, Tag(2)]
-    locked_until: Annotated[float, Tag(3)] = 0.0
+    count: int
+    last_failure_time: float
+    locked_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,9 +101,9 @@ class RetiredKey:
     """The public half of a signing key that no longer signs; tokens it signed may still be
     valid until ``valid_until`` (Unix seconds)."""
 
-    kid: Annotated[str, Tag(1)]
-    public_key: Annotated[bytes, Tag(2)]
-    valid_until: Annotated[float, Tag(3)]
+    kid: str
+    public_key: bytes
+    valid_until: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,10 +114,10 @@ class KeySet:
     since ``create_time``; ``retired`` are the keys it replaced, kept while their tokens live.
     """
 
-    kid: Annotated[str, Tag(1)]
-    private_key: Annotated[bytes, Tag(2)]
-    create_time: Annotated[float, Tag(3)]
-    retired: Annotated[tuple[RetiredKey, ...], Tag(4)] = ()
+    kid: str
+    private_key: bytes
+    create_time: float
+    retired: tuple[RetiredKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,12 +125,78 @@ class Revocation:
     """A session revoked recently, stored under its id in ``auth_revocations`` (which forgets it
     once its access tokens have all expired). ``revoke_time`` is Unix seconds."""
 
-    session_id: Annotated[str, Tag(1)]
-    revoke_time: Annotated[float, Tag(2)]
+    session_id: str
+    revoke_time: float
 
 
-ACCOUNTS = Codec(Account, "AccountRecord")
-SESSIONS = Codec(Session, "SessionRecord")
-FAILURES = Codec(Failures, "FailuresRecord")
-KEY_SETS = Codec(KeySet, "KeySetRecord")
-REVOCATIONS = Codec(Revocation, "RevocationRecord")
+def _account_message(record: Account) -> pb.AccountRecord:
+    return pb.AccountRecord(
+        account_id=record.account_id, username=record.username, display_name=record.display_name,
+        password_hash=record.password_hash, scopes=record.scopes, create_time=record.create_time,
+        disabled=record.disabled,
+    )
+
+
+def _account(stored: pb.AccountRecord) -> Account:
+    return Account(
+        account_id=stored.account_id, username=stored.username, display_name=stored.display_name,
+        password_hash=stored.password_hash, scopes=tuple(stored.scopes), create_time=stored.create_time,
+        disabled=stored.disabled,
+    )
+
+
+def _session_message(record: Session) -> pb.SessionRecord:
+    return pb.SessionRecord(
+        session_id=record.session_id, account_id=record.account_id, scopes=record.scopes,
+        client_description=record.client_description, create_time=record.create_time,
+        refresh_expire_time=record.refresh_expire_time, refresh_generation=record.refresh_generation,
+        revoke_time=record.revoke_time, revoke_reason=record.revoke_reason,
+    )
+
+
+def _session(stored: pb.SessionRecord) -> Session:
+    return Session(
+        session_id=stored.session_id, account_id=stored.account_id, scopes=tuple(stored.scopes),
+        client_description=stored.client_description, create_time=stored.create_time,
+        refresh_expire_time=stored.refresh_expire_time, refresh_generation=stored.refresh_generation,
+        revoke_time=stored.revoke_time, revoke_reason=stored.revoke_reason,
+    )
+
+
+def _failures_message(record: Failures) -> pb.FailuresRecord:
+    return pb.FailuresRecord(
+        count=record.count, last_failure_time=record.last_failure_time, locked_until=record.locked_until
+    )
+
+
+def _failures(stored: pb.FailuresRecord) -> Failures:
+    return Failures(count=stored.count, last_failure_time=stored.last_failure_time, locked_until=stored.locked_until)
+
+
+def _key_set_message(record: KeySet) -> pb.KeySetRecord:
+    retired = [pb.RetiredKeyRecord(kid=key.kid, public_key=key.public_key, valid_until=key.valid_until)
+               for key in record.retired]
+    return pb.KeySetRecord(
+        kid=record.kid, private_key=record.private_key, create_time=record.create_time, retired=retired
+    )
+
+
+def _key_set(stored: pb.KeySetRecord) -> KeySet:
+    retired = tuple(RetiredKey(kid=key.kid, public_key=key.public_key, valid_until=key.valid_until)
+                    for key in stored.retired)
+    return KeySet(kid=stored.kid, private_key=stored.private_key, create_time=stored.create_time, retired=retired)
+
+
+def _revocation_message(record: Revocation) -> pb.RevocationRecord:
+    return pb.RevocationRecord(session_id=record.session_id, revoke_time=record.revoke_time)
+
+
+def _revocation(stored: pb.RevocationRecord) -> Revocation:
+    return Revocation(session_id=stored.session_id, revoke_time=stored.revoke_time)
+
+
+ACCOUNTS = Codec(pb.AccountRecord, _account_message, _account)
+SESSIONS = Codec(pb.SessionRecord, _session_message, _session)
+FAILURES = Codec(pb.FailuresRecord, _failures_message, _failures)
+KEY_SETS = Codec(pb.KeySetRecord, _key_set_message, _key_set)
+REVOCATIONS = Codec(pb.RevocationRecord, _revocation_message, _revocation)

@@ -12,14 +12,10 @@ A body may be 1 MiB, but a NATS message (a KV value) is at most 1 MiB *including
 bodies above ``INLINE_BODY_BYTES`` are cut into parts. The parts are written first, under a fresh
 ``parts_id``, and the document record last: the record is the commit point, so a reader that sees
 a record finds its parts, and a replacement never overwrites parts a lagging reader still needs
-(the old parts are deleted only after the new record is stored). The record message, declared
-here because the API has no message for it::
-
-    message StoredDocument {
-      gaming.knowledge_base.v1.Document document = 1;  // body empty when in parts; no revision
-      uint32 body_parts = 2;                            // 0: the body is inline
-      string parts_id = 3;
-    }
+(the old parts are deleted only after the new record is stored). The record is
+``StoredDocument`` of ``protos/gaming/knowledge_base/storage/v1/knowledge_base_records.proto``
+(the API has no message for it): the document (body empty when in parts, no revision), its
+number of parts (0: the body is inline) and their ``parts_id``.
 """
 
 from __future__ import annotations
@@ -28,10 +24,10 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
+from gaming.knowledge_base.storage.v1 import knowledge_base_records_pb2
 from gaming.knowledge_base.v1 import knowledge_base_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 __all__ = [
     "INLINE_BODY_BYTES",
@@ -52,29 +48,6 @@ __all__ = [
 INLINE_BODY_BYTES = 256 * 1024
 PART_BYTES = 256 * 1024
 
-_FIELD = descriptor_pb2.FieldDescriptorProto
-
-
-def _declare_record() -> Any:
-    source = descriptor_pb2.FileDescriptorProto(
-        name="servicers/knowledge_base/stored_document.proto",
-        package="servicers.knowledge_base",
-        syntax="proto3",
-        dependency=[knowledge_base_pb2.DESCRIPTOR.name],
-    )
-    message = source.message_type.add(name="StoredDocument")
-    message.field.add(name="document", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
-                      type_name=".gaming.knowledge_base.v1.Document")
-    message.field.add(name="body_parts", number=2, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_UINT32)
-    message.field.add(name="parts_id", number=3, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_STRING)
-    pool = descriptor_pool.Default()
-    pool.AddSerializedFile(source.SerializeToString())
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.knowledge_base.StoredDocument"))
-
-
-# A dynamically built class: typed Any, touched only by StoredDocument.encode() and decode().
-_StoredDocumentMessage: Any = _declare_record()
-
 
 @dataclass(slots=True)
 class StoredDocument:
@@ -87,15 +60,17 @@ class StoredDocument:
     @classmethod
     def decode(cls, value: bytes) -> StoredDocument:
         """Parse a stored value (raises ``google.protobuf.message.DecodeError`` if it is not one)."""
-        message = _StoredDocumentMessage.FromString(value)
+        message = knowledge_base_records_pb2.StoredDocument.FromString(value)
         document = knowledge_base_pb2.Document()
         document.CopyFrom(message.document)
-        return cls(document, int(message.body_parts), str(message.parts_id))
+        return cls(document, message.body_parts, message.parts_id)
 
     def encode(self) -> bytes:
         """The stored value."""
-        message = _StoredDocumentMessage(document=self.document, body_parts=self.body_parts, parts_id=self.parts_id)
-        return bytes(message.SerializeToString())
+        message = knowledge_base_records_pb2.StoredDocument(
+            document=self.document, body_parts=self.body_parts, parts_id=self.parts_id
+        )
+        return message.SerializeToString()
 
 
 def _encode_id(document_id: str) -> str:

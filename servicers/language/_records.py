@@ -8,18 +8,9 @@ do), so this module is that contract. Keys::
 
 ``<digest>`` is the first 16 bytes of SHA-256 over the normalised source text, base64url without
 padding: the same text always lands on the same key, so storing it again replaces it. Tags are
-canonical BCP 47 (``pt-BR``), valid key tokens as they are. The messages, declared here because
-the API has none for them::
-
-    message TranslationUnit {
-      string source_language = 1;   // language subtag: "en"
-      string target_locale = 2;     // canonical tag: "pt-BR"
-      string source_text = 3;
-      string target_text = 4;
-    }
-    message CatalogueMessage {
-      map<string, string> forms = 1;  // CLDR plural category -> template; "other" always present
-    }
+canonical BCP 47 (``pt-BR``), valid key tokens as they are. The values are ``TranslationUnit``
+and ``CatalogueMessage`` of ``protos/gaming/language/storage/v1/language_records.proto`` (the API
+has no message for them); that file is the schema tools write against.
 """
 
 from __future__ import annotations
@@ -29,9 +20,8 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from gaming.language.storage.v1 import language_records_pb2
 
 from servicers.language._locales import canonical, language_of
 from servicers.language._plurals import CATEGORIES
@@ -53,34 +43,6 @@ __all__ = [
 MESSAGE_KEY = re.compile(r"(?=.{1,256}$)[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
 _MAX_TEXT = 5000
 
-_FIELD = descriptor_pb2.FieldDescriptorProto
-
-
-def _declare() -> tuple[Any, Any]:
-    source = descriptor_pb2.FileDescriptorProto(
-        name="servicers/language/records.proto", package="servicers.language", syntax="proto3"
-    )
-    unit = source.message_type.add(name="TranslationUnit")
-    for number, name in enumerate(("source_language", "target_locale", "source_text", "target_text"), start=1):
-        unit.field.add(name=name, number=number, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_STRING)
-    message = source.message_type.add(name="CatalogueMessage")
-    entry = message.nested_type.add(name="FormsEntry")
-    entry.field.add(name="key", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_STRING)
-    entry.field.add(name="value", number=2, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_STRING)
-    entry.options.map_entry = True
-    message.field.add(name="forms", number=1, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_MESSAGE,
-                      type_name=".servicers.language.CatalogueMessage.FormsEntry")
-    pool = descriptor_pool.Default()
-    pool.AddSerializedFile(source.SerializeToString())
-    return (
-        message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.language.TranslationUnit")),
-        message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.language.CatalogueMessage")),
-    )
-
-
-# Dynamically built classes: typed Any, touched only by the encode() and decode() below.
-_TranslationUnit, _CatalogueMessage = _declare()
-
 
 @dataclass(frozen=True, slots=True)
 class StoredTranslation:
@@ -94,19 +56,18 @@ class StoredTranslation:
     @classmethod
     def decode(cls, value: bytes) -> StoredTranslation:
         """Parse a stored value (DecodeError if it is not one; ValueError if it is incomplete)."""
-        unit = _TranslationUnit.FromString(value)
-        decoded = cls(str(unit.source_language), str(unit.target_locale), str(unit.source_text),
-                      str(unit.target_text))
+        unit = language_records_pb2.TranslationUnit.FromString(value)
+        decoded = cls(unit.source_language, unit.target_locale, unit.source_text, unit.target_text)
         if not (decoded.source_language and decoded.target_locale and decoded.source_text and decoded.target_text):
             raise ValueError("a translation unit lacks a field")
         return decoded
 
     def encode(self) -> bytes:
         """The stored value."""
-        return bytes(_TranslationUnit(
+        return language_records_pb2.TranslationUnit(
             source_language=self.source_language, target_locale=self.target_locale,
             source_text=self.source_text, target_text=self.target_text,
-        ).SerializeToString())
+        ).SerializeToString()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +79,14 @@ class StoredMessage:
     @classmethod
     def decode(cls, value: bytes) -> StoredMessage:
         """Parse a stored value (DecodeError if it is not one; ValueError without "other")."""
-        forms = dict(_CatalogueMessage.FromString(value).forms)
+        forms = dict(language_records_pb2.CatalogueMessage.FromString(value).forms)
         if "other" not in forms:
             raise ValueError("a catalogue message lacks its 'other' form")
         return cls(forms)
 
     def encode(self) -> bytes:
         """The stored value."""
-        return bytes(_CatalogueMessage(forms=dict(self.forms)).SerializeToString())
+        return language_records_pb2.CatalogueMessage(forms=dict(self.forms)).SerializeToString()
 
 
 def _digest(text: str) -> str:

@@ -4,14 +4,10 @@ Two buckets, both keeping entries for 7 days (what GetWorkflow promises):
 
 - workflows: key = the workflow id, value = the ``gaming.orchestration.v1.Workflow`` message,
   rewritten at every step transition by the one task that runs the workflow;
-- idempotency: key = SHA-256 (hex) of the idempotency key, value = ``IdempotencyRecord``,
-  created by compare-and-set (revision 0), so of two concurrent RunWorkflow calls with one key
-  exactly one starts a workflow::
-
-      message IdempotencyRecord {
-        string workflow_id = 1;  // the workflow the key started
-        bytes fingerprint = 2;   // SHA-256 of its definition, without the key
-      }
+- idempotency: key = SHA-256 (hex) of the idempotency key, value = ``IdempotencyRecord`` of
+  ``protos/gaming/orchestration/storage/v1/orchestration_records.proto`` (the workflow the key
+  started, and the SHA-256 of its definition without the key), created by compare-and-set
+  (revision 0), so of two concurrent RunWorkflow calls with one key exactly one starts a workflow.
 
 Workflow ids are ``<13-digit milliseconds>-<12 hex digits>``: valid KV keys, and in creation
 order when sorted, so the newest come first in reverse key order (ids made in the same
@@ -24,9 +20,8 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from gaming.orchestration.storage.v1 import orchestration_records_pb2
 
 from servicers import paging
 from servicers.errors import InvalidArgument
@@ -34,23 +29,6 @@ from servicers.errors import InvalidArgument
 WORKFLOW_TTL = 7 * 24 * 3600.0
 
 _ID = re.compile(r"^[0-9]{13}-[0-9a-f]{12}\Z")
-_FIELD = descriptor_pb2.FieldDescriptorProto
-
-
-def _declare_record() -> Any:
-    source = descriptor_pb2.FileDescriptorProto(
-        name="servicers/orchestration/idempotency_record.proto", package="servicers.orchestration", syntax="proto3"
-    )
-    message = source.message_type.add(name="IdempotencyRecord")
-    message.field.add(name="workflow_id", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_STRING)
-    message.field.add(name="fingerprint", number=2, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_BYTES)
-    pool = descriptor_pool.Default()
-    pool.AddSerializedFile(source.SerializeToString())
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.orchestration.IdempotencyRecord"))
-
-
-# A dynamically built class: typed Any, touched only by IdempotencyRecord below.
-_IdempotencyRecordMessage: Any = _declare_record()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +40,16 @@ class IdempotencyRecord:
 
     def encode(self) -> bytes:
         """The stored form."""
-        data: bytes = _IdempotencyRecordMessage(
+        message = orchestration_records_pb2.IdempotencyRecord(
             workflow_id=self.workflow_id, fingerprint=self.fingerprint
-        ).SerializeToString()
-        return data
+        )
+        return message.SerializeToString()
 
     @classmethod
     def decode(cls, data: bytes) -> IdempotencyRecord:
         """Parse a stored value."""
-        message = _IdempotencyRecordMessage.FromString(data)
-        return cls(str(message.workflow_id), bytes(message.fingerprint))
+        message = orchestration_records_pb2.IdempotencyRecord.FromString(data)
+        return cls(message.workflow_id, message.fingerprint)
 
 
 def idempotency_key(key: str) -> str:

@@ -16,8 +16,9 @@ tokens may not. Stored transactions are immutable: a charge's status and refunde
 derived on read from the account's refunded totals, so the archive never needs an update that
 would have to be atomic with the account entry.
 
-The records are protobuf messages (a storage-only schema built here at import, never sent on the
-wire) wrapped in small dataclasses so the rest of the package stays typed.
+The records, and the contents of page tokens, are the messages of
+``protos/gaming/payment/storage/v1/payment_records.proto`` (a storage-only schema, never sent on
+the wire as messages), wrapped in small dataclasses that the rest of the package works with.
 """
 
 from __future__ import annotations
@@ -26,71 +27,11 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any
 
+from gaming.payment.storage.v1 import payment_records_pb2
 from gaming.payment.v1 import payment_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
-
-_PACKAGE = "servicers.payment.records"
-_FieldType: TypeAlias = descriptor_pb2.FieldDescriptorProto.Type.ValueType
-_STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
-_BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-_INT64 = descriptor_pb2.FieldDescriptorProto.TYPE_INT64
-_UINT64 = descriptor_pb2.FieldDescriptorProto.TYPE_UINT64
-_MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
-
-
-def _message(name: str, *fields: tuple[str, int, _FieldType | str, bool]) -> descriptor_pb2.DescriptorProto:
-    """A message type: each field is (name, number, scalar type or message type name, repeated)."""
-    message = descriptor_pb2.DescriptorProto(name=name)
-    for field_name, number, kind, repeated in fields:
-        label = (descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED if repeated
-                 else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
-        spec = descriptor_pb2.FieldDescriptorProto(name=field_name, number=number, label=label)
-        if isinstance(kind, str):
-            spec.type, spec.type_name = _MESSAGE, kind
-        else:
-            spec.type = kind
-        message.field.append(spec)
-    return message
-
-
-_SCHEMA = descriptor_pb2.FileDescriptorProto(
-    name="servicers/payment/records.proto",
-    package=_PACKAGE,
-    syntax="proto3",
-    dependency=[payment_pb2.DESCRIPTOR.name],
-    message_type=[
-        _message("BalanceRecord",
-                 ("currency_code", 1, _STRING, False), ("amount_minor", 2, _INT64, False),
-                 ("last_sequence", 3, _UINT64, False)),
-        _message("KeyRecord",
-                 ("key", 1, _STRING, False), ("fingerprint", 2, _BYTES, False),
-                 ("sequence", 3, _UINT64, False), ("refunded_after", 4, _INT64, False)),
-        _message("RefundRecord", ("charge_sequence", 1, _UINT64, False), ("refunded_minor", 2, _INT64, False)),
-        _message("AccountRecord",
-                 ("last_sequence", 1, _UINT64, False),
-                 ("balances", 2, f".{_PACKAGE}.BalanceRecord", True),
-                 ("recent", 3, ".gaming.payment.v1.Transaction", True),
-                 ("keys", 4, f".{_PACKAGE}.KeyRecord", True),
-                 ("refunds", 5, f".{_PACKAGE}.RefundRecord", True)),
-        _message("PageToken", ("query", 1, _BYTES, False), ("before_sequence", 2, _UINT64, False)),
-    ],
-)
-
-# The default pool already holds payment.proto (the generated module registered it), which the
-# schema depends on for Transaction.
-descriptor_pool.Default().AddSerializedFile(_SCHEMA.SerializeToString())
-
-
-def _message_class(name: str) -> Any:
-    # Any: classes made at run time have no stubs; the dataclasses below are the typed face.
-    return message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-
-
-_AccountRecord = _message_class("AccountRecord")
-_PageToken = _message_class("PageToken")
 
 
 @dataclass(slots=True)
@@ -155,18 +96,18 @@ class Account:
     @classmethod
     def decode(cls, data: bytes) -> Account:
         """The account stored as ``data``."""
-        record = _AccountRecord.FromString(data)
+        record = payment_records_pb2.AccountRecord.FromString(data)
         return cls(
-            last_sequence=int(record.last_sequence),
-            balances={b.currency_code: Balance(int(b.amount_minor), int(b.last_sequence)) for b in record.balances},
+            last_sequence=record.last_sequence,
+            balances={b.currency_code: Balance(b.amount_minor, b.last_sequence) for b in record.balances},
             recent=list(record.recent),
-            keys={k.key: KeyUse(bytes(k.fingerprint), int(k.sequence), int(k.refunded_after)) for k in record.keys},
-            refunded={int(r.charge_sequence): int(r.refunded_minor) for r in record.refunds},
+            keys={k.key: KeyUse(k.fingerprint, k.sequence, k.refunded_after) for k in record.keys},
+            refunded={r.charge_sequence: r.refunded_minor for r in record.refunds},
         )
 
     def encode(self) -> bytes:
         """The bytes to store."""
-        record = _AccountRecord(last_sequence=self.last_sequence, recent=self.recent)
+        record = payment_records_pb2.AccountRecord(last_sequence=self.last_sequence, recent=self.recent)
         for currency, balance in self.balances.items():
             record.balances.add(currency_code=currency, amount_minor=balance.amount_minor,
                                 last_sequence=balance.last_sequence)
@@ -175,8 +116,7 @@ class Account:
                             refunded_after=use.refunded_after)
         for sequence, amount in self.refunded.items():
             record.refunds.add(charge_sequence=sequence, refunded_minor=amount)
-        data: bytes = record.SerializeToString(deterministic=True)
-        return data
+        return record.SerializeToString(deterministic=True)
 
 
 # -- ids and keys ----------------------------------------------------------------------------------
@@ -242,8 +182,7 @@ def query_fingerprint(account_id: str, currency_code: str) -> bytes:
 
 def page_token(query: bytes, before_sequence: int) -> str:
     """An opaque token: the next page holds transactions older than ``before_sequence``."""
-    data: bytes = _PageToken(query=query, before_sequence=before_sequence).SerializeToString()
-    return _b64(data)
+    return _b64(payment_records_pb2.PageToken(query=query, before_sequence=before_sequence).SerializeToString())
 
 
 def parse_page_token(text: str) -> tuple[bytes, int] | None:
@@ -252,10 +191,10 @@ def parse_page_token(text: str) -> tuple[bytes, int] | None:
     if data is None:
         return None
     try:
-        token = _PageToken.FromString(data)
+        token = payment_records_pb2.PageToken.FromString(data)
     except DecodeError:
         return None
     if len(token.query) != 8 or token.before_sequence < 1:
         return None
-    return bytes(token.query), int(token.before_sequence)
+    return token.query, token.before_sequence
 

@@ -12,19 +12,9 @@ Bucket ``quest_system_keys`` (entries expire after ``KEY_TTL``)::
 
 ``<player>`` is the player id in base64url (ids may hold any character). Quest ids are
 ``<13 digits><12 hex>``: the digits are 9999999999999 minus the creation time in milliseconds,
-so the player index sorts newest first by key. The record is a protobuf message declared here,
-because the API has no message for a quest plus its bookkeeping::
-
-    message QuestRecord {
-      gaming.quest.v1.Quest quest = 1;      // quest.revision counts the quest's own changes
-      repeated string degraded = 2;         // optional dependencies generation went without
-      repeated ProgressResult progress = 3; // recent UpdateProgress keys and their results
-      uint32 slot = 4;                      // the open slot the quest holds (1-based)
-    }
-    message ProgressResult {
-      string key = 1;  uint64 revision = 2;  gaming.quest.v1.QuestStatus status = 3;
-      repeated uint32 counts = 4;  gaming.common.v1.AuditInfo audit = 5;  bool completed = 6;
-    }
+so the player index sorts newest first by key. The record is ``QuestRecord`` of
+``protos/gaming/quest/storage/v1/quest_records.proto`` (the API has no message for a quest plus
+its bookkeeping: the generation's missing dependencies, recent progress results, the slot).
 
 A quest's revision is its own counter (1 when generated, one more per change), not the KV
 revision, which the whole bucket shares: a stored progress result can then give back exactly the
@@ -37,11 +27,10 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from gaming.common.v1 import common_pb2
+from gaming.quest.storage.v1 import quest_records_pb2
 from gaming.quest.v1 import quest_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from servicers.storage import key_token
 
@@ -52,43 +41,6 @@ KEY_TTL = 7 * 24 * 3600.0
 MAX_PROGRESS_RESULTS = 64
 _QUEST_ID = re.compile(r"[0-9]{13}[0-9a-f]{12}")
 _TIME_BASE = 10**13 - 1
-
-_FIELD = descriptor_pb2.FieldDescriptorProto
-
-
-def _declare() -> tuple[Any, Any]:
-    source = descriptor_pb2.FileDescriptorProto(
-        name="servicers/quest/quest_record.proto",
-        package="servicers.quest",
-        syntax="proto3",
-        dependency=[quest_pb2.DESCRIPTOR.name, common_pb2.DESCRIPTOR.name],
-    )
-    result = source.message_type.add(name="ProgressResult")
-    result.field.add(name="key", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_STRING)
-    result.field.add(name="revision", number=2, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_UINT64)
-    result.field.add(name="status", number=3, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_ENUM,
-                     type_name=".gaming.quest.v1.QuestStatus")
-    result.field.add(name="counts", number=4, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_UINT32)
-    result.field.add(name="audit", number=5, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
-                     type_name=".gaming.common.v1.AuditInfo")
-    result.field.add(name="completed", number=6, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_BOOL)
-    record = source.message_type.add(name="QuestRecord")
-    record.field.add(name="quest", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
-                     type_name=".gaming.quest.v1.Quest")
-    record.field.add(name="degraded", number=2, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_STRING)
-    record.field.add(name="progress", number=3, label=_FIELD.LABEL_REPEATED, type=_FIELD.TYPE_MESSAGE,
-                     type_name=".servicers.quest.ProgressResult")
-    record.field.add(name="slot", number=4, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_UINT32)
-    pool = descriptor_pool.Default()
-    pool.AddSerializedFile(source.SerializeToString())
-    return (
-        message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.quest.QuestRecord")),
-        message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.quest.ProgressResult")),
-    )
-
-
-# Dynamically built classes, typed Any: only QuestRecord.encode and .decode touch them.
-_RecordMessage, _ResultMessage = _declare()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,26 +78,27 @@ class QuestRecord:
 
     def encode(self) -> bytes:
         """The stored form."""
-        message = _RecordMessage(degraded=self.degraded, slot=self.slot)
+        message = quest_records_pb2.QuestRecord(degraded=self.degraded, slot=self.slot)
         message.quest.CopyFrom(self.quest)
         for result in self.progress:
-            message.progress.add(key=result.key, revision=result.revision, status=result.status,
+            message.progress.add(key=result.key, revision=result.revision,
+                                 status=quest_pb2.QuestStatus.ValueType(result.status),
                                  counts=result.counts, audit=result.audit, completed=result.completed)
-        return bytes(message.SerializeToString())
+        return message.SerializeToString()
 
     @classmethod
     def decode(cls, data: bytes) -> QuestRecord:
         """Parse a stored value."""
-        message = _RecordMessage.FromString(data)
+        message = quest_records_pb2.QuestRecord.FromString(data)
         quest = quest_pb2.Quest()
         quest.CopyFrom(message.quest)
         progress = []
         for item in message.progress:
             audit = common_pb2.AuditInfo()
             audit.CopyFrom(item.audit)
-            progress.append(ProgressResult(item.key, int(item.revision), int(item.status), tuple(item.counts),
-                                           audit, bool(item.completed)))
-        return cls(quest, list(message.degraded), progress, int(message.slot))
+            progress.append(ProgressResult(item.key, item.revision, int(item.status), tuple(item.counts),
+                                           audit, item.completed))
+        return cls(quest, list(message.degraded), progress, message.slot)
 
 
 def new_quest_id(now: float) -> str:

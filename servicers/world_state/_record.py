@@ -1,53 +1,19 @@
 """How one region is stored: a single KV value holding the region, its entities and its recent events.
 
 Keeping a whole region in one value is what makes an event atomic: applying it is one
-compare-and-set of that value. The value is a protobuf message, ``RegionRecord``, declared here
-at import time because the public API has no message for "region + entities + recent events"
-(and the storage shape is this module's business, not the API's)::
-
-    message RegionRecord {
-      gaming.world_state.v1.Region region = 1;                     // revision = events applied
-      repeated gaming.world_state.v1.Entity entities = 2;          // sorted by entity id
-      repeated gaming.world_state.v1.WatchRegionResponse history = 3;  // oldest first
-      uint64 history_base = 4;  // every event with a revision above this is in `history`
-    }
+compare-and-set of that value. The value is a ``RegionRecord`` of
+``protos/gaming/world_state/storage/v1/world_state_records.proto``: the public API has no message
+for "region + entities + recent events", and the storage shape is this service's business, not
+the API's.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any
 
+from gaming.world_state.storage.v1 import world_state_records_pb2
 from gaming.world_state.v1 import world_state_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-_FIELD = descriptor_pb2.FieldDescriptorProto
-
-
-def _declare_record() -> Any:
-    source = descriptor_pb2.FileDescriptorProto(
-        name="servicers/world_state/region_record.proto",
-        package="servicers.world_state",
-        syntax="proto3",
-        dependency=[world_state_pb2.DESCRIPTOR.name],
-    )
-    message = source.message_type.add(name="RegionRecord")
-    api = ".gaming.world_state.v1."
-    message.field.add(name="region", number=1, label=_FIELD.LABEL_OPTIONAL,
-                      type=_FIELD.TYPE_MESSAGE, type_name=api + "Region")
-    message.field.add(name="entities", number=2, label=_FIELD.LABEL_REPEATED,
-                      type=_FIELD.TYPE_MESSAGE, type_name=api + "Entity")
-    message.field.add(name="history", number=3, label=_FIELD.LABEL_REPEATED,
-                      type=_FIELD.TYPE_MESSAGE, type_name=api + "WatchRegionResponse")
-    message.field.add(name="history_base", number=4, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_UINT64)
-    pool = descriptor_pool.Default()
-    pool.AddSerializedFile(source.SerializeToString())
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("servicers.world_state.RegionRecord"))
-
-
-# A dynamically built class: typed Any, and touched only by encode() and decode() below.
-_RegionRecordMessage: Any = _declare_record()
 
 
 def region_key(region_id: str) -> str:
@@ -87,17 +53,16 @@ class RegionRecord:
 
     def encode(self) -> bytes:
         """The stored form (entities sorted by id, so equal regions encode equally)."""
-        message = _RegionRecordMessage(history_base=self.history_base)
+        message = world_state_records_pb2.RegionRecord(history_base=self.history_base)
         message.region.CopyFrom(self.region)
         message.entities.extend(self.entities[entity_id] for entity_id in sorted(self.entities))
         message.history.extend(self.history)
-        data: bytes = message.SerializeToString()
-        return data
+        return message.SerializeToString()
 
     @classmethod
     def decode(cls, data: bytes) -> RegionRecord:
         """Parse a stored value."""
-        message = _RegionRecordMessage.FromString(data)
+        message = world_state_records_pb2.RegionRecord.FromString(data)
         region = world_state_pb2.Region()
         region.CopyFrom(message.region)
         entities: dict[str, world_state_pb2.Entity] = {}
@@ -110,4 +75,4 @@ class RegionRecord:
             kept = world_state_pb2.WatchRegionResponse()
             kept.CopyFrom(item)
             history.append(kept)
-        return cls(region, entities, history, int(message.history_base))
+        return cls(region, entities, history, message.history_base)
