@@ -45,6 +45,7 @@ __all__ = [
     "ServiceConfigError",
     "TransportOptions",
     "WATCHDOG_CONNECT_OPTIONS",
+    "WIRE_PROTOCOL_VERSION",
     "aio",
     "channel",
     "circuit_states",

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from nats.aio.client import Client
 import nats_transport.aio
 from mesh.cli import main
 from nats_transport import ChannelOptions
+from nats_transport._status import NO_SERVER
 from nats_transport.testing import NatsServer, free_port
 from tests._waiting import wait_for, wait_until
 
@@ -405,18 +405,15 @@ async def _unimplemented_stream(peer: Peer) -> None:
 
 @case("no-responders-unary")
 async def _no_responders_unary(peer: Peer) -> None:
-    started = time.monotonic()
     err = await failure(peer.stub(ABSENT).Echo(pb.EchoRequest(), timeout=5))
-    assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert time.monotonic() - started < 1.0
+    # Not DEADLINE_EXCEEDED: it ended before its deadline, on NATS's 503 (our client's words for it).
+    assert (err.code(), err.details()) == NO_SERVER
 
 
 @case("no-responders-stream")
 async def _no_responders_stream(peer: Peer) -> None:
-    started = time.monotonic()
     err = await failure(peer.stub(ABSENT).ServerStream(pb.ServerStreamRequest(count=1), timeout=5).read())
-    assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert time.monotonic() - started < 1.0
+    assert (err.code(), err.details()) == NO_SERVER
 
 
 async def _refused_while_limited_is_busy(peer: Peer, attempt: Callable[[Any], Awaitable[Any]]) -> None:
@@ -521,29 +518,24 @@ async def _deadline_sent(peer: Peer) -> None:
 @case("deadline-unary")
 async def _deadline_unary(peer: Peer) -> None:
     call_id = new_call_id("deadline")
-    started = time.monotonic()
     err = await failure(peer.stub().Sleep(pb.SleepRequest(duration_ms=10000), timeout=0.3, metadata=named(call_id)))
-    took = time.monotonic() - started
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0.29 <= took < 1.3, took
-    record = await peer.wait_for_state(call_id, pb.CALL_STATE_CANCELLED, timeout=1.0)
+    # The server cut the 10 s sleep short for the deadline it was sent (a sleep that ran out
+    # would be COMPLETED): what the page's timings stand for, seen without a clock.
+    record = await peer.wait_for_state(call_id, pb.CALL_STATE_CANCELLED)
     assert record.deadline_exceeded
-    assert record.elapsed.ToTimedelta().total_seconds() < 1.3
 
 
 @case("deadline-stream")
 async def _deadline_stream(peer: Peer) -> None:
     call_id = new_call_id("deadline-stream")
-    started = time.monotonic()
     call = peer.stub().BidiEcho(timeout=0.3, metadata=named(call_id))
     await call.write(pb.BidiEchoRequest(payload=b"1"))
     first = await call.read()
     assert (first.index, first.payload) == (0, b"1")
     err = await failure(call.read())
-    took = time.monotonic() - started
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0.29 <= took < 1.3, took
-    record = await peer.wait_for_state(call_id, pb.CALL_STATE_CANCELLED, timeout=1.0)
+    record = await peer.wait_for_state(call_id, pb.CALL_STATE_CANCELLED)
     assert record.deadline_exceeded
     assert record.messages_received == 1
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,10 +20,13 @@ from nats.aio.client import Client
 import nats_transport.aio
 from nats_transport import ChannelOptions, ServerOptions, _envelope, _framing, _keepalive
 from nats_transport._envelope import Kind
+from nats_transport._status import SERVER_SILENT
 from nats_transport.testing import NatsServer
 from tests._waiting import wait_for
 
 FAST = {"keepalive_interval": 0.2, "keepalive_timeout": 1.0}
+# PINGs as often as FAST, but three times its patience: a dead server is found out later.
+PATIENT = {"keepalive_interval": 0.2, "keepalive_timeout": 3.0}
 IDLE = 2.0  # twice the fast timeout: a call this idle failed before 1.1 when one side was off
 PUBLISH = "gaming.event_bus.v1.EventBusService.Publish"
 SUBSCRIBE = "gaming.event_bus.v1.EventBusService.Subscribe"
@@ -146,30 +147,48 @@ async def test_a_server_that_dies_during_a_call_fails_it_unavailable_after_the_a
     servicer = Idle(0.0, hang=True)
     server_nc = await nats.connect(nats_server.url, max_reconnect_attempts=0)
     try:
-        # Keepalives off on the server: its PINGs come only because this client asked for them.
+        # Keepalives off on the server: its PINGs come only because these clients asked for them.
         async with (
-            served(server_nc, target, servicer, ServerOptions(keepalive_interval=None)),
-            nats_transport.aio.channel(nc, target, options=ChannelOptions(**FAST)) as channel,
+            served(server_nc, target, servicer, ServerOptions(keepalive_interval=None)) as server,
+            nats_transport.aio.channel(nc, target, options=ChannelOptions(**FAST)) as watchful,
+            nats_transport.aio.channel(nc, target, options=ChannelOptions(**PATIENT)) as patient,
         ):
-            stub = eb_grpc.EventBusServiceStub(channel)
-            if kind == "unary":
-                call: Any = stub.Publish(eb.PublishRequest(topic="t"), timeout=30)
-            else:
-                call = stub.Subscribe(eb.SubscribeRequest(), timeout=30)
-                assert (await call.read()).event.sequence == 1
-            await wait_for(servicer.started.is_set)
-            died = time.monotonic()
+            # The deadlines are far off (30 s): only the keepalive timeouts can end these calls.
+            calls = [await started_call(eb_grpc.EventBusServiceStub(channel), kind) for channel in (watchful, patient)]
+            await wait_for(lambda: server.in_flight == 2)
             await server_nc.close()  # gone without a word: no answer, no PING, no subscription
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                if kind == "unary":
-                    await call
-                else:
-                    while True:
-                        await call.read()
+                await ended(calls[0], kind)
+            # Found out by the silence, at the 1 s timeout this call agreed on: the call that
+            # agreed on 3 s with the same server is still waiting (an order, not a clock reading).
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert 0.8 < time.monotonic() - died < 3.0  # about the 1 s timeout, far from the 30 s deadline
+            details = caught.value.details() or ""
+            if kind == "unary":
+                assert details == SERVER_SILENT[1]
+            else:  # a stream's own words for the silence
+                assert details.endswith("assuming it is gone"), details
+            assert not calls[1].done()
+            calls[1].cancel()
     finally:
         await server_nc.close()
+
+
+async def started_call(stub: eb_grpc.EventBusServiceStub, kind: str) -> Any:
+    """A call of ``kind`` the server is now handling (for a stream: its first event read)."""
+    if kind == "unary":
+        return stub.Publish(eb.PublishRequest(topic="t"), timeout=30)
+    call = stub.Subscribe(eb.SubscribeRequest(), timeout=30)
+    assert (await call.read()).event.sequence == 1
+    return call
+
+
+async def ended(call: Any, kind: str) -> None:
+    """Wait for ``call`` to end; raises its error."""
+    if kind == "unary":
+        await call
+    else:
+        while True:
+            await call.read()
 
 
 # -- on the wire -------------------------------------------------------------------------------------
@@ -195,23 +214,27 @@ async def test_a_default_client_adds_no_header_to_the_fast_path_and_others_ask_f
 async def test_a_server_without_keepalives_pings_a_unary_call_at_the_interval_its_client_asks(
     nc: Client, target: str
 ) -> None:
-    pings: list[float] = []
-
-    async def count(msg: Any) -> None:
-        if msg.data[:1] == bytes([Kind.PING]):
-            pings.append(time.monotonic())
-
-    reply = nc.new_inbox()
-    sub = await nc.subscribe(reply, cb=count)
+    pings: dict[str, int] = {"100": 0, "1000": 0}  # PINGs received by the call that asked for each interval
+    subscriptions = []
     servicer = Idle(0.0, hang=True)
     async with served(nc, target, servicer, ServerOptions(keepalive_interval=None)):
         body = _framing.encode_message(eb.PublishRequest(topic="t").SerializeToString())
-        await nc.publish(f"grpc.{target}.{PUBLISH}", body, reply=reply, headers={"nats-grpc-keepalive": "100"})
-        await wait_for(lambda: len(pings) >= 4, timeout=2)  # at its own 1 s default this takes 4 s
+        for interval in pings:
+            reply = nc.new_inbox()
+
+            async def count(msg: Any, interval: str = interval) -> None:
+                if msg.data[:1] == bytes([Kind.PING]):
+                    pings[interval] += 1
+
+            subscriptions.append(await nc.subscribe(reply, cb=count))
+            await nc.publish(f"grpc.{target}.{PUBLISH}", body, reply=reply, headers={"nats-grpc-keepalive": interval})
+        await wait_for(lambda: pings["100"] >= 4, timeout=2)  # at its own 1 s default this takes 4 s
+        # Meanwhile the call that asked for 1 s has had its first PING at most: each call is
+        # pinged at its own interval (compared by count, not by the clock).
+        assert pings["1000"] <= 1, pings
         servicer.release.set()
-    await sub.unsubscribe()
-    gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert all(0.05 < gap < 0.3 for gap in gaps), gaps
+    for subscription in subscriptions:
+        await subscription.unsubscribe()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,7 +32,6 @@ from tests._quests import reply, serving
 from tests._waiting import wait_for
 from tests.servicers.test_ai_integration import KEY_ENV, Reply, StandInServer, no_channel
 
-PROMPTLY = 0.1  # seconds from the client's cancel to the handler's cancellation
 GET_QUEST = "gaming.quest.v1.QuestService.GetQuest"
 CANCEL_HEADER = "nats-grpc-call"
 
@@ -44,14 +42,15 @@ def target() -> str:
 
 
 class Handlers:
-    """GetQuest handlers that block until released, noting when they start and when (if ever)
-    they are cancelled. Each call is named by its ``quest_id``."""
+    """GetQuest handlers that block until released, noting which start (with the time they were
+    given) and which are cancelled, in order. Each call is named by its ``quest_id``."""
 
     def __init__(self, replica: str = "") -> None:
         self.replica = replica
         self.started: set[str] = set()
+        self.remaining: dict[str, float | None] = {}  # quest_id -> time_remaining() on arrival
         self.replies: dict[str, str] = {}  # quest_id -> reply subject of the call, seen on the wire
-        self.cancelled_at: dict[str, float] = {}
+        self.cancelled: list[str] = []
         self.release = asyncio.Event()
 
     async def watch(self, nc: Client, target: str) -> None:
@@ -64,10 +63,11 @@ class Handlers:
 
     async def get_quest(self, request: quest_pb2.GetQuestRequest, context: Any) -> quest_pb2.GetQuestResponse:
         self.started.add(request.quest_id)
+        self.remaining[request.quest_id] = context.time_remaining()
         try:
             await self.release.wait()
         except asyncio.CancelledError:
-            self.cancelled_at[request.quest_id] = time.monotonic()
+            self.cancelled.append(request.quest_id)
             raise
         return reply(self.replica, quest_id=request.quest_id)
 
@@ -107,10 +107,9 @@ async def test_cancelling_an_aio_call_cancels_its_handler_and_the_server_sends_n
 
         watcher = await nc.subscribe(reply_subject, cb=spy)
         await nc.flush()
-        cancelled = time.monotonic()
         assert call.cancel()
-        await wait_for(lambda: "q" in handlers.cancelled_at, timeout=2)
-        assert handlers.cancelled_at["q"] - cancelled < PROMPTLY
+        # Cancelled by the client's cancel message (counted below), not by its 30 s deadline.
+        await wait_for(lambda: handlers.cancelled == ["q"])
         assert await call.code() == grpc.StatusCode.CANCELLED
         await wait_for(lambda: server.in_flight == 0)
         await nc.flush()  # whatever the server published has reached the watcher by now
@@ -134,27 +133,27 @@ async def test_cancelling_a_sync_channels_future_cancels_its_handler(
         finally:
             seen_cancel.set()
 
-    def call_and_cancel() -> tuple[float, grpc.StatusCode]:
+    def call_and_cancel() -> grpc.StatusCode:
         with nats_transport.channel(nats_server.url, target) as channel:
             future = quest_pb2_grpc.QuestServiceStub(channel).GetQuest.future(request("q"), timeout=30)
             assert started.wait(5)
-            cancelled = time.monotonic()
             assert future.cancel()
             # Keep the channel open until the server has acted, as a program that goes on would.
             assert seen_cancel.wait(5)
-            return cancelled, future.code()
+            code: grpc.StatusCode = future.code()
+            return code
 
     async with serving(nc, target, get_quest) as server:
-        cancelled, code = await asyncio.to_thread(call_and_cancel)
+        code = await asyncio.to_thread(call_and_cancel)
         assert code == grpc.StatusCode.CANCELLED
-        assert handlers.cancelled_at["q"] - cancelled < PROMPTLY
-        assert server.stats.unary_cancelled == 1
+        assert handlers.cancelled == ["q"]
+        assert server.stats.unary_cancelled == 1  # by the cancel message, not the 30 s deadline
 
 
 @pytest.mark.parametrize("how", ["task.cancel()", "asyncio.timeout"])
 async def test_cancelling_the_task_awaiting_a_call_cancels_its_handler(nc: Client, target: str, how: str) -> None:
     handlers = Handlers()
-    async with serving(nc, target, handlers.get_quest), stub_for(nc, target) as stub:
+    async with serving(nc, target, handlers.get_quest) as server, stub_for(nc, target) as stub:
 
         async def caller() -> Any:
             if how == "asyncio.timeout":
@@ -165,16 +164,14 @@ async def test_cancelling_the_task_awaiting_a_call_cancels_its_handler(nc: Clien
         task = asyncio.get_running_loop().create_task(caller())
         await wait_for(lambda: "q" in handlers.started)
         if how == "task.cancel()":
-            cancelled = time.monotonic()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
         else:
             with pytest.raises(TimeoutError):
                 await task
-            cancelled = time.monotonic()
-        await wait_for(lambda: "q" in handlers.cancelled_at, timeout=2)
-        assert handlers.cancelled_at["q"] - cancelled < PROMPTLY
+        await wait_for(lambda: handlers.cancelled == ["q"])
+        assert server.stats.unary_cancelled == 1  # by the cancel message, not the 30 s deadline
 
 
 async def test_cancelling_the_awaiting_task_reaches_the_server_through_client_interceptors(
@@ -193,23 +190,22 @@ async def test_cancelling_the_awaiting_task_reaches_the_server_through_client_in
 
         task = asyncio.get_running_loop().create_task(caller())
         await wait_for(lambda: "q" in handlers.started)
-        cancelled = time.monotonic()
         task.cancel()
-        await wait_for(lambda: "q" in handlers.cancelled_at, timeout=2)
-        assert handlers.cancelled_at["q"] - cancelled < PROMPTLY
-        assert server.stats.unary_cancelled == 1
+        await wait_for(lambda: handlers.cancelled == ["q"])
+        assert server.stats.unary_cancelled == 1  # by the cancel message, not the 30 s deadline
 
 
 async def test_a_deadline_that_passes_cancels_the_handler_on_the_server(nc: Client, target: str) -> None:
     handlers = Handlers()
     async with serving(nc, target, handlers.get_quest) as server, stub_for(nc, target) as stub:
-        started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetQuest(request("q"), timeout=0.2)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await wait_for(lambda: "q" in handlers.cancelled_at, timeout=2)
+        await wait_for(lambda: handlers.cancelled == ["q"])
+        remaining = handlers.remaining["q"]
+        assert remaining is not None
+        assert 0 < remaining <= 0.2  # the handler was given the caller's deadline
         # The server enforces grpc-timeout itself: no cancel message is needed or counted.
-        assert handlers.cancelled_at["q"] - started < 0.2 + PROMPTLY
         await wait_for(lambda: server.in_flight == 0)
         assert server.endpoint_stats[GET_QUEST].last_error.startswith("DEADLINE_EXCEEDED")
         assert server.stats.unary_cancelled == 0
@@ -240,15 +236,13 @@ async def test_with_two_replicas_only_the_one_running_the_call_cancels_its_handl
                     break
             assert all(h.started for h in replicas.values()), "NATS never picked both replicas"
             victim = next(iter(replicas["a"].started))
-            cancelled = time.monotonic()
             calls[victim].cancel()
-            await wait_for(lambda: victim in replicas["a"].cancelled_at, timeout=2)
-            assert replicas["a"].cancelled_at[victim] - cancelled < PROMPTLY
+            await wait_for(lambda: victim in replicas["a"].cancelled)
             await wait_for(lambda: servers["b"].stats.cancels_ignored == 1)
             assert servers["a"].stats.unary_cancelled == 1
             assert servers["b"].stats.unary_cancelled == 0
-            assert list(replicas["a"].cancelled_at) == [victim]
-            assert replicas["b"].cancelled_at == {}
+            assert replicas["a"].cancelled == [victim]
+            assert replicas["b"].cancelled == []
             for handlers in replicas.values():
                 handlers.release.set()
             for quest, call in calls.items():
@@ -272,7 +266,7 @@ async def test_cancelling_a_finished_call_is_harmless(nc: Client, target: str) -
         await wait_for(lambda: server.stats.cancels_ignored == 1)
         assert (await stub.GetQuest(request("next"), timeout=5)).quest.quest_id == "next"
         assert server.stats.unary_cancelled == 0
-        assert handlers.cancelled_at == {}
+        assert handlers.cancelled == []
 
 
 async def test_a_cancel_that_overtakes_its_call_ends_it_before_the_handler_runs(nc: Client, target: str) -> None:
@@ -305,7 +299,7 @@ async def test_a_cancel_carrying_a_status_ends_the_call_with_it(nc: Client, targ
         await wait_for(lambda: "q" in handlers.started)
         status = _framing.encode_trailers(_framing.Trailers(grpc.StatusCode.UNAVAILABLE.value[0], "gone"))
         await publish_cancel(nc, target, handlers.replies["q"], status)
-        await wait_for(lambda: "q" in handlers.cancelled_at, timeout=2)
+        await wait_for(lambda: handlers.cancelled == ["q"])
         await wait_for(lambda: server.in_flight == 0)
         assert server.endpoint_stats[GET_QUEST].last_error == "UNAVAILABLE: gone"
         call.cancel()
@@ -333,7 +327,7 @@ async def test_garbage_on_the_cancel_subject_is_ignored_and_the_server_keeps_ser
         await nc.publish(f"grpc.$cancel.{target}", b"no headers", reply="_INBOX.wants.an.answer")
         await wait_for(lambda: server.stats.cancels_ignored == len(garbage) + 1)
         assert server.stats.unary_cancelled == 0
-        assert handlers.cancelled_at == {}
+        assert handlers.cancelled == []
         # The call that was running is untouched, and new calls are served.
         handlers.release.set()
         assert (await call).quest.quest_id == "running"
@@ -343,13 +337,14 @@ async def test_garbage_on_the_cancel_subject_is_ignored_and_the_server_keeps_ser
 async def test_a_large_unary_call_sent_as_a_stream_is_cancelled_too(nc: Client, target: str) -> None:
     handlers = Handlers()
     big = "x" * (nc.max_payload + 1000)  # too large for one NATS message: unary over a stream
-    async with serving(nc, target, handlers.get_quest), stub_for(nc, target) as stub:
+    async with serving(nc, target, handlers.get_quest) as server, stub_for(nc, target) as stub:
         call = stub.GetQuest(request(big), timeout=30)
         await wait_for(lambda: big in handlers.started)
-        cancelled = time.monotonic()
         call.cancel()
-        await wait_for(lambda: big in handlers.cancelled_at, timeout=2)
-        assert handlers.cancelled_at[big] - cancelled < PROMPTLY
+        await wait_for(lambda: handlers.cancelled == [big])
+        await wait_for(lambda: server.in_flight == 0)
+        # Ended by the client's cancel (the stream's CANCEL), not by its 30 s deadline.
+        assert server.endpoint_stats[GET_QUEST].last_error.startswith("CANCELLED")
 
 
 # -- the acceptance test: a generation that costs real work stops ----------------------------------
@@ -376,10 +371,9 @@ async def test_a_cancelled_generation_stops_at_the_model_server_and_is_counted_c
                 with caplog.at_level(logging.INFO, logger="mesh.calls"):
                     call = stub.Generate(ai.GenerateRequest(model="remote", prompt="Tell me everything"))
                     await wait_for(lambda: len(model_server.requests) == 1)
-                    cancelled = time.monotonic()
                     call.cancel()
-                    await wait_for(lambda: model_server.abandoned == 1, timeout=2)
-                    assert time.monotonic() - cancelled < PROMPTLY
+                    # The model server saw its request abandoned: the generation stopped there.
+                    await wait_for(lambda: model_server.abandoned == 1)
                     labels = {"grpc_type": "unary", "grpc_service": "gaming.ai_integration.v1.AiIntegrationService",
                               "grpc_method": "Generate", "grpc_code": "CANCELLED"}
                     await wait_for(lambda: registry.get_sample_value("grpc_server_handled_total", labels) == 1.0)

@@ -10,17 +10,19 @@ whether the hung replica is still in the target's queue group:
 - on a nats-server that pings idle clients every 0.5 s and closes one that leaves a PING
   unanswered (``ping_interval``/``ping_max``), the hung replica is gone from the queue group
   within 1.5 s, before the first keepalive timeout, so every retry reaches the live replica: no
-  call fails, and the slowest takes the keepalive timeout, a sweep and a backoff;
+  call fails (the slowest takes about the keepalive timeout, a sweep and a backoff: reported);
 - on a nats-server with the default settings (a PING every 2 minutes) the hung replica keeps
   its share of the calls: every attempt that lands on it costs the keepalive timeout, a call
   whose attempts keep landing there runs out its deadline, and throughput collapses. That
   variant is the baseline: it reports the cost, and asserts only that calls did wait on the hung
-  replica, failed with the codes of silence if at all, and none outlived its deadline.
+  replica and failed with the codes of silence if at all.
 
 After ``MESH_CHAOS_SECONDS`` (and the load settling, where it can) the replica is continued,
 rejoins, and the next round stops the other one (``MESH_CHAOS_ROUNDS`` rounds). One summary line
 per variant: calls, failures by code, recovery per round (from the stop to the end of the last
-failed or slowed call) and the worst call latency.
+failed or slowed call) and the worst call latency. Those figures are reported, not asserted (wall
+time on a shared machine); a call that never ends keeps the load from settling (a bounded wait)
+or from stopping (the test's timeout).
 """
 
 from __future__ import annotations
@@ -33,11 +35,7 @@ import pytest
 from nats_transport.testing import NatsServer
 from tests.chaos._harness import (
     CONCURRENCY,
-    DEADLINE,
-    KEEPALIVE_INTERVAL,
     KEEPALIVE_TIMEOUT,
-    MARGIN,
-    MAX_BACKOFF,
     ClientSetup,
     calm_for_at_least,
     chaos_channel,
@@ -112,22 +110,16 @@ async def hang_replicas_under_load(server: NatsServer, processes: Processes, cli
         details=failure_details(load.outcomes),
     )
     summary.publish()
-    assert all(o.latency <= DEADLINE + MARGIN for o in load.outcomes), "a call outlived its deadline"
-    # What the no-failure claim rests on: the hung replica was gone before a held call gave up.
-    assert all(seconds < KEEPALIVE_TIMEOUT for seconds in dropped), summary.line()
     return summary
 
 
 async def test_a_hung_replica_loses_no_call_when_nats_drops_it_before_the_keepalive_timeout(
         quick_stale_nats_server: NatsServer, processes: Processes, clients: Clients) -> None:
     # The condition under which retries all go elsewhere: NATS closes the hung replica's
-    # connection before the first call it holds gives up (checked as measured, too).
+    # connection before the first call it holds gives up (how long it took is in the summary).
     assert STALE_AFTER < KEEPALIVE_TIMEOUT
     summary = await hang_replicas_under_load(quick_stale_nats_server, processes, clients, nats_notices=True)
     assert summary.failed == {}, summary.details
-    # One silent attempt per call at most: its keepalive timeout, the sweep that notices it, a
-    # backoff, and an answer from the live replica.
-    assert summary.worst_latency_s <= KEEPALIVE_TIMEOUT + KEEPALIVE_INTERVAL + MAX_BACKOFF + MARGIN, summary.line()
 
 
 async def test_with_default_nats_pings_a_hung_replica_keeps_taking_calls_and_each_waits_its_keepalive(
@@ -136,5 +128,6 @@ async def test_with_default_nats_pings_a_hung_replica_keeps_taking_calls_and_eac
     # The baseline: failures are reported, not forbidden; they are the silent kind only.
     assert set(summary.failed) <= {grpc.StatusCode.UNAVAILABLE.name, grpc.StatusCode.DEADLINE_EXCEEDED.name}, (
         summary.details)
-    # Calls do land on the hung replica and wait out the keepalive timeout.
+    # Calls do land on the hung replica and wait out the keepalive timeout: a lower bound, which
+    # a busy machine can only lengthen (the one timing this file asserts).
     assert summary.worst_latency_s >= KEEPALIVE_TIMEOUT, summary.line()

@@ -4,10 +4,9 @@ Two ``mesh serve language-system`` replicas share the target's queue group. Thre
 on a NATS connection of its own and each keeping eight Detect calls in flight, differ only in
 how their channel is set up:
 
-- a retry policy on UNAVAILABLE, circuit breaker off: no call may fail, and none may take
-  longer than the keepalive timeout, a sweep, a backoff and a margin;
+- a retry policy on UNAVAILABLE, circuit breaker off: no call may fail;
 - no retry policy (the baseline): the calls the killed replica held fail, UNAVAILABLE at the
-  keepalive timeout, and no others;
+  keepalive timeout (its status says so), and no others;
 - a retry policy and the channel's default circuit breaker: should lose nothing either, but the
   breaker counts the lost calls as a target that stopped answering: when five of them reach
   their keepalive timeout in the same sweep, before a retry has succeeded, it opens and fails
@@ -28,7 +27,8 @@ even chance of landing on the frozen replica, so within a few calls all of them 
 The kill runs once for the module (``MESH_CHAOS_ROUNDS`` kills, a replacement replica started
 between two), and each test asserts on what its client saw. One summary line per client:
 calls, failures by code, and per kill the recovery time (from the freeze to the end of the last
-failed or slowed call).
+failed or slowed call) and the worst call latency: reported, not asserted (wall time on a shared
+machine). A call that never ends keeps the load from settling, which the bounded waits catch.
 """
 
 from __future__ import annotations
@@ -40,14 +40,11 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from nats_transport._status import SERVER_SILENT
 from nats_transport.testing import NatsServer
 from tests.chaos._harness import (
     CONCURRENCY,
-    DEADLINE,
-    KEEPALIVE_INTERVAL,
     KEEPALIVE_TIMEOUT,
-    MARGIN,
-    MAX_BACKOFF,
     ClientSetup,
     calm_for_at_least,
     chaos_channel,
@@ -67,9 +64,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(time_limit(per_round=20)),
 RETRY = ClientSetup("retry policy, no circuit breaker", retry=True, breaker=False)
 BASELINE = ClientSetup("no retry policy, no circuit breaker", retry=False, breaker=False)
 RETRY_AND_BREAKER = ClientSetup("retry policy, default circuit breaker", retry=True, breaker=True)
-# The longest a call held by the killed replica can take: silence until the keepalive timeout
-# (noticed at the next sweep), then a backoff and an answer from the survivor.
-HELD_CALL_BOUND = KEEPALIVE_TIMEOUT + KEEPALIVE_INTERVAL + MAX_BACKOFF + MARGIN
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -133,30 +127,22 @@ async def every_load_calm(loads: Iterable[Load], since: float) -> None:
     await until(lambda: all(load.calm(since) for load in waiting), 20, "the loads never ran calm")
 
 
-def no_call_outlived_its_deadline(load: Load) -> bool:
-    return all(o.latency <= DEADLINE + MARGIN for o in load.outcomes)
-
-
 async def test_a_replica_killed_under_load_fails_no_call_when_a_retry_policy_is_on(
         killed: dict[ClientSetup, tuple[Summary, Load]]) -> None:
-    summary, load = killed[RETRY]
+    summary, _ = killed[RETRY]
     assert summary.failed == {}, summary.details
-    assert summary.worst_latency_s <= HELD_CALL_BOUND, summary.line()
-    assert no_call_outlived_its_deadline(load)
 
 
 async def test_without_a_retry_policy_a_killed_replica_fails_only_the_calls_it_held(
         killed: dict[ClientSetup, tuple[Summary, Load]]) -> None:
     summary, load = killed[BASELINE]
     # The calls lost with the replica (all this client had in flight) fail, UNAVAILABLE at the
-    # keepalive timeout; no other call does.
+    # keepalive timeout (their status names the silence: not their deadline); no other call does.
     assert summary.failed == {grpc.StatusCode.UNAVAILABLE.name: CONCURRENCY * ROUNDS}, summary.details
-    assert summary.worst_latency_s <= KEEPALIVE_TIMEOUT + KEEPALIVE_INTERVAL + MARGIN, summary.line()
-    assert no_call_outlived_its_deadline(load)
+    assert {o.detail for o in load.outcomes if o.failed} == {SERVER_SILENT[1]}, summary.details
 
 
 async def test_a_replica_killed_under_load_fails_no_call_with_a_retry_policy_and_the_default_circuit_breaker(
         killed: dict[ClientSetup, tuple[Summary, Load]]) -> None:
-    summary, load = killed[RETRY_AND_BREAKER]
+    summary, _ = killed[RETRY_AND_BREAKER]
     assert summary.failed == {}, summary.details
-    assert no_call_outlived_its_deadline(load)

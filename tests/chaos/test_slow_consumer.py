@@ -15,8 +15,9 @@ protocol: a sender may send no more DATA than the receiver's window until it gra
 no stuck stream's handler got more than the client's window plus the server's own send buffer
 (up to the server's window) plus a message or two past it, and its count did not move while
 it was stuck; the server's memory stayed flat; every unary call succeeded and the
-reading stream kept flowing; the server ended the hung subscriber's stream within its keepalive
-timeout; and nats-server counted no slow consumer, with the server's connection never dropped.
+reading stream kept flowing; the server ended the hung subscriber's stream for its silence (a
+bounded wait; how long it took is reported, not asserted); and nats-server counted no slow
+consumer, with the server's connection never dropped.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from nats.aio.client import Client
 import nats_transport.aio
 from nats_transport import ChannelOptions
 from nats_transport.testing import NatsServer
-from tests.chaos._harness import MARGIN, load_runs_for, until
+from tests.chaos._harness import load_runs_for, until
 from tests.chaos._load import Load, failure_details, failures_by_code, unary
 from tests.chaos._monitoring import connections, slow_consumers
 from tests.chaos._processes import Child, Processes, script
@@ -51,11 +52,10 @@ FRAME = 1024 + 20
 # the event queued past the mark before the handler waits, and the one the client did read.
 STUCK_BOUND = WINDOW + WINDOW + 2 * FRAME
 STUCK_STREAMS = 3
-# The server's stream keepalive (_flood_server.py): it looks every interval and ends a stream
-# whose client has been silent this long. (It waits at least three of the PING intervals the
-# client announces, wire protocol section 6.8; the clients here announce 0.5 s, so its own
+# The server's stream keepalive timeout (_flood_server.py, which looks every 0.5 s): it ends a
+# stream whose client has been silent this long. (It waits at least three of the PING intervals
+# the client announces, wire protocol section 6.8; the clients here announce 0.5 s, so its own
 # timeout decides.)
-SERVER_KEEPALIVE_INTERVAL = 0.5
 SERVER_KEEPALIVE_TIMEOUT = 2.0
 # Growth of the server's resident memory that would mean it buffers what it cannot send: a stuck
 # stream holds at most a window in the server's send buffer (256 KiB for the four here), while
@@ -158,7 +158,6 @@ async def test_a_stream_nobody_reads_is_held_to_its_window_and_the_server_stays_
     assert summary.failed == {}, summary.details
     assert received_during > 0, "the reading stream stalled behind the stuck ones"
     assert after["streams"]["hung"]["ended"] == "cancelled", after["streams"]["hung"]
-    assert hung_ended - hung_at <= SERVER_KEEPALIVE_TIMEOUT + SERVER_KEEPALIVE_INTERVAL + MARGIN, summary.line()
     assert summary.notes["slow consumers"] == 0
     assert after["reconnects"] == 0
     assert [c["cid"] for c in await connections(server, "chaos-flood")] == [flood_connection[0]["cid"]]

@@ -446,7 +446,8 @@ class Call:
         return self.ended_at is not None or not self.needs_end() or self.dropped(drops_now)
 
     def end_by(self) -> float:
-        """When the spec has the server end the call at the latest, slack included."""
+        """When the spec has the server end the call at the latest, slack included: how long a
+        test waits for the end (a bound on the wait; when an answer came is not itself judged)."""
         bounds = [self.ended_by]
         if self.prompt:
             bounds.append(self.sent_at + SLACK)
@@ -474,8 +475,6 @@ class Call:
             allowed = {UNAVAILABLE}  # nothing else could end it: only the keepalive timeout
         if self.status not in allowed:
             problems.append(f"status {self.status} ({self.details!r}) where the spec allows {sorted(allowed)}")
-        if self.needs_end() and self.ended_at > self.end_by():
-            problems.append(f"ended {self.ended_at - self.sent_at:.2f}s after it was sent, past its bound")
         if self.status == OK and self.expected_payload is not None and self.payload != self.expected_payload:
             problems.append(f"OK with message {self.payload!r}, not {self.expected_payload!r}")
         wrong_details = self.expected_details is not None and self.details != self.expected_details

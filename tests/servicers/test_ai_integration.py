@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import socket
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,14 @@ from nats.aio.client import Client
 from mesh.jetstream_storage import JetStreamStorage
 from servicers import ai_integration
 from servicers.ai_integration.backends import Completion, Finish, Generation, StopScanner
-from servicers.ai_integration.local import LOCAL_CONTEXT_TOKENS, LocalBackend, TrigramModel, load_local_backend
+from servicers.ai_integration.corpus.fantasy import TEXT as CORPUS
+from servicers.ai_integration.local import (
+    LOCAL_CONTEXT_TOKENS,
+    LocalBackend,
+    TrigramModel,
+    load_local_backend,
+    tokenize,
+)
 from servicers.dependencies import Dependencies
 from tests._serving import served
 from tests._waiting import wait_for
@@ -267,12 +273,12 @@ async def test_cancelling_a_stream_stops_the_local_generation(nc: Client, storag
 async def test_a_deadline_stops_a_slow_local_generation(nc: Client, storage: Any) -> None:
     async with serving(nc, storage, local_token_interval_ms="20") as (stub, servicer):
         backend = local_backend(servicer)
-        started = time.monotonic()
         err = await failure(stub.Generate(ai.GenerateRequest(model=LOCAL, max_tokens=4096, **ENDLESS), timeout=0.3))
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - started < 2
         await wait_for(lambda: backend.active == 0)
+        # The generation was stopped by the deadline, far short of the 4096 tokens it was asked for.
         assert backend.interrupted == 1
+        assert backend.tokens_generated < 4096
 
 
 class RecordingBackend:
@@ -367,10 +373,11 @@ async def test_malformed_settings_are_refused_at_start_up(
         await ai_integration.create(Dependencies(storage=storage, channel=no_channel, settings=settings))
 
 
-def test_the_local_model_trains_in_milliseconds_and_knows_its_corpus() -> None:
-    started = time.perf_counter()
+def test_the_local_model_trains_on_a_small_corpus_and_knows_it() -> None:
+    # Training is one counting pass over the corpus, at every start of ai-integration: a corpus of
+    # a few thousand tokens keeps that to milliseconds. Its size is checked, not a clock.
+    assert len(tokenize(CORPUS)) <= 10_000
     backend = load_local_backend()
-    assert time.perf_counter() - started < 1
     assert backend.count_tokens("Maela's inn, by the well-worn road.") == 8
 
 
@@ -654,11 +661,10 @@ async def test_an_unreachable_server_is_unavailable(nc: Client, storage: Any) ->
 async def test_a_server_slower_than_the_configured_timeout_is_deadline_exceeded(nc: Client, storage: Any) -> None:
     async with remote(nc, storage, timeout_s="0.2") as (stub, server):
         server.reply = Reply(hang=True)
-        started = time.monotonic()
         err = await failure(stub.Generate(ai.GenerateRequest(model="remote", prompt="Hi"), timeout=5))
+        # The servicer's own 0.2 s timeout ended it (an ErrorInfo it adds), not the caller's 5 s deadline.
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert detail(err, error_details_pb2.ErrorInfo).reason == "BACKEND_TIMEOUT"
-        assert time.monotonic() - started < 2
         # We hung up, so the server's request ends too.
         await wait_for(lambda: server.abandoned == 1)
 
@@ -666,10 +672,9 @@ async def test_a_server_slower_than_the_configured_timeout_is_deadline_exceeded(
 async def test_the_callers_deadline_bounds_the_remote_call(nc: Client, storage: Any) -> None:
     async with remote(nc, storage) as (stub, server):  # the configured timeout is 60 s
         server.reply = Reply(hang=True)
-        started = time.monotonic()
         err = await failure(stub.Generate(ai.GenerateRequest(model="remote", prompt="Hi"), timeout=0.3))
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - started < 2
+        # The remote request was given up long before the configured 60 s: bounded by the caller.
         await wait_for(lambda: server.abandoned == 1)
 
 

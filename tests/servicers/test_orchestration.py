@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +33,7 @@ from nats.aio.client import Client
 
 import nats_transport
 from mesh.jetstream_storage import JetStreamStorage
+from nats_transport._status import NO_SERVER
 from servicers import orchestration, payment, settings
 from servicers.dependencies import Dependencies
 from servicers.error_boundary import ErrorBoundary
@@ -73,6 +73,7 @@ class Scripted(settings_pb2_grpc.SettingsServiceServicer):
     scripts: dict[str, deque[Any]] = field(default_factory=lambda: defaultdict(deque))
     seen: list[Seen] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: list[str] = field(default_factory=list)  # scope ids of calls cancelled mid-sleep
 
     def script(self, scope_id: str, *actions: Any) -> None:
         self.scripts[scope_id].extend(actions)
@@ -89,7 +90,11 @@ class Scripted(settings_pb2_grpc.SettingsServiceServicer):
             code, pushback = action
             await context.abort(code, "scripted pushback", (("grpc-retry-pushback-ms", pushback),))
         if isinstance(action, float | int):
-            await asyncio.sleep(action)
+            try:
+                await asyncio.sleep(action)  # a slow answer, the script's pacing: not a wait for anything
+            except asyncio.CancelledError:
+                self.cancelled.append(scope_id)
+                raise
         if action == GATE:
             await self.gate.wait()
 
@@ -418,17 +423,16 @@ async def test_a_server_pushback_of_minus_one_stops_the_retries(stub, scripted):
 
 
 async def test_a_stopped_downstream_fails_its_step_with_unavailable_well_within_the_deadline(stub, scripted):
-    started = time.monotonic()
-
     reply = await stub.RunWorkflow(workflow(step("a"), pb.Step(name="gone", call=call("stopped", GET, b""))),
                                    timeout=10)
 
+    # Both steps ended within the caller's deadline (a workflow outliving it would still be
+    # RUNNING), each attempt failed on no responders, not on a timeout.
     assert states(reply) == ["STEP_STATE_SUCCEEDED", "STEP_STATE_FAILED"]
     gone = reply.step_results[1]
     assert gone.status_code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert gone.attempts == 3
-    assert gone.status_message.startswith("stopped: ")
-    assert time.monotonic() - started < 5
+    assert gone.status_message == f"stopped: {NO_SERVER[1]}"
 
 
 # -- deadlines ------------------------------------------------------------------------------------
@@ -436,16 +440,16 @@ async def test_a_stopped_downstream_fails_its_step_with_unavailable_well_within_
 
 async def test_a_step_slower_than_its_deadline_fails_with_deadline_exceeded(stub, scripted):
     scripted.script("slow", 5.0)
-    started = time.monotonic()
 
     reply = await stub.RunWorkflow(workflow(step("slow", deadline=0.3, attempts=1)), timeout=10)
 
     assert states(reply) == ["STEP_STATE_FAILED"]
     assert reply.step_results[0].status_code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
-    assert time.monotonic() - started < 3
     (seen,) = scripted.calls("slow")
     assert seen.time_remaining is not None
     assert seen.time_remaining <= 0.3
+    # The downstream got the step's deadline and was cut short by it, 5 s sleep unfinished.
+    await wait_for(lambda: scripted.cancelled == ["slow"])
 
 
 async def test_a_slow_attempt_is_retried_and_the_next_one_succeeds(stub, scripted):
@@ -476,11 +480,10 @@ async def test_the_step_deadline_reaches_the_downstream_when_no_caller_deadline_
 
 async def test_a_workflow_outliving_its_callers_deadline_keeps_running_and_can_be_polled(stub, scripted):
     scripted.script("wait", GATE, GATE)
-    started = time.monotonic()
 
+    # Answered at all, so before the caller's 0.8 s were up (else DEADLINE_EXCEEDED).
     reply = await stub.RunWorkflow(workflow(step("first"), step("wait", deadline=30)), timeout=0.8)
 
-    assert time.monotonic() - started < 0.8
     assert reply.state == pb.WORKFLOW_STATE_RUNNING
     assert states(reply)[0] == "STEP_STATE_SUCCEEDED"
     # The attempt cut off with the caller is retried with the step's own deadline, after it left.

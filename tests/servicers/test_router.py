@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from grpc_status import rpc_status
 from nats.aio.client import Client
 
 import nats_transport
+from nats_transport._status import NO_SERVER
 from servicers import language, router, settings, state_manager
 from servicers.dependencies import Dependencies
 from servicers.error_boundary import ErrorBoundary
@@ -288,9 +288,8 @@ async def test_a_short_caller_deadline_reaches_the_target(mesh: Routed) -> None:
 
 async def test_the_routes_timeout_bounds_the_target_call(mesh: Routed) -> None:
     mesh.settings.held = True
-    started = time.monotonic()
     err = await failure(mesh.stub.Dispatch(dispatch("settings.slow"), timeout=5))
-    assert time.monotonic() - started < 2
+    # The route's 0.2 s ended it (the router's own status, with its reason), not the caller's 5 s.
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "settings" in (err.details() or "")
     assert info(err) == ("reason", "TARGET_DEADLINE_EXCEEDED")
@@ -300,11 +299,10 @@ async def test_the_routes_timeout_bounds_the_target_call(mesh: Routed) -> None:
 
 
 async def test_a_target_that_is_not_running_is_unavailable_naming_it(mesh: Routed) -> None:
-    started = time.monotonic()
     err = await failure(mesh.stub.Dispatch(dispatch("quest.generate", body={"regionId": "harbor"}), timeout=5))
-    assert time.monotonic() - started < 2
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert "quest-system" in (err.details() or "")
+    assert (err.details() or "").endswith(NO_SERVER[1])  # no responders, known at once: no wait for the route's 10 s
     assert info(err) == ("reason", "TARGET_UNAVAILABLE")
 
 
