@@ -34,7 +34,7 @@ from benchmarks.cases import (
 )
 from benchmarks.profile_report import ROLES, ProfiledCase
 from benchmarks.profiling import Profile, py_spy
-from benchmarks.servers import ServerProcess, edge_available, ingress_available
+from benchmarks.servers import ServerProcess, edge_available, ingress_available, workers_available
 from nats_transport.testing import NatsServer, free_port
 
 SERVER_LABELS = {
@@ -45,6 +45,7 @@ SERVER_LABELS = {
     "ours-sync-servicer": "nats_transport server (def servicer)",
     "ours-traced": "nats_transport server, tracing on (async def servicer)",
     "ingress": "gRPC ingress (gateway.ingress)",
+    "ingress-2": "gRPC ingress, 2 workers: the supervising parent (gateway.workers)",
     "edge": "Envoy edge control plane (gateway.edge, Python)",
 }
 Servers = dict[str, ServerProcess]
@@ -64,6 +65,7 @@ def _servers(endpoints: Endpoints, transports: tuple[Transport, ...]) -> Servers
         "ours-sync-servicer": ServerProcess("ours-sync-servicer", *nats),
         "ours-traced": ServerProcess("ours-traced", *nats, "--trace-dir", endpoints.trace_dir),
         "ingress": ServerProcess("ingress", *nats, "--port", str(endpoints.ingress_port)),
+        "ingress-2": ServerProcess("ingress-2", *nats, "--port", str(endpoints.ingress_workers_port)),
         "edge": ServerProcess(
             "edge", "--ingress-port", str(endpoints.ingress_port), "--port", str(endpoints.edge_port)
         ),
@@ -71,18 +73,20 @@ def _servers(endpoints: Endpoints, transports: tuple[Transport, ...]) -> Servers
     wanted = {t.server for t in transports}
     if "edge" in wanted:
         wanted.add("ingress")  # Envoy calls it
+    if wanted & {"ingress", "ingress-2"}:
+        wanted.add("ours")  # the ingresses forward to it
     return {kind: server for kind, server in every.items() if kind in wanted}
 
 
 def _start(servers: Servers) -> None:
-    """Start them all at once; then the ingress, as it must find the nats_transport server; then
-    the Envoy edge in front of it."""
-    first = [s for kind, s in servers.items() if kind not in ("ingress", "edge")]
+    """Start them all at once; then the ingresses, as they must find the nats_transport server;
+    then the Envoy edge in front of the first."""
+    first = [s for kind, s in servers.items() if kind not in ("ingress", "ingress-2", "edge")]
     for server in first:
         server.launch()
     for server in first:
         server.wait_ready()
-    for kind in ("ingress", "edge"):
+    for kind in ("ingress", "ingress-2", "edge"):
         if kind in servers:
             servers[kind].launch().wait_ready(timeout=40.0)
 
@@ -90,11 +94,14 @@ def _start(servers: Servers) -> None:
 def _server_pids(servers: Servers, kind: str) -> tuple[int, tuple[int, ...]]:
     """The process whose CPU (and profile) is the server's, and helpers whose CPU is added to it.
 
-    The edge: Envoy, plus the edge's control-plane process and the ingress Envoy calls.
+    The edge: Envoy, plus the edge's control-plane process and the ingress Envoy calls. The ingress
+    of 2 workers: its supervising parent, plus the workers (named on its READY line), which serve.
     """
     if kind == "edge":
         (envoy,) = servers["edge"].helper_pids
         return envoy, (servers["edge"].pid, servers["ingress"].pid)
+    if kind == "ingress-2":
+        return servers[kind].pid, servers[kind].helper_pids
     return servers[kind].pid, ()
 
 
@@ -191,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         missing |= {"ingress", "envoy"}
     elif not edge_available():
         missing.add("envoy")
+    if not workers_available():
+        missing.add("ingress-2")
     if args.only is not None:
         missing |= {t.key for t in TRANSPORTS} - args.only
     transports = tuple(t for t in TRANSPORTS if t.key not in missing)
@@ -220,12 +229,13 @@ def _measure(session: document.Session, trace_dir: Path, profile: bool) -> None:
     with NatsServer(jetstream=False, name="bench") as nats_server:
         assert nats_server.process is not None
         broker = nats_server.process.pid
-        aio_port, sync_port, ingress_port, edge_port = _ports(4)
+        aio_port, sync_port, ingress_port, workers_port, edge_port = _ports(5)
         endpoints = Endpoints(
             nats_url=nats_server.url,
             grpc_aio_port=aio_port,
             grpc_sync_port=sync_port,
             ingress_port=ingress_port,
+            ingress_workers_port=workers_port,
             edge_port=edge_port,
             trace_dir=str(trace_dir),
         )
@@ -239,6 +249,9 @@ def _measure(session: document.Session, trace_dir: Path, profile: bool) -> None:
             session.processes = [
                 (SERVER_LABELS[kind], s.cpu_seconds(), s.peak_rss_mib()) for kind, s in servers.items()
             ]
+            for number, worker in enumerate(servers["ingress-2"].helper_pids if "ingress-2" in servers else (), 1):
+                cost = (procstat.cpu_seconds(worker), procstat.peak_rss_mib(worker))
+                session.processes.append((f"gRPC ingress, 2 workers: worker {number} (gateway.workers)", *cost))
             if "edge" in servers:
                 (envoy,) = servers["edge"].helper_pids
                 envoy_cost = (procstat.cpu_seconds(envoy), procstat.peak_rss_mib(envoy))

@@ -14,6 +14,9 @@ class Transport:
     server: str  # key of the server process it calls (servers.py's kinds)
     threads: bool  # True: N threads with sync stubs; False: N asyncio tasks
     in_flight: tuple[int, ...]
+    # HTTP/2 connections the tasks are dealt over (at most one per task): a server of several
+    # processes sharing a port (SO_REUSEPORT) gets whole connections from the kernel, not calls.
+    connections: int = 1
 
 
 TRANSPORTS = (
@@ -38,6 +41,17 @@ TRANSPORTS = (
     Transport(
         key="ingress", label="gRPC ingress -> nats_transport", server="ingress", threads=False, in_flight=(1, 64)
     ),
+    # The same through an ingress of 2 worker processes sharing its port (gateway.workers). The
+    # kernel deals connections to them by a hash, so 8 connections: 2 would all land on one worker
+    # half the time.
+    Transport(
+        key="ingress-2",
+        label="gRPC ingress, 2 workers -> nats_transport",
+        server="ingress-2",
+        threads=False,
+        in_flight=(1, 64),
+        connections=8,
+    ),
     # HTTP/1.1 keep-alive GETs (JSON) to Envoy, which transcodes to gRPC and calls the ingress above.
     Transport(
         key="envoy", label="HTTP/JSON via Envoy -> ingress", server="edge", threads=False, in_flight=(1, 64)
@@ -61,6 +75,7 @@ class Endpoints:
     grpc_aio_port: int
     grpc_sync_port: int
     ingress_port: int
+    ingress_workers_port: int  # the ingress of 2 worker processes
     edge_port: int  # Envoy's HTTP listener
     trace_dir: str
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmarks import payloads, plots, profile_report, profiling, traced, workload
 from benchmarks.cases import BY_KEY, Settings, Transport
 from benchmarks.report import (
+    Measurement,
     Ratio,
     Results,
     Spread,
@@ -111,7 +112,8 @@ def _method(session: Session) -> list[str]:
         f"its {POOL_THREADS}-thread pool). The sync channel is `nats_transport.channel(url, target)` (its own "
         "NATS connection on a background loop thread) against the `async def` server.",
         "- gRPC ingress: see the gateway section; its 'server' CPU is the ingress process alone (the "
-        "nats_transport server behind it is a fourth process, not in that row). HTTP/JSON via Envoy: see the "
+        "nats_transport server behind it is a fourth process, not in that row). The ingress of 2 workers: its "
+        "'server' CPU is the supervising parent + both worker processes. HTTP/JSON via Envoy: see the "
         "gateway section; its 'server' CPU is Envoy + the edge's control plane + the ingress.",
         "- CPU seconds are utime+stime from /proc/<pid>/stat over the window; peak RSS is VmHWM.",
     ]
@@ -181,6 +183,39 @@ def _ratios(results: Results, key: str, others: tuple[str, ...], short: str) -> 
     ]
 
 
+def _server_us_per_call(m: Measurement) -> float:
+    return m.server_cpu / m.calls * 1e6 if m.calls else float("nan")
+
+
+def _workers(session: Session) -> list[str]:
+    """The ingress of 2 worker processes next to the single-process one."""
+    if not any(t.key == "ingress-2" for t in session.transports):
+        return []
+    transport = BY_KEY["ingress-2"]
+    lines = [
+        f"**gRPC ingress, 2 workers** (`gateway.workers.run_workers`, `IngressOptions(workers=2)`): two worker "
+        "processes, each a whole ingress with its own NATS connection, discovery and forwarder, bound to one port "
+        "with SO_REUSEPORT, under a parent that supervises them and serves no call. The kernel deals "
+        f"connections, not calls, to the workers (by a hash), so the client spreads its tasks over "
+        f"{transport.connections} HTTP/2 connections (one at 1 in flight); the single-process rows use one. "
+        "Its 'server' CPU is the parent + both workers. On a machine whose cores the client, nats-server and "
+        "the target share with the ingress, a second worker adds little throughput: the figure that says "
+        "what it costs is the server CPU per call.",
+        "",
+    ]
+    figures = _ratios(session.results, "ingress-2", ("ingress", "grpc-aio", "ours"), "ingress, 2 workers")
+    figures += [
+        Ratio(
+            f"server CPU per call, {n} in flight: ingress, 2 workers / {BY_KEY['ingress'].label}",
+            paired([_server_us_per_call(m) for m in session.results["ingress-2", n]],
+                   [_server_us_per_call(m) for m in session.results["ingress", n]]),
+        )
+        for n in transport.in_flight
+        if ("ingress-2", n) in session.results and ("ingress", n) in session.results
+    ]
+    return [*lines, *ratio_table(figures), ""]
+
+
 def _envoy(session: Session) -> list[str]:
     if not any(t.key == "envoy" for t in session.transports):
         return [
@@ -207,6 +242,7 @@ def _gateway(session: Session) -> list[str]:
             "**gRPC ingress: not measured yet.** `gateway/ingress.py` offers no `run_ingress` this benchmark "
             "can start. When it does, the unary tables gain a `gRPC ingress -> nats_transport` row.",
             "",
+            *_workers(session),
             *_envoy(session),
         ]
     lines = [
@@ -217,7 +253,7 @@ def _gateway(session: Session) -> list[str]:
         "",
     ]
     figures = _ratios(session.results, "ingress", ("grpc-aio", "ours"), "ingress")
-    return [*lines, *ratio_table(figures), "", *_envoy(session)]
+    return [*lines, *ratio_table(figures), "", *_workers(session), *_envoy(session)]
 
 
 def _processes(session: Session) -> list[str]:

@@ -11,16 +11,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import clients, procstat, profiling, sync_clients
+import grpc
+from gaming.quest.v1 import quest_pb2_grpc
+
+from benchmarks import clients, procstat, profiling, sync_clients, workload
 from benchmarks.cases import BY_KEY, Endpoints, Settings, Transport
 from benchmarks.report import Measurement
 
@@ -71,8 +78,42 @@ class _Window:
         return [sum(spent[:servers]), *spent[servers:]]
 
 
+def _open_client(transport: Transport, endpoints: Endpoints) -> AbstractAsyncContextManager[clients.Call]:
+    # The ingress of several workers is called over several connections, which the shared
+    # client of clients.py (one channel, one connection) does not do.
+    if transport.key == "ingress-2":
+        return _grpc_aio_spread(endpoints.ingress_workers_port, transport.connections)
+    return clients.open_client(transport.key, endpoints)
+
+
+@asynccontextmanager
+async def _grpc_aio_spread(port: int, connections: int) -> AsyncIterator[clients.Call]:
+    """GetQuest through ``connections`` grpc.aio channels, each its own HTTP/2 connection; each
+    calling task keeps the channel it was dealt on its first call (round robin)."""
+    async with AsyncExitStack() as stack:
+        stubs = []
+        for _ in range(connections):
+            # A local subchannel pool: channels to one address would otherwise share a connection.
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            await stack.enter_async_context(channel)
+            await asyncio.wait_for(channel.channel_ready(), 10)
+            stubs.append(quest_pb2_grpc.QuestServiceStub(channel))
+        dealt = itertools.cycle(stubs)
+        mine: contextvars.ContextVar[quest_pb2_grpc.QuestServiceStub] = contextvars.ContextVar("stub")
+
+        async def call() -> object:
+            try:
+                stub = mine.get()
+            except LookupError:
+                stub = next(dealt)
+                mine.set(stub)  # the calling task's own context: its connection from now on
+            return await stub.GetQuest(workload.REQUEST, timeout=workload.CALL_TIMEOUT)
+
+        yield call
+
+
 async def _run_tasks(transport: Transport, endpoints: Endpoints, in_flight: list[int], window: _Window) -> None:
-    async with clients.open_client(transport.key, endpoints) as call:
+    async with _open_client(transport, endpoints) as call:
         for n in in_flight:
             sample, cpu = await asyncio.gather(
                 clients.measure(call, n, window.warmup, window.duration), asyncio.to_thread(window.time)
@@ -114,6 +155,7 @@ def run_client(
         "--grpc-aio-port", str(endpoints.grpc_aio_port),
         "--grpc-sync-port", str(endpoints.grpc_sync_port),
         "--ingress-port", str(endpoints.ingress_port),
+        "--ingress-workers-port", str(endpoints.ingress_workers_port),
         "--edge-port", str(endpoints.edge_port),
         "--trace-dir", endpoints.trace_dir,
         "--helper-pids", ",".join(map(str, helpers)),
@@ -145,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grpc-aio-port", type=int, required=True)
     parser.add_argument("--grpc-sync-port", type=int, required=True)
     parser.add_argument("--ingress-port", type=int, required=True)
+    parser.add_argument("--ingress-workers-port", type=int, required=True)
     parser.add_argument("--edge-port", type=int, required=True)
     parser.add_argument("--trace-dir", required=True, help="where the traced client keeps its spans")
     parser.add_argument("--helper-pids", default="", help="comma-separated; CPU counted as the server's")
@@ -161,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         grpc_aio_port=args.grpc_aio_port,
         grpc_sync_port=args.grpc_sync_port,
         ingress_port=args.ingress_port,
+        ingress_workers_port=args.ingress_workers_port,
         edge_port=args.edge_port,
         trace_dir=args.trace_dir,
     )

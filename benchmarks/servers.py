@@ -3,8 +3,10 @@
 Kinds: ``grpc-aio`` and ``grpc-sync`` (grpcio over HTTP/2, asyncio server or a thread-pool
 server), ``raw`` (a bare nats-py responder), ``ours`` and ``ours-sync-servicer``
 (nats_transport.aio.server with an ``async def`` or a plain ``def`` servicer), ``ours-traced``
-(the ``ours`` server with the tracing interceptors of ``mesh up --trace``), and ``ingress``
-(gateway.ingress forwarding HTTP/2 calls over NATS to the ``ours`` server), and ``edge``
+(the ``ours`` server with the tracing interceptors of ``mesh up --trace``), ``ingress``
+(gateway.ingress forwarding HTTP/2 calls over NATS to the ``ours`` server), ``ingress-2`` (the
+same as 2 worker processes sharing the port, gateway.workers; its READY line also gives the
+workers' pids), and ``edge``
 (gateway.edge's Envoy, transcoding HTTP/JSON to gRPC calls of the ingress; its READY line also
 gives Envoy's pid).
 
@@ -188,6 +190,49 @@ async def serve_ingress(url: str, port: int) -> None:
     await nc.drain()
 
 
+def workers_available() -> bool:
+    """Whether gateway.workers (several ingress processes on one port) is there."""
+    return ingress_available() and importlib.util.find_spec("gateway.workers") is not None
+
+
+async def serve_ingress_workers(url: str, port: int, workers: int) -> None:
+    """gateway.workers: ``workers`` ingress processes on 127.0.0.1:port; READY <worker pids> once
+    each of them routes QuestService to the ``ours`` server."""
+    options = importlib.import_module("gateway.ingress").IngressOptions(workers=workers)
+    pool_module = importlib.import_module("gateway.workers")
+    logging.getLogger("gateway").setLevel(logging.ERROR)  # two bench targets serve QuestService
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    setup = pool_module.PlainNats((url,), name="bench-ingress", log_level="ERROR")
+    pool = await pool_module.run_workers(nc, "127.0.0.1", port, setup, options)
+    try:
+        await _until_every_worker_routes(port, len(pool.pids))
+        print(" ".join([READY, *map(str, pool.pids)]), flush=True)
+        await _until_sigterm()
+    finally:
+        await pool.stop(grace=1)
+        await nc.drain()
+
+
+async def _until_every_worker_routes(port: int, workers: int, within: float = 20.0) -> None:
+    """Call GetQuest over new connections until ``workers * 8`` in a row succeed. The kernel
+    picks each connection's worker by a hash, so that many leave a worker that cannot forward
+    yet (each discovered the mesh before it said it listens) very unlikely to go unnoticed."""
+    deadline = time.monotonic() + within
+    succeeded = 0
+    while succeeded < workers * 8:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the ingress workers do not all route {workload.SERVICE} yet")
+        options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            try:
+                await quest_pb2_grpc.QuestServiceStub(channel).GetQuest(workload.REQUEST, timeout=5)
+            except grpc.aio.AioRpcError:
+                succeeded = 0
+                await asyncio.sleep(0.1)
+                continue
+        succeeded += 1
+
+
 def edge_available() -> bool:
     """Whether gateway.edge offers ``start_edge`` and an Envoy binary is installed."""
     if not ingress_available() or importlib.util.find_spec("gateway.edge") is None:
@@ -299,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     ingress = kinds.add_parser("ingress")
     ingress.add_argument("--nats", required=True)
     ingress.add_argument("--port", type=int, required=True)
+    ingress_workers = kinds.add_parser("ingress-2")
+    ingress_workers.add_argument("--nats", required=True)
+    ingress_workers.add_argument("--port", type=int, required=True)
     edge = kinds.add_parser("edge")
     edge.add_argument("--ingress-port", type=int, required=True)
     edge.add_argument("--port", type=int, required=True)
@@ -312,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(serve_raw(args.nats))
         elif args.kind == "ingress":
             asyncio.run(serve_ingress(args.nats, args.port))
+        elif args.kind == "ingress-2":
+            asyncio.run(serve_ingress_workers(args.nats, args.port, 2))
         elif args.kind == "edge":
             asyncio.run(serve_edge(args.ingress_port, args.port))
         elif args.kind == "ours-traced":

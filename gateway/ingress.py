@@ -11,6 +11,10 @@ from ``$SRV`` discovery (``gateway.discovery``) and each target's reflection
 
 Interceptors come from the caller (``IngressOptions``), so whoever runs the ingress decides
 whether it traces: the gateway itself knows no tracing.
+
+One process is one grpc.aio server, which spends most of its CPU in grpc itself; to use more
+cores, ``IngressOptions(workers=N)`` with :func:`gateway.workers.run_workers` runs N of these,
+each in a process of its own sharing the port.
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ class IngressOptions:
         channel_interceptors: target -> the ``grpc.aio`` client interceptors of the NATS channel
             forwarded calls to that target take (asked once per target; the ingress's health
             checks of that target use the channel too); None: none.
+        workers: processes serving the port (``gateway.workers``); 1, the default, is this
+            process alone (:func:`run_ingress`).
+        worker_restarts: with workers, how many exits in a row (each within a minute of its
+            start) a worker is restarted after before the pool gives up on it.
     """
 
     poll_interval: float = 1.5
@@ -89,12 +97,19 @@ class IngressOptions:
     tls: TlsFiles | None = None
     server_interceptors: Sequence[Any] = ()
     channel_interceptors: ChannelInterceptors | None = None
+    workers: int = 1
+    worker_restarts: int = 5
 
     def __post_init__(self) -> None:
         if self.poll_interval <= 0 or self.poll_window <= 0 or self.poll_misses < 1:
             raise ValueError("poll_interval and poll_window must be positive, poll_misses at least 1")
         if self.reflection_timeout <= 0 or self.grace < 0 or self.max_message_size <= 0:
             raise ValueError("reflection_timeout and max_message_size must be positive, grace not negative")
+        # bool is an int: workers=True would read as one worker by accident.
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a whole number of at least 1, got {self.workers!r}")
+        if self.worker_restarts < 0:
+            raise ValueError("worker_restarts must not be negative")
 
 
 class Ingress:
@@ -105,11 +120,15 @@ class Ingress:
         host: the address to listen on (``0.0.0.0`` for every interface).
         port: the port; 0 picks a free one.
         options: see :class:`IngressOptions`.
+        shared_port: bind with SO_REUSEPORT, so that other processes of the same user can serve
+            the port too. Only the worker processes of ``gateway.workers`` do, after their
+            parent has checked the port was free: a single ingress must fail on a taken port.
     """
 
     def __init__(self, nc: Client, host: str = "0.0.0.0", port: int = 50051,
-                 options: IngressOptions | None = None) -> None:
+                 options: IngressOptions | None = None, *, shared_port: bool = False) -> None:
         self._nc = nc
+        self._shared_port = shared_port
         self.host = host
         self._requested_port = port
         self.options = options or IngressOptions()
@@ -139,6 +158,17 @@ class Ingress:
     def _connected(self) -> bool:
         return self._running and self.discovery.connected
 
+    @property
+    def listening(self) -> bool:
+        """Whether it serves the port now (started, not stopped)."""
+        return self._running
+
+    @property
+    def problem(self) -> str | None:
+        """Why it cannot serve without a restart of the process; None: nothing (a single
+        ingress has no part that can die on its own)."""
+        return None
+
     async def start(self) -> None:
         """Bind, discover the mesh once, then serve.
 
@@ -151,8 +181,9 @@ class Ingress:
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             # grpc sets SO_REUSEPORT by default: a second process would share a taken port and
-            # get half the calls, where a clear "cannot listen" is what an operator needs.
-            ("grpc.so_reuseport", 0),
+            # get half the calls, where a clear "cannot listen" is what an operator needs. Workers
+            # share it on purpose; their parent checked the port was free and holds it.
+            ("grpc.so_reuseport", int(self._shared_port)),
         ])
         # Own services before the forwarder: grpc tries handlers in the order they were added.
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -189,7 +220,15 @@ class Ingress:
 async def run_ingress(
     nc: Client, host: str = "0.0.0.0", port: int = 50051, *, options: IngressOptions | None = None
 ) -> Ingress:
-    """Start an ingress on ``host:port`` forwarding to the mesh on ``nc``; ``stop()`` it later."""
+    """Start an ingress on ``host:port`` forwarding to the mesh on ``nc``; ``stop()`` it later.
+
+    Raises:
+        RuntimeError: the address could not be bound.
+        ValueError: ``options.workers`` is above 1: worker processes connect to NATS on their
+            own, so they are started by :func:`gateway.workers.run_workers`, told how.
+    """
+    if options is not None and options.workers > 1:
+        raise ValueError("workers > 1: start them with gateway.workers.run_workers (each worker connects to NATS)")
     ingress = Ingress(nc, host, port, options)
     await ingress.start()
     return ingress

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from gateway.workers import worker_count
 from mesh import event_loop, gateway_command, serve, tools, trace_command
 from mesh.config import ConfigError, UpConfig, flag_of
 from mesh.conformance import command as conformance_command
@@ -153,10 +154,22 @@ def _add_up_arguments(up: argparse.ArgumentParser) -> None:
              "services use JetStream R3 on 3 or more and a node that dies is restarted (1)",
     )
     up.add_argument(
+        "--ingress-workers", type=_ingress_workers, default=defaults.ingress_workers, metavar="N",
+        help="processes serving the gRPC ingress's port, each with its own NATS connection; auto: one per "
+             f"usable core ({defaults.ingress_workers}: this process)",
+    )
+    up.add_argument(
         "--trace", action="store_true",
         help="keep the spans of every call in DIR/traces (bounded) for 'mesh trace'",
     )
     up.set_defaults(command=_run_up, parser=up, takes_any_arguments=False)
+
+
+def _ingress_workers(text: str) -> int:
+    try:
+        return worker_count(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,6 +227,7 @@ def _up_config(args: argparse.Namespace) -> UpConfig:
         secure=args.secure,
         nats_url=args.nats_url,
         cluster=args.cluster,
+        ingress_workers=args.ingress_workers,
     )
 
 

@@ -36,6 +36,7 @@ class UpConfig:
 
     With ``cluster`` N > 1 the embedded NATS is N routed nodes: node i listens on
     ``nats_port + i``, ``nats_monitor_port + i`` and (routes) ``nats_cluster_port + i``.
+    ``ingress_workers`` processes serve the gRPC ingress's port (1: ``mesh up``'s own process).
     """
 
     nats_port: int = 4222
@@ -48,8 +49,11 @@ class UpConfig:
     nats_url: str | None = None
     secure: bool = False
     cluster: int = 1
+    ingress_workers: int = 1
 
     def __post_init__(self) -> None:
+        if self.ingress_workers < 1:
+            raise ConfigError(flag_of("ingress_workers"), f"must be at least 1 (or auto), got {self.ingress_workers}")
         if self.cluster not in CLUSTER_SIZES:
             sizes = ", ".join(map(str, CLUSTER_SIZES))
             raise ConfigError(flag_of("cluster"), f"must be one of {sizes}, got {self.cluster}")

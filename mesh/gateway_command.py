@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import functools
 import logging
 import os
 import re
@@ -35,23 +34,24 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from gateway.edge import Edge, start_edge
 from gateway.envoy import EnvoyError, EnvoyProcess
 from gateway.envoy_config import TlsPair
-from gateway.ingress import Ingress, IngressOptions, TlsFiles, run_ingress
+from gateway.ingress import Ingress
+from gateway.workers import IngressWorkers, worker_count
 from gateway.xds import ConfigRejected
 from health.admin import AdminServer
 from health.call_log import configure_json_logging
 from health.metrics import exposition
-from health.tracing import TracingConfigError, from_environment
 from health.transport_metrics import TransportMetrics
 from mesh import serve
 from mesh.config import ConfigError
 from mesh.connection import AccessDenied, NatsAccess, connect
+from mesh.ingress import INGRESS, GatewayError, IngressWorkerSetup, ingress_tracing, start_ingress
 from nats_transport import connection_problem
 
 if TYPE_CHECKING:
     from health.trace_pipeline import Tracing
 
-__all__ = ["GatewayConfig", "GatewayError", "add_arguments", "ingress_tracing", "resolve", "run", "start_edge_for",
-           "start_ingress"]
+__all__ = ["INGRESS", "GatewayConfig", "GatewayError", "add_arguments", "ingress_tracing", "resolve", "run",
+           "start_edge_for", "start_ingress"]
 
 log = logging.getLogger("mesh.gateway")
 
@@ -61,11 +61,6 @@ EXIT_USAGE = 2
 
 # Bound of each readiness check's TCP connect: a probe must answer well within its own timeout.
 _PROBE_CONNECT_TIMEOUT = 1.0
-
-# The ingress's name in traces: the service.name of its spans, the caller on its client spans,
-# and its spans file in MESH_TRACE_DIR.
-INGRESS = "ingress"
-
 
 def _port(text: str) -> int:
     try:
@@ -107,18 +102,11 @@ SETTINGS = (
     serve.Setting("--serve-key", "MESH_GATEWAY_SERVE_KEY", _FILE, None, "the private key of --serve-cert"),
     serve.Setting("--no-edge", "MESH_GATEWAY_EDGE", _edge_off, False,
                   "run the gRPC ingress only, no Envoy (variable: on or off)"),
+    serve.Setting("--ingress-workers", "MESH_GATEWAY_INGRESS_WORKERS", worker_count, 1,
+                  "processes serving the gRPC port, each with its own NATS connection; auto: one per usable core"),
     _from_serve("grace", default=5.0),
     _from_serve("log_level"),
 )
-
-
-class GatewayError(RuntimeError):
-    """The ingress or the edge could not start. ``flag`` names the setting at fault (a taken
-    port); it is None when the fault is not in the configuration (Envoy failed)."""
-
-    def __init__(self, message: str, flag: str | None = None) -> None:
-        super().__init__(message)
-        self.flag = flag
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +121,7 @@ class GatewayConfig:
         serve_tls: TLS for clients on both the ingress and Envoy.
         upstream_ca: with ``serve_tls``, the CA Envoy verifies the ingress against.
         edge: run Envoy in front of the ingress.
+        ingress_workers: processes serving the gRPC port (1: this process; ``gateway.workers``).
         grace: seconds in-flight calls get on SIGTERM.
         log_level: of the JSON logs on stderr.
     """
@@ -145,6 +134,7 @@ class GatewayConfig:
     serve_tls: TlsPair | None = None
     upstream_ca: Path | None = None
     edge: bool = True
+    ingress_workers: int = 1
     grace: float = 5.0
     log_level: str = "INFO"
 
@@ -200,7 +190,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -
         http_port=values["http_port"], admin_port=values["admin_port"],
         serve_tls=None if cert is None else TlsPair(cert=cert, key=key),
         upstream_ca=access.tls_ca if cert is not None else None,
-        edge=edge, grace=values["grace"], log_level=values["log_level"],
+        edge=edge, ingress_workers=values["ingress_workers"], grace=values["grace"], log_level=values["log_level"],
     )
     seen: dict[int, str] = {}
     for flag, port in config.listening_ports().items():
@@ -213,43 +203,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -
 # -- the parts `mesh up` shares ------------------------------------------------------------
 
 
-def ingress_tracing(environ: Mapping[str, str] = os.environ) -> Tracing | None:
-    """The ingress's span pipeline as ``environ`` asks for it (``health.tracing``), or None
-    (the default: nothing traced, nothing installed). Shut it down after the ingress stops.
-
-    Raises:
-        GatewayError: a value that cannot be used; ``flag`` is the variable that holds it.
-    """
-    try:
-        return from_environment(INGRESS, environ)
-    except TracingConfigError as error:
-        raise GatewayError(str(error), str(error).partition(": ")[0]) from None
-
-
-async def start_ingress(nc: Client, host: str, port: int, *, tls: TlsPair | None = None,
-                        grace: float = 5.0, tracing: Tracing | None = None) -> Ingress:
-    """A started gRPC ingress on ``host:port`` over ``nc`` (``tls``: serve TLS to clients;
-    ``tracing``: trace the calls it takes and forwards).
-
-    Raises:
-        GatewayError: the port cannot be bound (flag ``--grpc-port``).
-    """
-    options = IngressOptions(
-        grace=grace, tls=None if tls is None else TlsFiles(cert=tls.cert, key=tls.key),
-        # The server span of each call is the parent of the client span of its forwarded call,
-        # whose traceparent the target continues. Off, neither list exists.
-        server_interceptors=() if tracing is None else tracing.server_interceptors(INGRESS, over_nats=False),
-        channel_interceptors=None if tracing is None else functools.partial(tracing.client_interceptors, INGRESS),
-    )
-    try:
-        return await run_ingress(nc, host, port, options=options)
-    except RuntimeError as error:
-        reason = str(error) or type(error).__name__
-        raise GatewayError(f"--grpc-port: cannot listen on {host}:{port}: {reason}", "--grpc-port") from error
-
-
-async def start_edge_for(ingress: Ingress, http_port: int, *, http_host: str, tls: TlsPair | None = None,
-                         upstream_ca: Path | None = None) -> Edge:
+async def start_edge_for(ingress: Ingress | IngressWorkers, http_port: int, *, http_host: str,
+                         tls: TlsPair | None = None, upstream_ca: Path | None = None) -> Edge:
     """Envoy on ``http_host:http_port`` in front of ``ingress``, its routes following the
     ingress's discovery. Call it from the event loop's thread: Envoy exits when the thread that
     started it exits (PR_SET_PDEATHSIG).
@@ -296,7 +251,7 @@ class Gateway:
         self.tracing = tracing
         self._owns_tracing = False
         self.nc: Client | None = None
-        self.ingress: Ingress | None = None
+        self.ingress: Ingress | IngressWorkers | None = None
         self.edge: Edge | None = None
         self.admin: AdminServer | None = None
         self.stopping = False
@@ -305,6 +260,9 @@ class Gateway:
                                registry=registry)
         self._envoy_starts = Gauge("mesh_gateway_envoy_starts", "Times Envoy was started (more than 1: restarts).",
                                    registry=registry)
+        self._worker_restarts = Gauge("mesh_gateway_ingress_worker_restarts",
+                                      "Times an ingress worker process was restarted (--ingress-workers).",
+                                      registry=registry)
 
     async def start(self) -> None:
         """Tracing (a bad ``OTEL_*`` value fails before anything listens), the admin server
@@ -327,8 +285,11 @@ class Gateway:
                 raise GatewayError(f"--admin-port: cannot listen on {config.listen_host}:{config.admin_port}: "
                                    f"{error.strerror or error}", "--admin-port") from error
         self.nc = await self._connect(config.access)
+        # Workers connect as this process does, each under a name of its own.
+        setup = IngressWorkerSetup(access=config.access, name="mesh:gateway", log_level=config.log_level)
         self.ingress = await start_ingress(self.nc, config.listen_host, config.grpc_port, tls=config.serve_tls,
-                                           grace=config.grace, tracing=self.tracing)
+                                           grace=config.grace, tracing=self.tracing,
+                                           workers=config.ingress_workers, worker_setup=setup)
         if config.edge:
             self.edge = await start_edge_for(self.ingress, config.http_port, http_host=config.listen_host,
                                              tls=config.serve_tls, upstream_ca=config.upstream_ca)
@@ -351,8 +312,9 @@ class Gateway:
                              reconnected_cb=on_reconnected)
 
     async def readiness(self) -> tuple[bool, str]:
-        """Ready when NATS is connected, the ingress accepts connections and (with the edge) so
-        does Envoy's HTTP port: Envoy binds it a moment after its configuration is pushed."""
+        """Ready when NATS is connected, the ingress accepts connections (with workers: every
+        one of them listens) and (with the edge) so does Envoy's HTTP port: Envoy binds it a
+        moment after its configuration is pushed."""
         if self.stopping:
             return False, "stopping"
         if self.nc is None or not self.nc.is_connected:
@@ -360,6 +322,10 @@ class Gateway:
         host = dial_host(self.config.listen_host)
         if self.ingress is None or self.ingress.port is None or not await accepts_tcp(host, self.ingress.port):
             return False, f"gRPC ingress not accepting on {self.config.listen_host}:{self.config.grpc_port}"
+        if not self.ingress.listening:
+            # One worker accepting is not enough: all of them must serve before the pod takes load.
+            detail = self.ingress.summary if isinstance(self.ingress, IngressWorkers) else "not listening"
+            return False, f"gRPC ingress: {detail}"
         if not self.config.edge:
             return True, f"ready: gRPC ingress on {self.ingress.port}, no edge"
         if self.edge is None or not await accepts_tcp(host, self.edge.http_port):
@@ -368,22 +334,27 @@ class Gateway:
 
     def liveness(self) -> tuple[bool, str]:
         """Alive unless the NATS connection is stuck (it claims to be connected but stopped
-        reading) or Envoy died and its supervisor gave up restarting it; a restart fixes both."""
+        reading), Envoy died and its supervisor gave up restarting it, or so did an ingress
+        worker's; a restart fixes them all."""
         if self.stopping:
             return True, "stopping"
         if self.nc is not None and (problem := connection_problem(self.nc)) is not None:
             return False, f"NATS connection: {problem}"
         if self.edge is not None and _gave_up(self.edge.envoy):
             return False, "Envoy exited and could not be restarted"
+        if self.ingress is not None and (problem := self.ingress.problem) is not None:
+            return False, problem
         return True, "alive"
 
     def metrics(self, accept: str = "") -> tuple[bytes, str]:
         """Prometheus exposition (for a scraper's ``accept``): this process, its NATS connection,
-        discovery and Envoy restarts."""
+        discovery, Envoy and ingress worker restarts."""
         if self.nc is not None:
             self._transport_metrics.refresh((), (self.nc,))
         if self.ingress is not None:
             self._services.set(len(self.ingress.discovery.services()))
+            if isinstance(self.ingress, IngressWorkers):
+                self._worker_restarts.set(self.ingress.restarts)
         if self.edge is not None:
             self._envoy_starts.set(self.edge.envoy.starts)
         return exposition(self.registry, accept)
@@ -480,7 +451,8 @@ async def serve_gateway(config: GatewayConfig, out: TextIO = sys.stdout) -> None
 def _print_ready(config: GatewayConfig, gateway: Gateway, out: TextIO) -> None:
     assert gateway.ingress is not None
     tls = "S" if config.serve_tls else ""
-    parts = [f"gRPC{' (TLS)' if tls else ''} on {config.listen_host}:{gateway.ingress.port}",
+    workers = f" ({config.ingress_workers} workers)" if isinstance(gateway.ingress, IngressWorkers) else ""
+    parts = [f"gRPC{' (TLS)' if tls else ''} on {config.listen_host}:{gateway.ingress.port}{workers}",
              *([f"HTTP{tls} (Envoy) on {config.listen_host}:{gateway.edge.http_port}"] if gateway.edge else []),
              *([f"admin on {config.listen_host}:{gateway.admin.port}"] if gateway.admin else [])]
     # Flushed: stdout is often a pipe (a supervisor, a test) waiting for this line.

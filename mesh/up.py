@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from gateway.edge import Edge
 from gateway.envoy_config import TlsPair
 from gateway.ingress import Ingress
+from gateway.workers import IngressWorkers
 from health.admin import AdminServer
 from health.tracing import TRACE_DIR
 from mesh.catalogue import built_targets
@@ -37,6 +38,7 @@ from mesh.connection import AccessDenied, NatsAccess, connect
 from mesh.embedded_cluster import CLUSTER_NAME, DEFAULT_REPLICAS, EmbeddedCluster
 from mesh.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from mesh.gateway_command import GatewayError, accepts_tcp, ingress_tracing, start_edge_for, start_ingress
+from mesh.ingress import IngressWorkerSetup
 from mesh.security import SecurityInitError, initialise, read_identity
 from mesh.security.routes import route_tls_in
 from mesh.supervisor import HostProcess, multiprocess_metrics, prepare_metrics_dir, split_targets
@@ -105,22 +107,24 @@ async def run(config: UpConfig, out: TextIO = sys.stdout, *, trace: bool = False
         await _check_nats(config)
         hosts = _start_hosts(config, stack, trace)
         front: list[int] = []  # the ingress and Envoy ports, once they are started
+        started: list[Ingress | IngressWorkers] = []  # the ingress, once it is
         admin = AdminServer(
-            lambda: _mesh_ready(hosts, front),
+            lambda: _mesh_ready(hosts, front, started),
             lambda accept: multiprocess_metrics(config.data_dir / "metrics", accept),
             host=LOOPBACK, port=config.admin_port, liveness=lambda: _hosts_alive(hosts),
         )
         await admin.start()
         stack.push_async_callback(admin.stop)
         await _wait_until_ready(hosts, stop)
-        ingress = await _start_ingress(config, stack, tracing)
+        ingress = await _start_ingress(config, stack, tracing, trace)
         edge = await _start_edge(config, ingress, stack)
         assert ingress.port is not None  # bound: start_ingress returns a started ingress
         front += [ingress.port, edge.http_port]
+        started.append(ingress)
         # Envoy listens a moment after its configuration is pushed: "ready" only once it does.
-        await _wait_until_ready(hosts, stop, front)
+        await _wait_until_ready(hosts, stop, front, started)
         _print_endpoints(config, server, hosts, ingress, edge, time.monotonic() - began, out, trace)
-        await _wait_for_stop(stop, server if isinstance(server, EmbeddedNats) else None, supervision, hosts)
+        await _wait_for_stop(stop, server if isinstance(server, EmbeddedNats) else None, supervision, hosts, ingress)
     print("mesh up: stopped", file=out, flush=True)
 
 
@@ -167,9 +171,11 @@ def _start_hosts(config: UpConfig, stack: AsyncExitStack, trace: bool = False) -
     return hosts
 
 
-async def _mesh_ready(hosts: list[HostProcess], front: Sequence[int] | None) -> tuple[bool, str]:
+async def _mesh_ready(hosts: list[HostProcess], front: Sequence[int] | None,
+                      started: Sequence[Ingress | IngressWorkers] = ()) -> tuple[bool, str]:
     """Every host ready and, unless ``front`` is None (hosts only), the ingress and Envoy
-    accepting connections on the ports in ``front`` (empty until they are started)."""
+    accepting connections on the ports in ``front`` (empty until they are started), and every
+    worker of the ingress in ``started`` listening."""
     answers = await asyncio.gather(*(h.ready() for h in hosts))
     waiting = [reason for ok, reason in answers if not ok]
     if waiting:
@@ -181,6 +187,9 @@ async def _mesh_ready(hosts: list[HostProcess], front: Sequence[int] | None) -> 
     for name, port in zip(("gRPC ingress", "HTTP edge (Envoy)"), front, strict=True):
         if not await accepts_tcp(LOOPBACK, port):
             return False, f"{name} not accepting on {LOOPBACK}:{port}"
+    for ingress in started:
+        if isinstance(ingress, IngressWorkers) and not ingress.listening:
+            return False, f"gRPC ingress: {ingress.summary}"
     return True, f"ready: {sum(len(h.targets) for h in hosts)} targets in {len(hosts)} host processes, " \
                  f"gRPC ingress on {front[0]}, HTTP edge on {front[1]}"
 
@@ -191,10 +200,10 @@ def _hosts_alive(hosts: list[HostProcess]) -> tuple[bool, str]:
 
 
 async def _wait_until_ready(hosts: list[HostProcess], stop: asyncio.Event, front: Sequence[int] | None = None,
-                            limit: float = 60.0) -> None:
+                            started: Sequence[Ingress | IngressWorkers] = (), limit: float = 60.0) -> None:
     deadline = time.monotonic() + limit
     while not stop.is_set():
-        ready, reason = await _mesh_ready(hosts, front)
+        ready, reason = await _mesh_ready(hosts, front, started)
         if ready:
             return
         if any(not h.running for h in hosts):
@@ -214,11 +223,15 @@ def _ingress_tracing(config: UpConfig, trace: bool) -> Tracing | None:
         raise TracingNotUsable(str(error)) from None
 
 
-async def _start_ingress(config: UpConfig, stack: AsyncExitStack, tracing: Tracing | None = None) -> Ingress:
+async def _start_ingress(config: UpConfig, stack: AsyncExitStack, tracing: Tracing | None = None,
+                         trace: bool = False) -> Ingress | IngressWorkers:
     """The gRPC ingress, in this process, on its own NATS connection (stopped before the hosts);
-    ``tracing``: its span pipeline, shut down by the caller."""
+    ``tracing``: its span pipeline, shut down by the caller. With ``--ingress-workers N`` it is N
+    processes sharing the port, each connecting as the ingress identity (and, with ``trace``,
+    keeping its spans beside the hosts'); this process's connection feeds Envoy's routes."""
+    access = _access(config, "ingress")
     nc = await connect(
-        _access(config, "ingress"), name="mesh:ingress",
+        access, name="mesh:ingress",
         max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=_CONNECT_TIMEOUT, error_cb=_ignore_error,
     )
     stack.push_async_callback(nc.close)
@@ -227,14 +240,17 @@ async def _start_ingress(config: UpConfig, stack: AsyncExitStack, tracing: Traci
         server_files = config.secrets_dir / "server"
         tls = TlsPair(cert=server_files / "cert.pem", key=server_files / "key.pem")
     try:
-        ingress = await start_ingress(nc, LOOPBACK, config.grpc_port, tls=tls, tracing=tracing)
+        setup = IngressWorkerSetup(access=access, name="mesh:ingress",
+                                   trace_dir=str(config.data_dir / "traces") if trace else None)
+        ingress = await start_ingress(nc, LOOPBACK, config.grpc_port, tls=tls, tracing=tracing,
+                                      workers=config.ingress_workers, worker_setup=setup)
     except GatewayError as error:
         raise UpError(str(error)) from error
     stack.push_async_callback(ingress.stop)
     return ingress
 
 
-async def _start_edge(config: UpConfig, ingress: Ingress, stack: AsyncExitStack) -> Edge:
+async def _start_edge(config: UpConfig, ingress: Ingress | IngressWorkers, stack: AsyncExitStack) -> Edge:
     """Envoy on --http-port, routes following the ingress's discovery. Started from this (the
     loop's) thread: Envoy exits when the thread that started it exits (PR_SET_PDEATHSIG)."""
     tls, upstream_ca = None, None
@@ -362,15 +378,16 @@ async def _ignore_error(error: Exception) -> None:
 
 
 def _print_endpoints(
-    config: UpConfig, server: EmbeddedNats | EmbeddedCluster | None, hosts: list[HostProcess], ingress: Ingress,
-    edge: Edge, elapsed: float, out: TextIO, trace: bool = False,
+    config: UpConfig, server: EmbeddedNats | EmbeddedCluster | None, hosts: list[HostProcess],
+    ingress: Ingress | IngressWorkers, edge: Edge, elapsed: float, out: TextIO, trace: bool = False,
 ) -> None:
     targets = sum(len(h.targets) for h in hosts)
     rows = [
         *_nats_rows(config, server),
         ("services", f"{targets} targets in {len(hosts)} host processes (logs: {config.data_dir / 'logs'})"),
         *((f"  host {h.index}", ", ".join(h.targets)) for h in hosts),
-        ("gRPC ingress", f"{ingress.address}  ({_grpcurl()} {_grpcurl_flags(config)} {ingress.address} list)"),
+        ("gRPC ingress", f"{ingress.address}  ({_grpcurl()} {_grpcurl_flags(config)} {ingress.address} list)"
+                         + (f"; {len(ingress.pids)} worker processes" if isinstance(ingress, IngressWorkers) else "")),
         _edge_row(config, edge),
         ("admin server", f"http://{LOOPBACK}:{config.admin_port}  (/livez /readyz /metrics)"),
     ]
@@ -423,9 +440,10 @@ def _nats_rows(config: UpConfig, server: EmbeddedNats | EmbeddedCluster | None) 
 
 
 async def _wait_for_stop(stop: asyncio.Event, server: EmbeddedNats | None, supervision: asyncio.Task[None] | None,
-                         hosts: list[HostProcess]) -> None:
+                         hosts: list[HostProcess], ingress: Ingress | IngressWorkers | None = None) -> None:
     """Until SIGINT or SIGTERM. A single embedded server that exits ends ``mesh up``; a cluster
-    node that exits is restarted by ``supervision``, which ends it only when a node keeps dying."""
+    node that exits is restarted by ``supervision``, which ends it only when a node keeps dying;
+    an ingress worker that keeps dying (its pool gave up restarting it) ends it too."""
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     watched: set[asyncio.Future[Any]] = {stopped}
     if supervision is not None:
@@ -450,6 +468,9 @@ async def _wait_for_stop(stop: asyncio.Event, server: EmbeddedNats | None, super
         if not alive:
             stopped.cancel()
             raise UpError(f"{reason} (logs: {hosts[0].log_path.parent})")
+        if ingress is not None and (problem := ingress.problem) is not None:
+            stopped.cancel()
+            raise UpError(f"gRPC ingress: {problem}")
     if exited is not None:
         exited.cancel()
 
