@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from nats_transport._framing import Trailers
+from nats_transport._loop_bridge import Claim, Latch
 from nats_transport._metadata import MetadataTuple
 from nats_transport._status import code_from_number
 from nats_transport.aio._call_base import CANCELLED, Ending, trailing_of
@@ -21,6 +23,11 @@ from nats_transport.aio._stream_call import StreamCall
 
 if TYPE_CHECKING:
     from nats_transport._sync_channel import Channel
+
+_LOG = logging.getLogger(__name__)
+
+# What grpcio's calls end with when their channel is closed under them.
+CHANNEL_CLOSED = Trailers(grpc.StatusCode.CANCELLED.value[0], "Channel closed!")
 
 
 class RpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
@@ -86,48 +93,87 @@ class UnaryCall(grpc.Call, grpc.Future):  # type: ignore[misc]
     """A unary call in flight (what ``future()`` returns, and ``with_call()``'s second item): the
     aio call object on the channel's loop, watched from the calling thread.
 
-    ``_ended`` resolves when the aio call ends (or is cancelled here first), so the calling thread
-    reads the call's outcome only once it is final.
+    Its ending is decided once, by whoever takes its claim first: the aio call ending (on the
+    loop thread), ``cancel()`` (any thread) or the channel closing. The latch opens after that,
+    so the calling thread reads the ending only once it is final.
     """
 
     def __init__(self, channel: Channel, start: Callable[[], UnaryUnaryCall], deadline: float | None) -> None:
-        self._loop = channel._loop
+        self._channel = channel
         self._deadline = deadline
         self._call: UnaryUnaryCall | None = None
-        self._ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._claim = Claim()
+        self._latch = Latch()
+        self._ending_: Ending | None = None
+        self._failure: Exception | None = None  # start() raised it: result() raises it
+        self._cancelled = False
+        # Appended from any thread and popped by whoever finds the latch open: each runs once.
+        self._callbacks: list[Callable[[Any], None]] = []
         channel._call_soon(self._begin, start)
 
     def _begin(self, start: Callable[[], UnaryUnaryCall]) -> None:  # on the loop thread
-        if self._ended.cancelled():
+        if self._claim.taken:
             return  # cancelled before it began: nothing to send
+        channel = self._channel
+        if channel._closed:  # handed over as the channel closed (maybe run by the closing thread)
+            self.end_by_close()
+            return
         try:
             call = start()
         except Exception as exc:  # the caller's result() raises it
-            self._ended.set_exception(exc)
+            if self._claim.take():
+                self._failure = exc
+                self._finish()
             return
         self._call = call
+        channel._unary_calls.add(self)
         call.add_done_callback(self._on_done)
 
-    def _on_done(self, _: Any) -> None:  # on the loop thread
-        with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled here meanwhile
-            self._ended.set_result(None)
+    def _on_done(self, call: UnaryUnaryCall) -> None:  # on the loop thread
+        self._channel._unary_calls.discard(self)
+        if self._claim.take():  # else cancelled here, or the channel closed, first
+            self._ending_ = call.ending()
+            self._finish()
+
+    def end_by_close(self) -> None:
+        """End the call CANCELLED as grpcio's channel does on close; the server hears of it."""
+        if self._claim.take():
+            self._ending_ = Ending(CHANNEL_CLOSED, ())
+            self._finish()
+        if self._call is not None:
+            self._call.cancel()
+
+    def _finish(self) -> None:
+        self._latch.open()
+        self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        callbacks = self._callbacks
+        while callbacks:
+            try:
+                fn = callbacks.pop(0)
+            except IndexError:  # another thread took the last one
+                return
+            try:
+                fn(self)
+            except Exception:  # as concurrent.futures does: one callback's failure stops no other
+                _LOG.exception("exception calling callback for %r", self)
 
     def _ending(self, timeout: float | None = None) -> Ending:
         """How the call ended, waiting for it; a call cancelled here ended CANCELLED."""
-        try:
-            self._ended.result(timeout)
-        except concurrent.futures.CancelledError:
-            return Ending(CANCELLED, ())
-        except concurrent.futures.TimeoutError:
-            raise grpc.FutureTimeoutError() from None
-        assert self._call is not None
-        ending = self._call.ending()
+        if not self._latch.is_open:
+            self._channel._check_thread()
+            if not self._latch.wait(timeout):
+                raise grpc.FutureTimeoutError()
+        if self._failure is not None:
+            raise self._failure
+        ending = self._ending_
         assert ending is not None
         return ending
 
     def result(self, timeout: float | None = None) -> Any:
         ending = self._ending(timeout)
-        if self._ended.cancelled():
+        if self._cancelled:
             raise grpc.FutureCancelledError()
         if not ending.ok:
             raise RpcError(ending.trailers, ending.initial_metadata)
@@ -136,7 +182,7 @@ class UnaryCall(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def exception(self, timeout: float | None = None) -> RpcError | None:
         ending = self._ending(timeout)
-        if self._ended.cancelled():
+        if self._cancelled:
             raise grpc.FutureCancelledError()
         return None if ending.ok else RpcError(ending.trailers, ending.initial_metadata)
 
@@ -158,38 +204,51 @@ class UnaryCall(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def cancel(self) -> bool:
         # As grpcio's: True only for the cancel that ends a call still running.
-        if self._ended.done() or not self._ended.cancel():
+        if not self._claim.take():
             return False
-        self._loop.call_soon_threadsafe(self._cancel_call)
+        self._cancelled = True
+        self._ending_ = Ending(CANCELLED, ())
+        self._finish()
+        # After _begin (the inbox keeps order): the server hears of it (wire protocol 1.1). A
+        # closed channel has told the server already.
+        with contextlib.suppress(RuntimeError):
+            self._channel._call_soon(self._cancel_call, None)
         return True
 
-    def _cancel_call(self) -> None:  # on the loop thread, after _begin
+    def _cancel_call(self, _: None) -> None:  # on the loop thread, after _begin
         if self._call is not None:
-            self._call.cancel()  # the server hears of it (wire protocol 1.1)
+            self._call.cancel()
 
     def cancelled(self) -> bool:
-        return self._ended.cancelled()
+        return self._cancelled
 
     def running(self) -> bool:
-        return not self._ended.done()
+        return not self._latch.is_open
 
     def done(self) -> bool:
-        return self._ended.done()
+        return self._latch.is_open
 
     def is_active(self) -> bool:
-        return not self._ended.done()
+        return not self._latch.is_open
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
-        if self._ended.done():
+        if self._latch.is_open:
             return False
-        self._ended.add_done_callback(lambda _: callback())
+        self._add_done_callback(lambda _: callback())
         return True
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._ended.add_done_callback(lambda _: fn(self))
+        self._add_done_callback(fn)
+
+    def _add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._callbacks.append(fn)
+        # Read after the append: if the call ended meanwhile, its thread may have run the list
+        # before fn was in it, so run what is left here.
+        if self._latch.is_open:
+            self._run_callbacks()
 
 
 class StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
@@ -211,16 +270,42 @@ class StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
             # grpcio's sync iterators raise an RpcError (CANCELLED) after cancel(), never
             # asyncio's CancelledError.
             raise self._error() from err
+        except RuntimeError as err:
+            raise self._error_if_closed(err) from None
         if message is grpc.aio.EOF:
             raise StopIteration
         return message
 
+    def _ending(self) -> Ending | None:
+        """How the call ended (None while it runs); a call the channel's close ended says so."""
+        ending = self._call.ending()
+        if ending is not None and self._call in self._channel._closed_streams:
+            return Ending(CHANNEL_CLOSED, ending.initial_metadata)
+        return ending
+
     def _error(self) -> RpcError:
-        ending = self._call.ending() or Ending(Trailers(grpc.StatusCode.UNKNOWN.value[0], "call failed"), ())
+        ending = self._ending() or Ending(Trailers(grpc.StatusCode.UNKNOWN.value[0], "call failed"), ())
         return RpcError(ending.trailers, ending.initial_metadata)
 
+    def _error_if_closed(self, error: RuntimeError) -> BaseException:
+        """What to raise for a RuntimeError from the loop: the call's error once the channel is
+        closed (the call ended with it), else the RuntimeError (a blocking call on the loop)."""
+        if not self._channel._closed:
+            return error
+        # The loop refused it because the channel closed: the call ends (or has) with it.
+        return self._error() if self._call.done() else RpcError(CHANNEL_CLOSED)
+
     def _wait(self) -> Ending:
-        return self._channel._run(self._call.wait_ending())
+        ending = self._ending()
+        if ending is not None:  # ended: no trip through the loop (which may be gone)
+            return ending
+        try:
+            self._channel._run(self._call.wait_ending())
+        except RuntimeError as err:
+            raise self._error_if_closed(err) from None
+        ending = self._ending()
+        assert ending is not None
+        return ending
 
     def result(self, timeout: float | None = None) -> Any:
         try:
@@ -229,6 +314,8 @@ class StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
             if self._cancelled_here:
                 raise grpc.FutureCancelledError() from None
             raise self._error() from err
+        except RuntimeError as err:
+            raise self._error_if_closed(err) from None
 
     def exception(self, timeout: float | None = None) -> RpcError | None:
         ending = self._wait()
@@ -246,13 +333,23 @@ class StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
         return self._wait().trailers.message
 
     def initial_metadata(self) -> tuple[MetadataTuple, ...]:
+        ending = self._ending()
+        if ending is not None:
+            return ending.initial_metadata
         return self._channel._run(self._call.initial_metadata_tuples())
 
     def trailing_metadata(self) -> tuple[MetadataTuple, ...]:
         return trailing_of(self._wait().trailers)
 
     def cancel(self) -> bool:
-        cancelled = bool(self._channel._run(as_coroutine(self._call.cancel)))
+        if self._call.done():
+            return False
+        try:
+            cancelled = bool(self._channel._run(as_coroutine(self._call.cancel)))
+        except RuntimeError:
+            if self._channel._closed:
+                return False  # the channel's close ended it
+            raise
         self._cancelled_here = self._cancelled_here or cancelled
         return cancelled
 
@@ -274,11 +371,21 @@ class StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
     def add_callback(self, callback: Callable[[], None]) -> bool:
         if self._call.done():
             return False
-        self._channel._loop.call_soon_threadsafe(self._call.add_done_callback, lambda _: callback())
+        try:
+            self._channel._call_soon(self._call.add_done_callback, lambda _: callback())
+        except RuntimeError:  # the channel closed, and with it the call
+            return False
         return True
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._channel._loop.call_soon_threadsafe(self._call.add_done_callback, lambda _: fn(self))
+        if self._call.done():
+            fn(self)
+            return
+        try:
+            # On the loop thread, where the call's callbacks are kept and run.
+            self._channel._call_soon(self._call.add_done_callback, lambda _: fn(self))
+        except RuntimeError:  # the channel closed, and with it the call
+            fn(self)
 
 
 async def _awaited(call: StreamCall) -> Any:

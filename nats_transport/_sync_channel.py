@@ -1,11 +1,14 @@
 """A synchronous grpc.Channel over NATS: it owns a NATS connection on a background loop thread.
 
-Calls are submitted to that loop; the calling thread blocks on a concurrent future. The
-caller's contextvars (inherited deadline, trace context) travel with each call.
+Calls are handed to that loop through its inbox (``_loop_bridge``); the calling thread blocks
+on a lock until the call ends. The caller's contextvars (inherited deadline, trace context)
+travel with each call. Closing the channel ends the calls still in flight CANCELLED, as
+grpcio's does.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import concurrent.futures
 import contextlib
@@ -22,6 +25,7 @@ from nats.aio.client import Client
 from nats_transport import _client
 from nats_transport._circuit import breaker_for
 from nats_transport._connection_guard import WATCHDOG_CONNECT_OPTIONS, guard_connection
+from nats_transport._loop_bridge import Awaited, LoopInbox
 from nats_transport._options import ChannelOptions
 from nats_transport._retry import CallPolicy, throttle_for
 from nats_transport._service_config import ServiceConfig, parse_service_config
@@ -86,17 +90,19 @@ class _MultiCallable(
         if not request_streaming:
             request, serializer = self._serialized(request), None
 
-        async def start() -> StreamCall:
+        async def start() -> StreamCall:  # on the loop thread, in the caller's context
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            return StreamCall(
+            call = StreamCall(
                 channel._nc_checked(), channel._options, self._subject, serializer, self._deserializer,
                 remaining, metadata,
                 request=None if request_streaming else request,
                 request_streaming=request_streaming, response_streaming=response_streaming,
                 policy=self._policy,
             )
+            channel._track_stream(call)
+            return call
 
-        call = channel._submit(start()).result()
+        call = channel._run(start())
         if request_streaming:
             # A blocking request iterator must not run on the loop thread: feed it from here.
             threading.Thread(target=channel._feed, args=(call, request), daemon=True,
@@ -107,9 +113,9 @@ class _MultiCallable(
                  credentials: Any = None, wait_for_ready: bool | None = None, compression: Any = None) -> Any:
         self._channel._check_thread()
         if self._kind == (False, False):
-            return self._unary_future(request, timeout, metadata, wait_for_ready).result()
+            return _blocking_result(self._unary_future(request, timeout, metadata, wait_for_ready))
         iterator = self._stream(request, timeout, metadata)
-        return iterator if self._kind[1] else iterator.result()
+        return iterator if self._kind[1] else _blocking_result(iterator)
 
     def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
                   credentials: Any = None, wait_for_ready: bool | None = None, compression: Any = None) -> Any:
@@ -118,13 +124,24 @@ class _MultiCallable(
             call: Any = self._unary_future(request, timeout, metadata, wait_for_ready)
         else:
             call = self._stream(request, timeout, metadata)
-        return call.result(), call
+        return _blocking_result(call), call
 
     def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
                credentials: Any = None, wait_for_ready: bool | None = None, compression: Any = None) -> Any:
         if self._kind == (False, False):
             return self._unary_future(request, timeout, metadata, wait_for_ready)
         return self._stream(request, timeout, metadata)
+
+
+def _blocking_result(call: UnaryCall | StreamIterator) -> Any:
+    """The result of a call the calling thread blocks on. If the wait is interrupted (Ctrl-C),
+    the call is cancelled, as grpcio's blocking calls are: nobody is left to read its answer."""
+    try:
+        return call.result()
+    except BaseException:
+        if not call.done():  # a call that ended raised its own error: nothing to cancel
+            call.cancel()
+        raise
 
 
 class Channel(grpc.Channel):  # type: ignore[misc]
@@ -136,18 +153,28 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         self._target = check_token(target, "target")
         self._options = options
         self._service_config = parse_service_config(service_config)
+        self._closed = False
         self._loop = asyncio.new_event_loop()
+        self._inbox = LoopInbox(self._loop)
+        # What close() must end: unary calls begun on the loop, streaming calls, and the waits
+        # of threads on coroutines (a stream's reads). Changed on the loop thread only.
+        self._unary_calls: set[UnaryCall] = set()
+        self._streams: set[StreamCall] = set()
+        self._closed_streams: set[StreamCall] = set()  # the streams close() ended, for their errors
+        self._awaiting: set[Awaited[Any]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"grpc-nats-channel-{target}")
         self._thread.start()
+        self._loop_thread_id = self._thread.ident
         servers_list = [servers] if isinstance(servers, str) else list(servers)
         kwargs = {"max_reconnect_attempts": -1, **WATCHDOG_CONNECT_OPTIONS, **(connect_options or {})}
+        self._nc: Client | None = None
         try:
-            self._nc: Client | None = guard_connection(self._run(nats.connect(servers_list, **kwargs)))
+            self._nc = guard_connection(self._run(nats.connect(servers_list, **kwargs)))
         except BaseException:
+            self._closed = True
             self._stop_loop()
             raise
-        self._closed = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -174,55 +201,53 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         return self._nc
 
     def _check_thread(self) -> None:
-        if threading.current_thread() is self._thread:
+        if _thread.get_ident() == self._loop_thread_id:
             raise RuntimeError(
                 "a blocking call on a nats_transport.Channel from its own event-loop thread would "
                 "deadlock; use nats_transport.aio.channel in async code"
             )
 
-    def _submit(self, coro: Any) -> concurrent.futures.Future[Any]:
-        if self._closed:
-            coro.close()
-            raise RuntimeError("the channel is closed")
-        # The task starts in a copy of the caller's context, so the inherited deadline and trace
-        # context (contextvars) of a handler thread reach the call.
-        context = contextvars.copy_context()
-        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def start() -> None:
-            task = self._loop.create_task(coro)
-
-            def done(t: asyncio.Task[Any]) -> None:
-                if result.cancelled():
-                    return
-                if t.cancelled():
-                    result.cancel()
-                elif t.exception() is not None:
-                    result.set_exception(t.exception())
-                else:
-                    result.set_result(t.result())
-
-            task.add_done_callback(done)
-            result.add_done_callback(lambda f: self._loop.call_soon_threadsafe(task.cancel) if f.cancelled() else None)
-
-        self._loop.call_soon_threadsafe(start, context=context)
-        return result
-
     def _call_soon(self, fn: Callable[[T], None], arg: T) -> None:
         """Run ``fn(arg)`` on the loop thread in a copy of the caller's context, so the inherited
-        deadline and trace context (contextvars) of a handler thread reach the call."""
+        deadline and trace context (contextvars) of a handler thread reach the call.
+
+        Raises RuntimeError once the channel is closed. What is handed over as the loop stops
+        runs on the closing thread (or, later still, on the calling one): ``fn`` must look at
+        ``_closed``, or which thread it is on, before it touches the loop.
+        """
         if self._closed:
             raise RuntimeError("the channel is closed")
-        self._loop.call_soon_threadsafe(fn, arg, context=contextvars.copy_context())
+        self._inbox.submit(fn, arg, contextvars.copy_context())
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop in a copy of the caller's context and wait for its result.
+
+        Raises RuntimeError once the channel is closed, ``concurrent.futures.CancelledError`` if
+        the coroutine's task was cancelled (or the channel closed under it) and TimeoutError
+        after ``timeout`` seconds (the coroutine runs on).
+        """
         self._check_thread()
+        awaited = Awaited(coro)
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        except RuntimeError:  # the loop is closed: the channel was closed under a request feeder
-            coro.close()
-            raise
-        return future.result(timeout)
+            self._call_soon(self._start_awaited, awaited)
+        except RuntimeError:
+            awaited.refuse(RuntimeError("the channel is closed"))
+        return awaited.result(timeout)
+
+    def _start_awaited(self, awaited: Awaited[Any]) -> None:
+        if _thread.get_ident() != self._loop_thread_id:
+            # Run by the inbox on another thread: the loop has stopped, nothing would run it.
+            awaited.refuse(RuntimeError("the channel is closed"))
+            return
+        # Handed over before close() and started while it runs: it runs, and ends with what
+        # it waits on (close cancels the streams), or is let go once the loop has stopped.
+        self._awaiting.add(awaited)
+        awaited.start(self._loop).add_done_callback(lambda _: self._awaiting.discard(awaited))
+
+    def _track_stream(self, call: StreamCall) -> None:  # on the loop thread
+        """Keep ``call`` until it ends, for close() to cancel."""
+        self._streams.add(call)
+        call.add_done_callback(self._streams.discard)
 
     def _feed(self, call: StreamCall, requests: Any) -> None:
         try:
@@ -263,20 +288,40 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         """Nothing to undo: ``subscribe`` keeps no callback."""
 
     def close(self) -> None:
-        """Drain the NATS connection and stop the loop thread."""
+        """End the calls in flight (CANCELLED, "Channel closed!", as grpcio's channel does),
+        close the NATS connection and stop the loop thread."""
         if self._closed:
             return
-        self._closed = True
-        if self._nc is not None:
-            # Closing a broken connection must not raise from close().
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._nc.close(), self._loop).result(5)
-            self._nc = None
+        self._closed = True  # from here on, what reaches the loop ends instead of starting
+        shutdown = Awaited(self._shut_down())
+        self._inbox.submit(shutdown.start, self._loop, contextvars.Context())
+        # Closing a broken connection must not raise from close().
+        with contextlib.suppress(Exception):
+            shutdown.result(5)
+        self._nc = None
         self._stop_loop()
+
+    async def _shut_down(self) -> None:
+        for unary in list(self._unary_calls):
+            unary.end_by_close()
+        for stream in list(self._streams):
+            if not stream.done():
+                # Noted first: a thread that sees it end must see why. The loop thread alone
+                # ends calls, so it is still running here.
+                self._closed_streams.add(stream)
+                stream.cancel()  # the server hears of it; threads reading it see it end
+        if self._nc is not None:
+            await self._nc.close()
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        # What the loop will never run now: unary calls handed over as it stopped end here,
+        # and threads still waiting on a coroutine (a read of a stream cancelled above whose
+        # task had not finished) are let go.
+        self._inbox.close()
+        for awaited in list(self._awaiting):
+            awaited.refuse(concurrent.futures.CancelledError())
         if not self._loop.is_running():
             self._loop.close()
 
