@@ -97,6 +97,7 @@ class WorkerPlan:
     port: int
     options: IngressOptions
     index: int
+    uvloop: bool = False  # the worker runs on the kind of loop its parent runs on
 
 
 def encode_plan(plan: WorkerPlan) -> bytes:
@@ -120,6 +121,10 @@ def worker_main() -> None:
     path, plan_bytes = pickle.loads(_read_exactly(0, size))
     sys.path[:] = path
     plan: WorkerPlan = pickle.loads(plan_bytes)
+    if plan.uvloop:
+        import uvloop  # the parent runs on it, so it is installed
+
+        sys.exit(uvloop.run(_serve(plan, report)))
     sys.exit(asyncio.run(_serve(plan, report)))
 
 

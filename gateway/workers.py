@@ -241,7 +241,8 @@ class IngressWorkers:
         """
         assert self.port is not None
         worker.listening = False
-        plan = WorkerPlan(self._setup, self.host, self.port, self.options, worker.index)
+        on_uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        plan = WorkerPlan(self._setup, self.host, self.port, self.options, worker.index, uvloop=on_uvloop)
         worker.started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _WORKER_CODE,

@@ -41,9 +41,10 @@ from health.admin import AdminServer
 from health.call_log import configure_json_logging
 from health.metrics import exposition
 from health.transport_metrics import TransportMetrics
-from mesh import serve
+from mesh import event_loop, serve
 from mesh.config import ConfigError
 from mesh.connection import AccessDenied, NatsAccess, connect
+from mesh.event_loop import EventLoopError
 from mesh.ingress import INGRESS, GatewayError, IngressWorkerSetup, ingress_tracing, start_ingress
 from nats_transport import connection_problem
 
@@ -468,7 +469,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error), EXIT_USAGE)
     configure_json_logging(config.log_level)
     try:
-        asyncio.run(serve_gateway(config))
+        event_loop.run(serve_gateway(config))
+    except EventLoopError as error:
+        return _fail(str(error), EXIT_USAGE)
     except AccessDenied as denied:
         return _fail(str(denied), EXIT_USAGE)
     except GatewayError as error:
