@@ -39,6 +39,9 @@ from nats_transport.testing import NatsServer, free_port
 
 SERVER_LABELS = {
     "grpc-aio": "grpc.aio server",
+    "grpc-aio-uvloop": "grpc.aio server, uvloop",
+    "raw-uvloop": "raw nats-py responder, uvloop",
+    "ours-uvloop": "nats_transport server (async def servicer), uvloop",
     "grpc-sync": "grpcio sync server",
     "raw": "raw nats-py responder",
     "ours": "nats_transport server (async def servicer)",
@@ -59,6 +62,9 @@ def _servers(endpoints: Endpoints, transports: tuple[Transport, ...]) -> Servers
     nats = ("--nats", endpoints.nats_url)
     every = {
         "grpc-aio": ServerProcess("grpc-aio", "--port", str(endpoints.grpc_aio_port)),
+        "grpc-aio-uvloop": ServerProcess("grpc-aio-uvloop", "--port", str(endpoints.grpc_aio_uvloop_port)),
+        "raw-uvloop": ServerProcess("raw-uvloop", *nats),
+        "ours-uvloop": ServerProcess("ours-uvloop", *nats),
         "grpc-sync": ServerProcess("grpc-sync", "--port", str(endpoints.grpc_sync_port)),
         "raw": ServerProcess("raw", *nats),
         "ours": ServerProcess("ours", *nats),
@@ -231,10 +237,11 @@ def _measure(session: document.Session, trace_dir: Path, profile: bool) -> None:
     with NatsServer(jetstream=False, name="bench") as nats_server:
         assert nats_server.process is not None
         broker = nats_server.process.pid
-        aio_port, sync_port, ingress_port, workers_port, edge_port = _ports(5)
+        aio_port, aio_uvloop_port, sync_port, ingress_port, workers_port, edge_port = _ports(6)
         endpoints = Endpoints(
             nats_url=nats_server.url,
             grpc_aio_port=aio_port,
+            grpc_aio_uvloop_port=aio_uvloop_port,
             grpc_sync_port=sync_port,
             ingress_port=ingress_port,
             ingress_workers_port=workers_port,

@@ -17,6 +17,14 @@ class Transport:
     # HTTP/2 connections the tasks are dealt over (at most one per task): a server of several
     # processes sharing a port (SO_REUSEPORT) gets whole connections from the kernel, not calls.
     connections: int = 1
+    # Server and client both on uvloop (mesh/event_loop.py: what mesh's hosts use where it is
+    # installed); the same code as the case named without "-uvloop".
+    uvloop: bool = False
+
+    @property
+    def base(self) -> str:
+        """The case this one repeats on uvloop (its own key when on asyncio's loop)."""
+        return self.key.removesuffix("-uvloop")
 
 
 TRANSPORTS = (
@@ -52,6 +60,13 @@ TRANSPORTS = (
         in_flight=(1, 64),
         connections=8,
     ),
+    # The three asyncio transports again, servers and clients on uvloop.
+    Transport(key="grpc-aio-uvloop", label="grpc.aio (HTTP/2), uvloop", server="grpc-aio-uvloop", threads=False,
+              in_flight=(1, 64), uvloop=True),
+    Transport(key="raw-uvloop", label="raw nats-py, uvloop", server="raw-uvloop", threads=False,
+              in_flight=(1, 64), uvloop=True),
+    Transport(key="ours-uvloop", label="nats_transport aio, uvloop", server="ours-uvloop", threads=False,
+              in_flight=(1, 64), uvloop=True),
     # HTTP/1.1 keep-alive GETs (JSON) to Envoy, which transcodes to gRPC and calls the ingress above.
     Transport(
         key="envoy", label="HTTP/JSON via Envoy -> ingress", server="edge", threads=False, in_flight=(1, 64)
@@ -73,6 +88,7 @@ class Endpoints:
 
     nats_url: str
     grpc_aio_port: int
+    grpc_aio_uvloop_port: int  # the grpc.aio server on uvloop
     grpc_sync_port: int
     ingress_port: int
     ingress_workers_port: int  # the ingress of 2 worker processes

@@ -111,6 +111,10 @@ def _method(session: Session) -> list[str]:
         f"`async def` servicer; the sync-servicer case is the same server with a plain `def` servicer (run on "
         f"its {POOL_THREADS}-thread pool). The sync channel is `nats_transport.channel(url, target)` (its own "
         "NATS connection on a background loop thread) against the `async def` server.",
+        "- Every case runs on asyncio's own event loop, except those marked uvloop: grpc.aio, raw nats-py and "
+        "nats_transport aio again, with the server process and the client process both on uvloop (what `mesh` "
+        "runs its hosts on where uvloop is installed, `MESH_EVENT_LOOP`). The design targets compare "
+        "asyncio-loop cases with each other; the uvloop ones are references.",
         "- gRPC ingress: see the gateway section; its 'server' CPU is the ingress process alone (the "
         "nats_transport server behind it is a fourth process, not in that row). The ingress of 2 workers: its "
         "'server' CPU is the supervising parent + both worker processes. HTTP/JSON via Envoy: see the "

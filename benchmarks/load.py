@@ -83,7 +83,9 @@ def _open_client(transport: Transport, endpoints: Endpoints) -> AbstractAsyncCon
     # client of clients.py (one channel, one connection) does not do.
     if transport.key == "ingress-2":
         return _grpc_aio_spread(endpoints.ingress_workers_port, transport.connections)
-    return clients.open_client(transport.key, endpoints)
+    if transport.key == "grpc-aio-uvloop":
+        return clients.grpc_aio(endpoints.grpc_aio_uvloop_port)
+    return clients.open_client(transport.base, endpoints)
 
 
 @asynccontextmanager
@@ -153,6 +155,7 @@ def run_client(
         sys.executable, "-m", "benchmarks.load", transport.key,
         "--nats", endpoints.nats_url,
         "--grpc-aio-port", str(endpoints.grpc_aio_port),
+        "--grpc-aio-uvloop-port", str(endpoints.grpc_aio_uvloop_port),
         "--grpc-sync-port", str(endpoints.grpc_sync_port),
         "--ingress-port", str(endpoints.ingress_port),
         "--ingress-workers-port", str(endpoints.ingress_workers_port),
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("transport", choices=sorted(BY_KEY))
     parser.add_argument("--nats", required=True)
     parser.add_argument("--grpc-aio-port", type=int, required=True)
+    parser.add_argument("--grpc-aio-uvloop-port", type=int, required=True)
     parser.add_argument("--grpc-sync-port", type=int, required=True)
     parser.add_argument("--ingress-port", type=int, required=True)
     parser.add_argument("--ingress-workers-port", type=int, required=True)
@@ -202,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     endpoints = Endpoints(
         nats_url=args.nats,
         grpc_aio_port=args.grpc_aio_port,
+        grpc_aio_uvloop_port=args.grpc_aio_uvloop_port,
         grpc_sync_port=args.grpc_sync_port,
         ingress_port=args.ingress_port,
         ingress_workers_port=args.ingress_workers_port,
@@ -215,6 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     if transport.threads:
         _run_threads(transport, endpoints, in_flight, window)
+    elif transport.uvloop:
+        import uvloop
+
+        uvloop.run(_run_tasks(transport, endpoints, in_flight, window))
     else:
         asyncio.run(_run_tasks(transport, endpoints, in_flight, window))
     me = os.getpid()

@@ -137,6 +137,14 @@ _FIGURES: tuple[tuple[str, tuple[str, int], tuple[str, int], Metric, float | Non
     ("p50 latency", ("ours-sync", 1), ("grpc-sync", 1), p50, None, True),
     ("throughput", ("raw", 64), ("grpc-aio", 64), rate, None, True),
     ("p50 latency", ("raw", 1), ("grpc-aio", 1), p50, None, True),
+    # uvloop: what it buys our transport, and the figures above with every side on it.
+    ("throughput", ("ours-uvloop", 64), ("ours", 64), rate, None, True),
+    ("p50 latency", ("ours-uvloop", 1), ("ours", 1), p50, None, True),
+    ("throughput", ("ours-uvloop", 64), ("grpc-aio-uvloop", 64), rate, None, True),
+    ("throughput", ("ours-uvloop", 64), ("raw-uvloop", 64), rate, None, True),
+    ("p50 latency", ("ours-uvloop", 1), ("grpc-aio-uvloop", 1), p50, None, True),
+    ("throughput", ("raw-uvloop", 64), ("raw", 64), rate, None, True),
+    ("throughput", ("grpc-aio-uvloop", 64), ("grpc-aio", 64), rate, None, True),
 )
 
 

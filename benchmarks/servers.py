@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -334,9 +334,9 @@ class ServerProcess:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.servers")
     kinds = parser.add_subparsers(dest="kind", required=True)
-    for kind in ("grpc-aio", "grpc-sync"):
+    for kind in ("grpc-aio", "grpc-aio-uvloop", "grpc-sync"):
         kinds.add_parser(kind).add_argument("--port", type=int, required=True)
-    for kind in ("raw", "ours", "ours-sync-servicer"):
+    for kind in ("raw", "raw-uvloop", "ours", "ours-uvloop", "ours-sync-servicer"):
         kinds.add_parser(kind).add_argument("--nats", required=True)
     ours_traced = kinds.add_parser("ours-traced")
     ours_traced.add_argument("--nats", required=True)
@@ -351,23 +351,28 @@ def main(argv: list[str] | None = None) -> None:
     edge.add_argument("--ingress-port", type=int, required=True)
     edge.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
+    run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    if args.kind.endswith("-uvloop"):
+        import uvloop
+
+        run, args.kind = uvloop.run, args.kind.removesuffix("-uvloop")
     with contextlib.suppress(KeyboardInterrupt):
         if args.kind == "grpc-sync":
             serve_grpc_sync(args.port)
         elif args.kind == "grpc-aio":
-            asyncio.run(serve_grpc(args.port))
+            run(serve_grpc(args.port))
         elif args.kind == "raw":
-            asyncio.run(serve_raw(args.nats))
+            run(serve_raw(args.nats))
         elif args.kind == "ingress":
-            asyncio.run(serve_ingress(args.nats, args.port))
+            run(serve_ingress(args.nats, args.port))
         elif args.kind == "ingress-2":
-            asyncio.run(serve_ingress_workers(args.nats, args.port, 2))
+            run(serve_ingress_workers(args.nats, args.port, 2))
         elif args.kind == "edge":
-            asyncio.run(serve_edge(args.ingress_port, args.port))
+            run(serve_edge(args.ingress_port, args.port))
         elif args.kind == "ours-traced":
-            asyncio.run(serve_ours(args.nats, sync_servicer=False, trace_dir=args.trace_dir))
+            run(serve_ours(args.nats, sync_servicer=False, trace_dir=args.trace_dir))
         else:
-            asyncio.run(serve_ours(args.nats, sync_servicer=args.kind == "ours-sync-servicer"))
+            run(serve_ours(args.nats, sync_servicer=args.kind == "ours-sync-servicer"))
 
 
 if __name__ == "__main__":
