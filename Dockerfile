@@ -25,9 +25,10 @@ COPY gateway gateway
 COPY mesh mesh
 COPY codegen codegen
 COPY protos protos
-# The runtime dependencies only: no dev extras (test runners, linters, plotting). Then
-# opentelemetry-proto again: xds-protos ships an old copy of its modules that can land over it.
-RUN /opt/mesh/bin/pip install .
+# The runtime dependencies and uvloop (the hosts run on it where installed: mesh/event_loop.py),
+# no dev extras (test runners, linters, plotting). Then opentelemetry-proto again: xds-protos
+# ships an old copy of its modules that can land over it.
+RUN /opt/mesh/bin/pip install '.[uvloop]'
 RUN /opt/mesh/bin/pip install --no-deps --force-reinstall opentelemetry-proto==1.45.2
 
 FROM ${PYTHON_IMAGE}

@@ -36,15 +36,16 @@ def test_the_image_is_built_in_two_stages_and_runs_mesh_as_user_10001() -> None:
     assert any(op == "COPY" and arg.startswith("--from=builder") for op, arg in runtime)
 
 
-def test_the_image_installs_the_project_without_its_dev_extras() -> None:
+def test_the_image_installs_the_project_with_uvloop_and_without_its_dev_extras() -> None:
     installs = [arg for op, arg in _instructions() if op == "RUN" and "pip install" in arg]
     # opentelemetry-proto goes in again last, at the version the OTLP exporter pins: xds-protos
     # ships an old copy of its modules that can land over it.
     exporter = next(d for d in PYPROJECT["project"]["dependencies"]
                     if d.startswith("opentelemetry-exporter-otlp-proto-http=="))
     version = exporter.partition("==")[2]
+    assert PYPROJECT["project"]["optional-dependencies"]["uvloop"]
     assert installs == [
-        "/opt/mesh/bin/pip install .",
+        "/opt/mesh/bin/pip install '.[uvloop]'",
         f"/opt/mesh/bin/pip install --no-deps --force-reinstall opentelemetry-proto=={version}",
     ]
     assert f"--force-reinstall opentelemetry-proto=={version}" in (REPO / "README.md").read_text()
