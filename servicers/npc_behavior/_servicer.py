@@ -14,7 +14,7 @@ from gaming.npc_behavior.v1 import npc_behavior_pb2_grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2
 
-from servicers.errors import InvalidArgument
+from servicers.errors import InvalidArgument, rpc_error
 from servicers.npc_behavior._memory import ThreatMemory
 from servicers.npc_behavior._scoring import Scored, Stimulus, check, score
 
@@ -38,7 +38,11 @@ class NpcBehaviorServicer(npc_behavior_pb2_grpc.NpcBehaviorServiceServicer):
     def __repr__(self) -> str:
         return f"<NpcBehaviorServicer streams={self._streams} max_outstanding={self._max_outstanding}>"
 
-    async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+    async def Decide(
+        self,
+        request: pb.DecideRequest,
+        context: grpc.aio.ServicerContext[pb.DecideRequest, pb.DecideResponse],
+    ) -> pb.DecideResponse:
         """The best action for the request's state and perceptions, and the others ranked."""
         check(request.state, request.HasField("state"), request.perceptions)
         ranked = score(request.state, [Stimulus.of(perception) for perception in request.perceptions])
@@ -46,7 +50,9 @@ class NpcBehaviorServicer(npc_behavior_pb2_grpc.NpcBehaviorServiceServicer):
         return pb.DecideResponse(chosen=chosen, alternatives=alternatives, decide_time=_timestamp(self._clock()))
 
     async def DecisionStream(  # type: ignore[override]  # grpc.aio also takes a coroutine that writes; the stub knows only generators
-        self, request_iterator: AsyncIterator[pb.DecisionStreamRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.DecisionStreamRequest],
+        context: grpc.aio.ServicerContext[pb.DecisionStreamRequest, pb.DecisionStreamResponse],
     ) -> None:
         """One response per request, in order; bad requests answered in-band.
 
@@ -79,11 +85,10 @@ class NpcBehaviorServicer(npc_behavior_pb2_grpc.NpcBehaviorServiceServicer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        # context.abort, not a raised RpcError: this status has always come without google.rpc
-        # details, and the boundary would add a grpc-status-details-bin trailer callers can see.
-        await context.abort(
+        raise rpc_error(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"more than {self._max_outstanding} requests are waiting for an answer: read the responses",
+            "ANSWERS_NOT_READ",
         )
 
     async def _read(

@@ -11,7 +11,7 @@ import pytest
 from gaming.common.v1 import common_pb2
 from gaming.npc_behavior.v1 import npc_behavior_pb2 as pb
 from gaming.npc_behavior.v1 import npc_behavior_pb2_grpc
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from servicers import npc_behavior
@@ -352,6 +352,12 @@ async def test_a_client_that_never_reads_answers_is_cut_off_with_resource_exhaus
     assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "more than 256 requests" in await call.details()
     assert written > 256
+    # Raised like every servicer error: the rich status names the reason.
+    status = status_pb2.Status.FromString(dict(await call.trailing_metadata())["grpc-status-details-bin"])
+    (info,) = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    unpacked = error_details_pb2.ErrorInfo()
+    info.Unpack(unpacked)
+    assert unpacked.reason == "ANSWERS_NOT_READ"
 
 
 def test_memory_forgets_the_least_recent_npc_and_the_weakest_threats_beyond_its_bounds():
