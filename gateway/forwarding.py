@@ -55,7 +55,7 @@ def split_method(path: str) -> tuple[str, str] | None:
     return service, method
 
 
-class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
+class Forwarder(grpc.GenericRpcHandler):
     """The grpc.aio generic handler behind every method the ingress does not serve itself.
 
     ``interceptors``: the client interceptors of the channel to a target (tracing's, say),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,7 +32,15 @@ CHECK_TIMEOUT = 5.0
 WATCH_RETRY = 1.0
 
 
-class MeshHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+class HealthClient(Protocol):
+    """grpc.health.v1's client stub on a grpc.aio channel. types-grpcio-health-checking declares
+    ``HealthStub`` without its two methods, so callers cast the stub to this."""
+
+    Check: grpc.aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+    Watch: grpc.aio.UnaryStreamMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
+
+class MeshHealth(health_pb2_grpc.HealthServicer):
     """Check and Watch for the ingress and every mesh service.
 
     Args:
@@ -81,7 +89,7 @@ class MeshHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                 return health_pb2.HealthCheckResponse(status=NOT_SERVING)
             await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown service {name}")
         timeout = remaining_timeout(context.time_remaining())
-        stub = health_pb2_grpc.HealthStub(self._channel(target))
+        stub = cast(HealthClient, health_pb2_grpc.HealthStub(self._channel(target)))
         try:
             reply: health_pb2.HealthCheckResponse = await stub.Check(
                 health_pb2.HealthCheckRequest(service=name), timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT)
@@ -124,13 +132,15 @@ class MeshHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             await self._until(self._discovery.changed(), WATCH_RETRY)
 
     async def _target_statuses(self, target: str, name: str) -> AsyncIterator[int]:
-        call = health_pb2_grpc.HealthStub(self._channel(target)).Watch(health_pb2.HealthCheckRequest(service=name))
+        stub = cast(HealthClient, health_pb2_grpc.HealthStub(self._channel(target)))
+        call = stub.Watch(health_pb2.HealthCheckRequest(service=name))
         try:
             while True:
                 reply = await call.read()
                 if reply is grpc.aio.EOF:
                     return
-                yield reply.status
+                # grpc.aio's stub types read() as object (EOF's type), which hides the response's.
+                yield cast(health_pb2.HealthCheckResponse, reply).status
         except grpc.aio.AioRpcError:
             return
         finally:

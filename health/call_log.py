@@ -78,7 +78,7 @@ LEVEL_BY_CODE = {
 }
 
 
-class CallLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallLog(grpc.aio.ServerInterceptor):
     """Logs every finished call of a target (health and reflection skipped).
 
     With ``traced``, the trace id is read from the span active in the handler: install it after

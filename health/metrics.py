@@ -106,7 +106,7 @@ class Call:
         self._reporter.seconds.labels(*self._labels).observe(seconds)
 
 
-class ServerMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerMetrics(grpc.aio.ServerInterceptor):
     """Counts every call of the server it is installed on (health and reflection skipped).
 
     With ``exemplars``, each outcome carries the trace id of the span active in the handler:
@@ -157,7 +157,7 @@ class _ClientMetrics:
         rpc.add_done_callback(done)
 
 
-class ClientUnaryUnaryMetrics(_ClientMetrics, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class ClientUnaryUnaryMetrics(_ClientMetrics, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         call = self._begin(details)
         call.sent()
@@ -166,7 +166,7 @@ class ClientUnaryUnaryMetrics(_ClientMetrics, grpc.aio.UnaryUnaryClientIntercept
         return rpc
 
 
-class ClientUnaryStreamMetrics(_ClientMetrics, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class ClientUnaryStreamMetrics(_ClientMetrics, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         call = self._begin(details)
         call.sent()
@@ -175,7 +175,7 @@ class ClientUnaryStreamMetrics(_ClientMetrics, grpc.aio.UnaryStreamClientInterce
         return rpc
 
 
-class ClientStreamUnaryMetrics(_ClientMetrics, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class ClientStreamUnaryMetrics(_ClientMetrics, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         call = self._begin(details)
         rpc = await continuation(details, request_iterator)
@@ -183,7 +183,7 @@ class ClientStreamUnaryMetrics(_ClientMetrics, grpc.aio.StreamUnaryClientInterce
         return rpc
 
 
-class ClientStreamStreamMetrics(_ClientMetrics, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+class ClientStreamStreamMetrics(_ClientMetrics, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         call = self._begin(details)
         rpc = await continuation(details, request_iterator)

@@ -109,7 +109,7 @@ SERVER_ERRORS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXC
                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
 
 
-class ServerSpanFacts(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerSpanFacts(grpc.aio.ServerInterceptor):
     """Runs inside the stock server interceptor's span (install it right after): adds the NATS
     facts when a call begins and the status code it ended with."""
 
@@ -150,10 +150,10 @@ class _SpanOutcome:
 
 
 class ClientSubject(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
 ):
     """Runs inside the stock client interceptor's span and adds the messaging attributes and the
     target called (``peer.service``) to it; the call itself passes through untouched."""

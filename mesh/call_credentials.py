@@ -9,8 +9,8 @@ A token the calling code set itself is left alone.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import grpc
 
@@ -18,12 +18,17 @@ from servicers.auth import current_authorization
 
 ServiceToken = Callable[[], Awaitable[str]]
 
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
+# What a client-streaming call is given to send, as grpc.aio's interceptors declare it.
+_Requests = AsyncIterable[_TRequest] | Iterable[_TRequest]
+
 
 class _ForwardAuthorization:
     def __init__(self, service_token: ServiceToken | None) -> None:
         self._service_token = service_token
 
-    async def _with_authorization(self, details: Any) -> Any:
+    async def _with_authorization(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = list(details.metadata or ())
         if any(key.lower() == "authorization" for key, _ in metadata):
             return details
@@ -33,31 +38,66 @@ class _ForwardAuthorization:
         if not token:
             return details
         metadata.append(("authorization", f"Bearer {token}"))
-        return grpc.aio.ClientCallDetails(details.method, details.timeout, tuple(metadata),
-                                          details.credentials, details.wait_for_ready)
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            tuple(metadata),  # type: ignore[arg-type]  # pairs, which grpc.aio's calls take as well as a Metadata
+            details.credentials,
+            details.wait_for_ready,
+        )
 
 
-class _UnaryUnary(_ForwardAuthorization, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+class _UnaryUnary(_ForwardAuthorization, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _TRequest], Awaitable[grpc.aio.UnaryUnaryCall[_TRequest, _TResponse]]
+        ],
+        details: grpc.aio.ClientCallDetails,
+        request: _TRequest,
+    ) -> grpc.aio.UnaryUnaryCall[_TRequest, _TResponse]:
         return await continuation(await self._with_authorization(details), request)
 
 
-class _UnaryStream(_ForwardAuthorization, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+class _UnaryStream(_ForwardAuthorization, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _TRequest], Awaitable[grpc.aio.UnaryStreamCall[_TRequest, _TResponse]]
+        ],
+        details: grpc.aio.ClientCallDetails,
+        request: _TRequest,
+    ) -> grpc.aio.UnaryStreamCall[_TRequest, _TResponse]:
         return await continuation(await self._with_authorization(details), request)
 
 
-class _StreamUnary(_ForwardAuthorization, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+class _StreamUnary(_ForwardAuthorization, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _Requests[_TRequest]],
+            Awaitable[grpc.aio.StreamUnaryCall[_TRequest, _TResponse]],
+        ],
+        details: grpc.aio.ClientCallDetails,
+        request_iterator: _Requests[_TRequest],
+    ) -> grpc.aio.StreamUnaryCall[_TRequest, _TResponse]:
         return await continuation(await self._with_authorization(details), request_iterator)
 
 
-class _StreamStream(_ForwardAuthorization, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+class _StreamStream(_ForwardAuthorization, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _Requests[_TRequest]],
+            Awaitable[grpc.aio.StreamStreamCall[_TRequest, _TResponse]],
+        ],
+        details: grpc.aio.ClientCallDetails,
+        request_iterator: _Requests[_TRequest],
+    ) -> grpc.aio.StreamStreamCall[_TRequest, _TResponse]:
         return await continuation(await self._with_authorization(details), request_iterator)
 
 
-def forwarding_interceptors(service_token: ServiceToken | None) -> list[Any]:
+def forwarding_interceptors(service_token: ServiceToken | None) -> list[grpc.aio.ClientInterceptor]:
     """Client interceptors (all four call types) that add ``authorization`` to outgoing calls:
     the current caller's token, else ``service_token()``, else nothing."""
     return [_UnaryUnary(service_token), _UnaryStream(service_token), _StreamUnary(service_token),

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -49,6 +49,7 @@ from servicers.dependencies import Dependencies
 from servicers.error_boundary import ErrorBoundary
 
 if TYPE_CHECKING:
+    from gateway.health import HealthClient  # a type only: the host does not load the gateway
     from health.trace_pipeline import Tracing
 
 log = logging.getLogger("mesh.host")
@@ -472,7 +473,7 @@ async def _close_servicer(servicer: Any) -> None:
 
 async def check_health(nc: Client, target: str, service: str = "", deadline: float = 1.0) -> int:
     """The grpc.health.v1 status of ``service`` on ``target`` over NATS (UNKNOWN if unreachable)."""
-    stub = health_pb2_grpc.HealthStub(nats_transport.aio.channel(nc, target))
+    stub = cast("HealthClient", health_pb2_grpc.HealthStub(nats_transport.aio.channel(nc, target)))
     try:
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=deadline)
     except grpc.aio.AioRpcError:

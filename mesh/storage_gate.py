@@ -15,7 +15,7 @@ from servicers.auth.access import UNGUARDED_SERVICES, refusing_handler
 REASON = "STORAGE_UNAVAILABLE"
 
 
-class StorageGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
+class StorageGate(grpc.aio.ServerInterceptor):
     """Refuses every call but health and reflection while ``health.problem`` is set."""
 
     def __init__(self, health: StorageHealth) -> None:

@@ -257,7 +257,8 @@ async def call_json(nc: Client, target: str, method: str, body: str, deadline: f
         if descriptor.client_streaming:
             kind = channel.stream_stream if descriptor.server_streaming else channel.stream_unary
             # No request iterator: the call is written to here, so a bad line ends it at once.
-            call = kind(path, serialize, deserialize)(**options)
+            # A stream-stream or a stream-unary call: each branch below uses what its kind has.
+            call: Any = kind(path, serialize, deserialize)(**options)
             lines = requests if requests is not None else _stdin_lines()
             writer = asyncio.ensure_future(_send_lines(call, lines, request_class, pool))
             try:

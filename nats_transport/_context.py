@@ -272,7 +272,11 @@ class _ContextBase:
         return not self._state.done
 
 
-class AioServicerContext(_ContextBase, grpc.aio.ServicerContext):  # type: ignore[misc]
+# The [misc] ignores below: _ContextBase answers as grpcio's contexts do at run time, where the
+# stubs declare otherwise: time_remaining() is None without a deadline, invocation_metadata() and
+# trailing_metadata() are tuples, code() is None until set (all as grpc.aio's), details() is None
+# until set (as grpcio's sync context's), auth_context() maps each property to several values.
+class AioServicerContext(_ContextBase, grpc.aio.ServicerContext[Any, Any]):  # type: ignore[misc]  # see above
     """grpc.aio.ServicerContext over NATS (for ``async def`` handlers)."""
 
     def __init__(
@@ -321,7 +325,7 @@ class AioServicerContext(_ContextBase, grpc.aio.ServicerContext):  # type: ignor
         return True
 
 
-class SyncServicerContext(_ContextBase, grpc.ServicerContext):  # type: ignore[misc]
+class SyncServicerContext(_ContextBase, grpc.ServicerContext):  # type: ignore[misc]  # see above AioServicerContext
     """grpc.ServicerContext over NATS (for plain-function handlers run in the thread pool)."""
 
     def __init__(
@@ -348,7 +352,7 @@ class SyncServicerContext(_ContextBase, grpc.ServicerContext):  # type: ignore[m
     def add_callback(self, callback: Callable[[], None]) -> bool:
         return self._state.add_callback(callback)
 
-    def cancel(self) -> None:
+    def cancel(self) -> None:  # type: ignore[override]  # None, as grpcio's own context's cancel()
         self._loop.call_soon_threadsafe(self._state.cancel)
 
 

@@ -24,13 +24,18 @@ from nats_transport.aio._stream_call import StreamCall
 if TYPE_CHECKING:
     from nats_transport._sync_channel import Channel
 
+    # grpc.Future is generic in grpc's stubs only: subscripted at runtime, it raises TypeError.
+    _Future = grpc.Future[Any]
+else:
+    _Future = grpc.Future
+
 _LOG = logging.getLogger(__name__)
 
 # What grpcio's calls end with when their channel is closed under them.
 CHANNEL_CLOSED = Trailers(grpc.StatusCode.CANCELLED.value[0], "Channel closed!")
 
 
-class RpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+class RpcError(grpc.RpcError, grpc.Call, _Future):
     """A failed call: an RpcError that is also a Call and a Future, as grpcio's errors are."""
 
     def __init__(self, trailers: Trailers, initial: tuple[MetadataTuple, ...] = ()) -> None:
@@ -52,13 +57,14 @@ class RpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
     def initial_metadata(self) -> tuple[MetadataTuple, ...]:
         return self._initial
 
-    def trailing_metadata(self) -> tuple[MetadataTuple, ...]:
+    # grpc.RpcError's stub declares _Metadatum objects; grpc.Call's, the tuples given here.
+    def trailing_metadata(self) -> tuple[MetadataTuple, ...]:  # type: ignore[override]  # as grpc.Call's
         return trailing_of(self._trailers)
 
     def is_active(self) -> bool:
         return False
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None without a deadline, as grpcio's
         return None
 
     def cancel(self) -> bool:
@@ -89,7 +95,7 @@ class RpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
         fn(self)
 
 
-class UnaryCall(grpc.Call, grpc.Future):  # type: ignore[misc]
+class UnaryCall(grpc.Call, _Future):
     """A unary call in flight (what ``future()`` returns, and ``with_call()``'s second item): the
     aio call object on the channel's loop, watched from the calling thread.
 
@@ -231,7 +237,7 @@ class UnaryCall(grpc.Call, grpc.Future):  # type: ignore[misc]
     def is_active(self) -> bool:
         return not self._latch.is_open
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None without a deadline, as grpcio's
         return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
@@ -251,7 +257,7 @@ class UnaryCall(grpc.Call, grpc.Future):  # type: ignore[misc]
             self._run_callbacks()
 
 
-class StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
+class StreamIterator(grpc.Call, _Future):
     """Responses of a streaming call as a blocking iterator that is also a Call and a Future."""
 
     def __init__(self, channel: Channel, call: StreamCall, response_streaming: bool) -> None:
@@ -365,7 +371,7 @@ class StreamIterator(grpc.Call, grpc.Future):  # type: ignore[misc]
     def is_active(self) -> bool:
         return not self._call.done()
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None without a deadline, as grpcio's
         return self._call.time_remaining()
 
     def add_callback(self, callback: Callable[[], None]) -> bool:

@@ -16,7 +16,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import nats
@@ -38,13 +38,27 @@ from nats_transport.aio._stream_call import StreamCall
 __all__ = ["Channel", "RpcError", "channel"]
 
 T = TypeVar("T")
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
+
+if TYPE_CHECKING:
+    # grpc's multi-callables are generic in grpc's stubs only: subscripted at runtime, they raise.
+    _UnaryUnaryMultiCallable = grpc.UnaryUnaryMultiCallable[Any, Any]
+    _UnaryStreamMultiCallable = grpc.UnaryStreamMultiCallable[Any, Any]
+    _StreamUnaryMultiCallable = grpc.StreamUnaryMultiCallable[Any, Any]
+    _StreamStreamMultiCallable = grpc.StreamStreamMultiCallable[Any, Any]
+else:
+    _UnaryUnaryMultiCallable = grpc.UnaryUnaryMultiCallable
+    _UnaryStreamMultiCallable = grpc.UnaryStreamMultiCallable
+    _StreamUnaryMultiCallable = grpc.StreamUnaryMultiCallable
+    _StreamStreamMultiCallable = grpc.StreamStreamMultiCallable
 
 
 class _MultiCallable(
-    grpc.UnaryUnaryMultiCallable,  # type: ignore[misc]
-    grpc.UnaryStreamMultiCallable,  # type: ignore[misc]
-    grpc.StreamUnaryMultiCallable,  # type: ignore[misc]
-    grpc.StreamStreamMultiCallable,  # type: ignore[misc]
+    _UnaryUnaryMultiCallable,
+    _UnaryStreamMultiCallable,
+    _StreamUnaryMultiCallable,
+    _StreamStreamMultiCallable,
 ):
     def __init__(self, channel: Channel, method: str, serializer: Any, deserializer: Any,
                  kind: tuple[bool, bool]) -> None:
@@ -144,7 +158,7 @@ def _blocking_result(call: UnaryCall | StreamIterator) -> Any:
         raise
 
 
-class Channel(grpc.Channel):  # type: ignore[misc]
+class Channel(grpc.Channel):
     """A grpc.Channel calling ``target`` over NATS, for synchronous programs."""
 
     def __init__(self, servers: str | Sequence[str], target: str, *, options: ChannelOptions,
@@ -262,20 +276,40 @@ class Channel(grpc.Channel):  # type: ignore[misc]
                 with contextlib.suppress(RuntimeError):  # closed meanwhile
                     self._run(as_coroutine(call.cancel))
 
-    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                    _registered_method: bool = False) -> Any:
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[_TRequest], bytes] | None = None,
+        response_deserializer: Callable[[bytes], _TResponse] | None = None,
+        _registered_method: bool = False,
+    ) -> grpc.UnaryUnaryMultiCallable[_TRequest, _TResponse]:
         return _MultiCallable(self, method, request_serializer, response_deserializer, (False, False))
 
-    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool = False) -> Any:
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[_TRequest], bytes] | None = None,
+        response_deserializer: Callable[[bytes], _TResponse] | None = None,
+        _registered_method: bool = False,
+    ) -> grpc.UnaryStreamMultiCallable[_TRequest, _TResponse]:
         return _MultiCallable(self, method, request_serializer, response_deserializer, (False, True))
 
-    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool = False) -> Any:
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[_TRequest], bytes] | None = None,
+        response_deserializer: Callable[[bytes], _TResponse] | None = None,
+        _registered_method: bool = False,
+    ) -> grpc.StreamUnaryMultiCallable[_TRequest, _TResponse]:
         return _MultiCallable(self, method, request_serializer, response_deserializer, (True, False))
 
-    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                      _registered_method: bool = False) -> Any:
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[_TRequest], bytes] | None = None,
+        response_deserializer: Callable[[bytes], _TResponse] | None = None,
+        _registered_method: bool = False,
+    ) -> grpc.StreamStreamMultiCallable[_TRequest, _TResponse]:
         return _MultiCallable(self, method, request_serializer, response_deserializer, (True, True))
 
     def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:

@@ -158,7 +158,11 @@ class CapabilityRegistryServicer(capability_registry_pb2_grpc.CapabilityRegistry
     def __repr__(self) -> str:
         return f"<CapabilityRegistryServicer features={self._features!r}>"
 
-    async def Register(self, request: cr.RegisterRequest, context: grpc.aio.ServicerContext) -> cr.RegisterResponse:
+    async def Register(
+        self,
+        request: cr.RegisterRequest,
+        context: grpc.aio.ServicerContext[cr.RegisterRequest, cr.RegisterResponse],
+    ) -> cr.RegisterResponse:
         """Create or replace a feature: unconditionally, only if new (expected 0), or only if
         still at the expected revision."""
         feature = _definition(request)
@@ -205,7 +209,11 @@ class CapabilityRegistryServicer(capability_registry_pb2_grpc.CapabilityRegistry
             f"feature {feature.name!r} changed under {MAX_ATTEMPTS} attempts in a row; retry", "FEATURE_CONTENDED",
         )
 
-    async def Get(self, request: cr.GetRequest, context: grpc.aio.ServicerContext) -> cr.GetResponse:
+    async def Get(
+        self,
+        request: cr.GetRequest,
+        context: grpc.aio.ServicerContext[cr.GetRequest, cr.GetResponse],
+    ) -> cr.GetResponse:
         """One feature's definition, with its current revision."""
         _check_name("name", request.name)
         entry = await self._features.get(request.name)
@@ -213,7 +221,11 @@ class CapabilityRegistryServicer(capability_registry_pb2_grpc.CapabilityRegistry
             raise _not_found(request.name)
         return cr.GetResponse(feature=_stored_feature(entry))
 
-    async def List(self, request: cr.ListRequest, context: grpc.aio.ServicerContext) -> cr.ListResponse:
+    async def List(
+        self,
+        request: cr.ListRequest,
+        context: grpc.aio.ServicerContext[cr.ListRequest, cr.ListResponse],
+    ) -> cr.ListResponse:
         """One page of features, ordered by name, optionally only those starting with a prefix."""
         prefix = request.name_prefix
         size = paging.page_size(request.page)
@@ -232,7 +244,11 @@ class CapabilityRegistryServicer(capability_registry_pb2_grpc.CapabilityRegistry
             ),
         )
 
-    async def IsEnabled(self, request: cr.IsEnabledRequest, context: grpc.aio.ServicerContext) -> cr.IsEnabledResponse:
+    async def IsEnabled(
+        self,
+        request: cr.IsEnabledRequest,
+        context: grpc.aio.ServicerContext[cr.IsEnabledRequest, cr.IsEnabledResponse],
+    ) -> cr.IsEnabledResponse:
         """Evaluate a feature for one subject; an unknown feature is off (fail closed), not an error."""
         if not request.feature_name:
             raise invalid_argument("feature_name", "is required")

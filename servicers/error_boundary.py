@@ -46,7 +46,7 @@ def error_of(failure: RpcError | StorageUnavailable | ValueTooLarge) -> RpcError
     return unavailable(STORAGE_MESSAGE, STORAGE_REASON)
 
 
-class ErrorBoundary(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
+class ErrorBoundary(grpc.aio.ServerInterceptor):
     """Ends a call with the status of the ``RpcError`` or store outage its handler raised.
 
     Install it last (innermost), so the interceptors outside it see an ordinary aborted call.

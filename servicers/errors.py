@@ -63,7 +63,8 @@ class RpcError(Exception):
         """The status to end the call with (``context.abort_with_status``)."""
         code: int = self.code.value[0]
         packed = [_packed(detail) for detail in self.details]
-        return rpc_status.to_status(status_pb2.Status(code=code, message=self.message, details=packed))
+        status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=self.message, details=packed))
+        return status
 
 
 def _packed(detail: Message) -> any_pb2.Any:

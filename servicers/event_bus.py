@@ -225,7 +225,9 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
         return appended.sequence, appended.duplicate
 
     async def Publish(
-        self, request: event_bus_pb2.PublishRequest, context: grpc.aio.ServicerContext
+        self,
+        request: event_bus_pb2.PublishRequest,
+        context: grpc.aio.ServicerContext[event_bus_pb2.PublishRequest, event_bus_pb2.PublishResponse],
     ) -> event_bus_pb2.PublishResponse:
         """Stores one event; a repeated message id answers the original sequence, ``duplicate``."""
         problem = event_problem(request)
@@ -235,7 +237,9 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
         return event_bus_pb2.PublishResponse(sequence=sequence, duplicate=duplicate)
 
     async def PublishBatch(
-        self, request_iterator: AsyncIterator[event_bus_pb2.PublishBatchRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[event_bus_pb2.PublishBatchRequest],
+        context: grpc.aio.ServicerContext[event_bus_pb2.PublishBatchRequest, event_bus_pb2.PublishBatchResponse],
     ) -> event_bus_pb2.PublishBatchResponse:
         """Stores each streamed event in order; counts them once the client half-closes."""
         accepted = duplicates = last = 0
@@ -281,7 +285,9 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
         )
 
     async def Subscribe(
-        self, request: event_bus_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: event_bus_pb2.SubscribeRequest,
+        context: grpc.aio.ServicerContext[event_bus_pb2.SubscribeRequest, event_bus_pb2.SubscribeResponse],
     ) -> AsyncIterator[event_bus_pb2.SubscribeResponse]:
         """Streams a durable consumer's events until the client cancels; each needs an Ack."""
         spec = self._consumer_spec(request)
@@ -300,7 +306,9 @@ class EventBusServicer(event_bus_pb2_grpc.EventBusServiceServicer):
                 del self._open[spec.name]
 
     async def Ack(
-        self, request: event_bus_pb2.AckRequest, context: grpc.aio.ServicerContext
+        self,
+        request: event_bus_pb2.AckRequest,
+        context: grpc.aio.ServicerContext[event_bus_pb2.AckRequest, event_bus_pb2.AckResponse],
     ) -> event_bus_pb2.AckResponse:
         """Settles one delivered event: ACK, NAK (redeliver after a delay), IN_PROGRESS or TERM."""
         if not request.consumer_name:

@@ -65,7 +65,7 @@ async def attempt_unary(nc: Client, options: TransportOptions, subject: str, pay
     return await run_unary(attempt, policy, deadline, wait_for_ready)
 
 
-class UnaryUnaryCall(CallBase, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+class UnaryUnaryCall(CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
     """A unary call in flight; await it for the response.
 
     Its task never raises a call's failure: like grpc.aio's, it keeps the status and ``await``

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from nats.aio.client import Client
@@ -21,6 +21,12 @@ from nats_transport.aio._calls import UnaryUnaryCall
 from nats_transport.aio._intercepted import Chain, InterceptedCall
 from nats_transport.aio._stream_call import StreamCall
 
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
+_MultiCallableT = TypeVar("_MultiCallableT", bound="_MultiCallable")
+# Metadata as grpc.aio's callables take it: a grpc.aio.Metadata or a sequence of (key, value).
+_MetadataArg = grpc.aio.Metadata | Sequence[tuple[str, str | bytes]]
+
 _KINDS = {
     (False, False): ("intercept_unary_unary", grpc.aio.UnaryUnaryClientInterceptor),
     (False, True): ("intercept_unary_stream", grpc.aio.UnaryStreamClientInterceptor),
@@ -29,7 +35,7 @@ _KINDS = {
 }
 
 
-class Channel(grpc.aio.Channel):  # type: ignore[misc]
+class Channel(grpc.aio.Channel):
     """Calls go to ``{prefix}.{target}.{Service}.{Method}``; replies come to one subscription
     per NATS connection. Closing the channel leaves the connection to its owner."""
 
@@ -92,14 +98,15 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
             await asyncio.sleep(0.05)
 
     def _callable(
-        self, method: str, serializer: Serializer, deserializer: Deserializer, kind: tuple[bool, bool]
-    ) -> _MultiCallable:
+        self, factory: type[_MultiCallableT], method: str, serializer: Serializer, deserializer: Deserializer,
+        kind: tuple[bool, bool],
+    ) -> _MultiCallableT:
         if self._closed:
             raise RuntimeError("the channel is closed")
         name, interface = _KINDS[kind]
         chain = tuple(i for i in self._interceptors if isinstance(i, interface))
         subject = call_subject(self._options.subject_prefix, self._target, method)
-        return _MultiCallable(self, method, subject, serializer, deserializer, kind, name, chain)
+        return factory(self, method, subject, serializer, deserializer, kind, name, chain)
 
     def _policy(self, method: str) -> CallPolicy:
         """How calls of ``method`` are attempted: its service config, the target's retry
@@ -112,34 +119,52 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
             None if breaker is None else breaker_for(self._nc, self._target, breaker),
         )
 
-    def unary_unary(self, method: str, request_serializer: Serializer = None,
-                    response_deserializer: Deserializer = None, _registered_method: bool = False) -> Any:
+    # The serializers are typed as grpc.aio's; None leaves requests and responses as bytes.
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[_TRequest], bytes] | None = None,
+        response_deserializer: Callable[[bytes], _TResponse] | None = None,
+        _registered_method: bool = False,
+    ) -> grpc.aio.UnaryUnaryMultiCallable[_TRequest, _TResponse]:
         """A callable for a unary-unary method (what generated stubs use)."""
-        return self._callable(method, request_serializer, response_deserializer, (False, False))
+        return self._callable(_UnaryRequestCallable, method, request_serializer, response_deserializer, (False, False))
 
-    def unary_stream(self, method: str, request_serializer: Serializer = None,
-                     response_deserializer: Deserializer = None, _registered_method: bool = False) -> Any:
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[_TRequest], bytes] | None = None,
+        response_deserializer: Callable[[bytes], _TResponse] | None = None,
+        _registered_method: bool = False,
+    ) -> grpc.aio.UnaryStreamMultiCallable[_TRequest, _TResponse]:
         """A callable for a server-streaming method."""
-        return self._callable(method, request_serializer, response_deserializer, (False, True))
+        return self._callable(_UnaryRequestCallable, method, request_serializer, response_deserializer, (False, True))
 
-    def stream_unary(self, method: str, request_serializer: Serializer = None,
-                     response_deserializer: Deserializer = None, _registered_method: bool = False) -> Any:
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[_TRequest], bytes] | None = None,
+        response_deserializer: Callable[[bytes], _TResponse] | None = None,
+        _registered_method: bool = False,
+    ) -> grpc.aio.StreamUnaryMultiCallable[_TRequest, _TResponse]:
         """A callable for a client-streaming method."""
-        return self._callable(method, request_serializer, response_deserializer, (True, False))
+        return self._callable(_StreamRequestCallable, method, request_serializer, response_deserializer, (True, False))
 
-    def stream_stream(self, method: str, request_serializer: Serializer = None,
-                      response_deserializer: Deserializer = None, _registered_method: bool = False) -> Any:
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[_TRequest], bytes] | None = None,
+        response_deserializer: Callable[[bytes], _TResponse] | None = None,
+        _registered_method: bool = False,
+    ) -> grpc.aio.StreamStreamMultiCallable[_TRequest, _TResponse]:
         """A callable for a bidirectional-streaming method."""
-        return self._callable(method, request_serializer, response_deserializer, (True, True))
+        return self._callable(_StreamRequestCallable, method, request_serializer, response_deserializer, (True, True))
 
 
-class _MultiCallable(
-    grpc.aio.UnaryUnaryMultiCallable,  # type: ignore[misc]
-    grpc.aio.UnaryStreamMultiCallable,  # type: ignore[misc]
-    grpc.aio.StreamUnaryMultiCallable,  # type: ignore[misc]
-    grpc.aio.StreamStreamMultiCallable,  # type: ignore[misc]
-):
-    """Starts calls of one method; runs the matching interceptors first."""
+class _MultiCallable:
+    """Starts calls of one method; runs the matching interceptors first. The two subclasses
+    give ``__call__`` the signatures grpc.aio gives a unary and a streaming request."""
 
     def __init__(
         self,
@@ -162,19 +187,13 @@ class _MultiCallable(
         self._interceptors = interceptors
         self._policy = channel._policy(method)
 
-    def __call__(
-        self,
-        request: Any = None,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        if not self._interceptors:
-            return self._start(self._subject, request, timeout, metadata, wait_for_ready, self._policy)
-        details = grpc.aio.ClientCallDetails(self._method, timeout, metadata, credentials, wait_for_ready)
+    def _intercepted(self, request: Any, timeout: float | None, metadata: _MetadataArg | None,
+                     credentials: grpc.CallCredentials | None, wait_for_ready: bool | None) -> InterceptedCall:
+        """Run the interceptors in a task; the call answers from the call they hand back."""
+        # Interceptors see the metadata as the caller passed it (grpc.aio makes it a Metadata first).
+        details = grpc.aio.ClientCallDetails(
+            self._method, timeout, metadata, credentials, wait_for_ready  # type: ignore[arg-type]
+        )
         chain = Chain(self._interceptors, self._hook, self._kind, self._start_intercepted)
         return InterceptedCall(chain.run(0, details, request), timeout)
 
@@ -188,7 +207,7 @@ class _MultiCallable(
         return self._start(subject, request, details.timeout, details.metadata, wait_for_ready, policy)
 
     def _start(self, subject: str, request: Any, timeout: float | None, metadata: Any,
-               wait_for_ready: bool | None, policy: CallPolicy) -> Any:
+               wait_for_ready: bool | None, policy: CallPolicy) -> UnaryUnaryCall | StreamCall:
         channel = self._channel
         request_streaming, response_streaming = self._kind
         limit = policy.config.timeout
@@ -208,3 +227,47 @@ class _MultiCallable(
             response_streaming=response_streaming,
             policy=policy,
         )
+
+
+class _UnaryRequestCallable(
+    _MultiCallable,
+    grpc.aio.UnaryUnaryMultiCallable[Any, Any],
+    grpc.aio.UnaryStreamMultiCallable[Any, Any],
+):
+    """A unary-unary or unary-stream method: the request is the one positional argument."""
+
+    def __call__(
+        self,
+        request: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: _MetadataArg | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:  # a UnaryUnaryCall or a StreamCall, by the method's kind
+        if not self._interceptors:
+            return self._start(self._subject, request, timeout, metadata, wait_for_ready, self._policy)
+        return self._intercepted(request, timeout, metadata, credentials, wait_for_ready)
+
+
+class _StreamRequestCallable(
+    _MultiCallable,
+    grpc.aio.StreamUnaryMultiCallable[Any, Any],
+    grpc.aio.StreamStreamMultiCallable[Any, Any],
+):
+    """A stream-unary or stream-stream method: as grpc.aio's, every argument may be passed by
+    position or by name (``request_iterator=``), and the requests may come later by ``write()``."""
+
+    def __call__(
+        self,
+        request_iterator: Any = None,
+        timeout: float | None = None,
+        metadata: _MetadataArg | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:  # a StreamCall, or an InterceptedCall
+        if not self._interceptors:
+            return self._start(self._subject, request_iterator, timeout, metadata, wait_for_ready, self._policy)
+        return self._intercepted(request_iterator, timeout, metadata, credentials, wait_for_ready)

@@ -29,7 +29,7 @@ CALL_TYPES = {
 _FINISHED = "RPC already finished."  # grpc.aio's words for writing to an ended call
 
 
-class ResponseCall(grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+class ResponseCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[Any, Any]):
     """A finished OK call around a response an interceptor produced itself; it answers as
     grpc.aio's UnaryUnaryCallResponse does (no metadata: None)."""
 
@@ -42,10 +42,11 @@ class ResponseCall(grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # type: 
     async def _result(self) -> Any:
         return self._response
 
-    async def initial_metadata(self) -> None:
+    # grpc.aio's UnaryUnaryCallResponse answers None for both, whatever Call declares.
+    async def initial_metadata(self) -> None:  # type: ignore[override]  # None, as grpc.aio's
         return None
 
-    async def trailing_metadata(self) -> None:
+    async def trailing_metadata(self) -> None:  # type: ignore[override]  # None, as grpc.aio's
         return None
 
     async def code(self) -> grpc.StatusCode:
@@ -79,7 +80,7 @@ class ResponseCall(grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):  # type: 
         return None
 
 
-class ResponseIterator(grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  # type: ignore[misc]
+class ResponseIterator(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCall[Any, Any]):
     """An interceptor's own async iterator of responses, with the status, metadata and
     cancellation of the call beneath it (grpc.aio's _StreamCallResponseIterator)."""
 
@@ -127,10 +128,12 @@ class ResponseIterator(grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):  # 
         return await self._call.trailing_metadata()
 
     async def code(self) -> grpc.StatusCode:
-        return await self._call.code()
+        code: grpc.StatusCode = await self._call.code()
+        return code
 
     async def details(self) -> str:
-        return await self._call.details()  # type: ignore[no-any-return]
+        details: str = await self._call.details()
+        return details
 
     async def wait_for_connection(self) -> None:
         await self._call.wait_for_connection()
@@ -175,10 +178,10 @@ class Chain:
 
 
 class InterceptedCall(
-    grpc.aio.UnaryUnaryCall,  # type: ignore[misc]
-    grpc.aio.UnaryStreamCall,  # type: ignore[misc]
-    grpc.aio.StreamUnaryCall,  # type: ignore[misc]
-    grpc.aio.StreamStreamCall,  # type: ignore[misc]
+    grpc.aio.UnaryUnaryCall[Any, Any],
+    grpc.aio.UnaryStreamCall[Any, Any],
+    grpc.aio.StreamUnaryCall[Any, Any],
+    grpc.aio.StreamStreamCall[Any, Any],
 ):
     """A call whose interceptors run in a task: it answers from the call they hand back."""
 
@@ -282,7 +285,10 @@ class InterceptedCall(
         return await self._answer(lambda call: call.trailing_metadata(), lambda err: err.trailing_metadata(), None)
 
     async def code(self) -> grpc.StatusCode:
-        return await self._answer(lambda call: call.code(), lambda err: err.code(), grpc.StatusCode.CANCELLED)
+        code: grpc.StatusCode = await self._answer(
+            lambda call: call.code(), lambda err: err.code(), grpc.StatusCode.CANCELLED
+        )
+        return code
 
     async def details(self) -> str:
         details: str = await self._answer(lambda call: call.details(), lambda err: err.details(), LOCAL_CANCEL)

@@ -33,7 +33,12 @@ from nats_transport.aio._call_base import (
 )
 
 
-class StreamCall(CallBase, grpc.aio.StreamStreamCall, grpc.aio.UnaryStreamCall, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+class StreamCall(
+    CallBase,
+    grpc.aio.StreamStreamCall[Any, Any],
+    grpc.aio.UnaryStreamCall[Any, Any],
+    grpc.aio.StreamUnaryCall[Any, Any],
+):
     """Any streaming call in flight: iterate or ``read()`` responses, ``write()`` requests.
 
     One class serves the three streaming kinds (it is an instance of each grpc.aio call type);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import grpc
 from gaming.ai_integration.v1 import ai_integration_pb2, ai_integration_pb2_grpc
@@ -39,7 +40,9 @@ class AiIntegrationServicer(ai_integration_pb2_grpc.AiIntegrationServiceServicer
         return self._backends
 
     async def Generate(
-        self, request: ai_integration_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+        self,
+        request: ai_integration_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext[ai_integration_pb2.GenerateRequest, ai_integration_pb2.GenerateResponse],
     ) -> ai_integration_pb2.GenerateResponse:
         """The whole completion, with usage and the time it took."""
         generation, backend = await self._prepare(request, context)
@@ -61,7 +64,11 @@ class AiIntegrationServicer(ai_integration_pb2_grpc.AiIntegrationServiceServicer
         )
 
     async def StreamGenerate(
-        self, request: ai_integration_pb2.StreamGenerateRequest, context: grpc.aio.ServicerContext
+        self,
+        request: ai_integration_pb2.StreamGenerateRequest,
+        context: grpc.aio.ServicerContext[
+            ai_integration_pb2.StreamGenerateRequest, ai_integration_pb2.StreamGenerateResponse
+        ],
     ) -> AsyncIterator[ai_integration_pb2.StreamGenerateResponse]:
         """The completion as it is produced: one message per piece the backend yields, then a
         final one with the finish reason and usage. The first message names model and backend."""
@@ -89,9 +96,10 @@ class AiIntegrationServicer(ai_integration_pb2_grpc.AiIntegrationServiceServicer
         raise AssertionError("a backend stream ended without a Finish")  # pragma: no cover
 
     async def _prepare(
-        self, request: GenerationRequest, context: grpc.aio.ServicerContext
+        self, request: GenerationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tuple[Generation, Backend]:
-        remaining = context.time_remaining()
+        # None without a deadline over NATS; grpc.aio's stub declares a float only.
+        remaining: float | None = context.time_remaining()
         if remaining is not None and remaining > _NO_DEADLINE:
             remaining = None
         generation = generation_of(request, remaining)

@@ -63,8 +63,8 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
 
     def __init__(
         self,
-        registry: model_management_pb2_grpc.ModelManagementServiceStub,
-        inference: ai_integration_pb2_grpc.AiIntegrationServiceStub,
+        registry: model_management_pb2_grpc.ModelManagementServiceAsyncStub,
+        inference: ai_integration_pb2_grpc.AiIntegrationServiceAsyncStub,
         *,
         select_timeout: float,
     ) -> None:
@@ -75,7 +75,11 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
     def __repr__(self) -> str:
         return f"<AiRouterServicer select_timeout={self._select_timeout}s>"
 
-    async def Route(self, request: router.RouteRequest, context: grpc.aio.ServicerContext) -> router.RouteResponse:
+    async def Route(
+        self,
+        request: router.RouteRequest,
+        context: grpc.aio.ServicerContext[router.RouteRequest, router.RouteResponse],
+    ) -> router.RouteResponse:
         """The whole completion of the first candidate that answers, with every attempt made."""
         started = time.monotonic()
         plan, candidates = await self._candidates(request, context)
@@ -110,7 +114,9 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
         raise _exhausted(clock, attempts, len(candidates))
 
     async def StreamRoute(
-        self, request: router.StreamRouteRequest, context: grpc.aio.ServicerContext
+        self,
+        request: router.StreamRouteRequest,
+        context: grpc.aio.ServicerContext[router.StreamRouteRequest, router.StreamRouteResponse],
     ) -> AsyncIterator[router.StreamRouteResponse]:
         """The completion as it is produced by the first candidate that sends a first chunk."""
         plan, candidates = await self._candidates(request, context)
@@ -152,7 +158,11 @@ class AiRouterServicer(ai_router_pb2_grpc.AiRouterServiceServicer):
                 call.cancel()
         raise _exhausted(clock, attempts, len(candidates))
 
-    async def _candidates(self, request: RoutingRequest, context: grpc.aio.ServicerContext) -> tuple[Plan, list[str]]:
+    async def _candidates(
+        self,
+        request: RoutingRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> tuple[Plan, list[str]]:
         """The checked plan and the names of the models to try, best first."""
         plan = plan_of(request)
         try:
@@ -251,7 +261,7 @@ async def _relay(
         message = await call.read()
 
 
-def _remaining(context: grpc.aio.ServicerContext) -> float | None:
+def _remaining(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     if remaining is None or remaining > _NO_DEADLINE:
         return None

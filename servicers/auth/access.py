@@ -92,7 +92,7 @@ class _Refusal:
     reason: str
 
 
-class AccessPolicy(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
+class AccessPolicy(grpc.aio.ServerInterceptor):
     """Admits or refuses each call by its method's declared access (see the module docstring).
 
     Args:

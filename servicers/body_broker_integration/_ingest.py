@@ -68,7 +68,7 @@ class IngestStream:
     def __init__(
         self,
         requests: AsyncIterator[pb.IngestEventsRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         *,
         forwarder: Forwarder,
         applied: KeyValue,

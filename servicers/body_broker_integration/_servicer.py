@@ -51,7 +51,9 @@ class BodyBrokerIntegrationServicer(body_broker_integration_pb2_grpc.BodyBrokerI
                 f"window={self._window} overrun={self._overrun.value}>")
 
     async def IngestEvents(  # type: ignore[override]  # grpc.aio also takes a coroutine that writes; the stub knows only generators
-        self, request_iterator: AsyncIterator[pb.IngestEventsRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.IngestEventsRequest],
+        context: grpc.aio.ServicerContext[pb.IngestEventsRequest, pb.IngestEventsResponse],
     ) -> None:
         """One acknowledgement per event, in order, each granting ``WINDOW`` credit.
 
@@ -63,7 +65,9 @@ class BodyBrokerIntegrationServicer(body_broker_integration_pb2_grpc.BodyBrokerI
         await stream.run()
 
     async def SyncPlayer(
-        self, request: pb.SyncPlayerRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.SyncPlayerRequest,
+        context: grpc.aio.ServicerContext[pb.SyncPlayerRequest, pb.SyncPlayerResponse],
     ) -> pb.SyncPlayerResponse:
         """The player's snapshot; partial (and flagged) when quest-system or payment is down."""
         if not request.player_id:

@@ -98,7 +98,7 @@ class EnvironmentalNarrativeServicer(environmental_narrative_pb2_grpc.Environmen
     # -- the RPCs ------------------------------------------------------------------------------
 
     async def Describe(
-        self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext[pb.DescribeRequest, pb.DescribeResponse]
     ) -> pb.DescribeResponse:
         """The region as it is now; a missing weather or time is left out, not an error."""
         _check_region(request.region_id)
@@ -117,7 +117,9 @@ class EnvironmentalNarrativeServicer(environmental_narrative_pb2_grpc.Environmen
         )
 
     async def StreamAmbience(
-        self, request: pb.StreamAmbienceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.StreamAmbienceRequest,
+        context: grpc.aio.ServicerContext[pb.StreamAmbienceRequest, pb.StreamAmbienceResponse],
     ) -> AsyncIterator[pb.StreamAmbienceResponse]:
         """A line now, then one per change of weather, phase or notable entities, polled."""
         _check_region(request.region_id)
@@ -155,13 +157,13 @@ class EnvironmentalNarrativeServicer(environmental_narrative_pb2_grpc.Environmen
 
     # -- asking the dependencies ---------------------------------------------------------------
 
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         remaining: float | None = context.time_remaining()
         if remaining is None or remaining > _NO_DEADLINE:
             return self._dependency_timeout
         return max(0.001, min(self._dependency_timeout, remaining * DEPENDENCY_SHARE))
 
-    async def _observe(self, context: grpc.aio.ServicerContext, region_id: str, language: str) -> Observation:
+    async def _observe(self, context: grpc.aio.ServicerContext[Any, Any], region_id: str, language: str) -> Observation:
         """Ask all four calls at once; fail the RPC only for what world-state says."""
         timeout = self._timeout(context)
         world = world_state_pb2_grpc.WorldStateServiceStub(self._channel(WORLD_STATE))

@@ -115,7 +115,9 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
     # The RPCs.
 
     async def AddDocuments(
-        self, request_iterator: AsyncIterator[kb.AddDocumentsRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[kb.AddDocumentsRequest],
+        context: grpc.aio.ServicerContext[kb.AddDocumentsRequest, kb.AddDocumentsResponse],
     ) -> kb.AddDocumentsResponse:
         """Store each document as it arrives (so earlier ones stay stored if a later one fails),
         then wait for this replica's index to show them and answer with the counts."""
@@ -151,7 +153,11 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
             collection_size=len(self._collections.get(collection, ())),
         )
 
-    async def Search(self, request: kb.SearchRequest, context: grpc.aio.ServicerContext) -> kb.SearchResponse:
+    async def Search(
+        self,
+        request: kb.SearchRequest,
+        context: grpc.aio.ServicerContext[kb.SearchRequest, kb.SearchResponse],
+    ) -> kb.SearchResponse:
         """Rank the collection's documents with BM25; filters are exact attribute matches."""
         violation = check_search(request)
         if violation:
@@ -178,7 +184,9 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
         )
 
     async def GetDocument(
-        self, request: kb.GetDocumentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: kb.GetDocumentRequest,
+        context: grpc.aio.ServicerContext[kb.GetDocumentRequest, kb.GetDocumentResponse],
     ) -> kb.GetDocumentResponse:
         """The stored document (from KV, not the index), with its revision."""
         _check_address(request.collection, request.document_id)
@@ -200,7 +208,9 @@ class KnowledgeBaseServicer(knowledge_base_pb2_grpc.KnowledgeBaseServiceServicer
         )
 
     async def DeleteDocument(
-        self, request: kb.DeleteDocumentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: kb.DeleteDocumentRequest,
+        context: grpc.aio.ServicerContext[kb.DeleteDocumentRequest, kb.DeleteDocumentResponse],
     ) -> kb.DeleteDocumentResponse:
         """Delete by compare-and-set (at ``expected_revision`` if given), then the body's parts."""
         _check_address(request.collection, request.document_id)

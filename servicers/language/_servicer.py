@@ -95,7 +95,9 @@ class LanguageServicer(language_pb2_grpc.LanguageServiceServicer):
             _log.warning("language-system: %s holds no valid entry; ignored", change.key, exc_info=True)
 
     async def Translate(
-        self, request: language_pb2.TranslateRequest, context: grpc.aio.ServicerContext
+        self,
+        request: language_pb2.TranslateRequest,
+        context: grpc.aio.ServicerContext[language_pb2.TranslateRequest, language_pb2.TranslateResponse],
     ) -> language_pb2.TranslateResponse:
         """Translate from the memory, in the order ``_memory`` documents; detect the source
         language when it is not given."""
@@ -135,7 +137,9 @@ class LanguageServicer(language_pb2_grpc.LanguageServiceServicer):
         return response
 
     async def Detect(
-        self, request: language_pb2.DetectRequest, context: grpc.aio.ServicerContext
+        self,
+        request: language_pb2.DetectRequest,
+        context: grpc.aio.ServicerContext[language_pb2.DetectRequest, language_pb2.DetectResponse],
     ) -> language_pb2.DetectResponse:
         """Rank the supported languages by their n-gram profiles' fit to the text."""
         _check_text(request.text)
@@ -152,7 +156,9 @@ class LanguageServicer(language_pb2_grpc.LanguageServiceServicer):
         )
 
     async def Localize(
-        self, request: language_pb2.LocalizeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: language_pb2.LocalizeRequest,
+        context: grpc.aio.ServicerContext[language_pb2.LocalizeRequest, language_pb2.LocalizeResponse],
     ) -> language_pb2.LocalizeResponse:
         """Render the message from the first locale of the chain that has it."""
         if MESSAGE_KEY.fullmatch(request.message_key) is None:

@@ -47,7 +47,7 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
         return f"<ModelManagementServicer models={self._models!r}>"
 
     async def Register(
-        self, request: mm.RegisterRequest, context: grpc.aio.ServicerContext
+        self, request: mm.RegisterRequest, context: grpc.aio.ServicerContext[mm.RegisterRequest, mm.RegisterResponse]
     ) -> mm.RegisterResponse:
         """Create or replace a model, unconditionally or guarded by ``expected_revision``."""
         model = checked_model(request.model)
@@ -87,12 +87,20 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
             return _registered(model, revision, created=created)
         raise aborted(f"model {model.name!r} is changing too fast, retry", "TOO_MUCH_CONTENTION")
 
-    async def Get(self, request: mm.GetRequest, context: grpc.aio.ServicerContext) -> mm.GetResponse:
+    async def Get(
+        self,
+        request: mm.GetRequest,
+        context: grpc.aio.ServicerContext[mm.GetRequest, mm.GetResponse],
+    ) -> mm.GetResponse:
         """One model by name."""
         check_name("name", request.name)
         return mm.GetResponse(model=_model_of(await self._entry(request.name)))
 
-    async def List(self, request: mm.ListRequest, context: grpc.aio.ServicerContext) -> mm.ListResponse:
+    async def List(
+        self,
+        request: mm.ListRequest,
+        context: grpc.aio.ServicerContext[mm.ListRequest, mm.ListResponse],
+    ) -> mm.ListResponse:
         """A page of models ordered by name, optionally with one capability or availability."""
         size = paging.page_size(request.page)
         check_enum("capability", request.capability, list(mm.Capability.values()), allow_unspecified=True)
@@ -124,7 +132,11 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
             response.page.next_page_token = paging.encode_token(page[-1].name, *query)
         return response
 
-    async def Select(self, request: mm.SelectRequest, context: grpc.aio.ServicerContext) -> mm.SelectResponse:
+    async def Select(
+        self,
+        request: mm.SelectRequest,
+        context: grpc.aio.ServicerContext[mm.SelectRequest, mm.SelectResponse],
+    ) -> mm.SelectResponse:
         """The qualifying models, ranked as ``_ranking`` documents; empty when none qualifies."""
         criteria = _criteria(request)
         names = await self._names()
@@ -133,7 +145,9 @@ class ModelManagementServicer(model_management_pb2_grpc.ModelManagementServiceSe
         return mm.SelectResponse(candidates=_ranking.rank(models, criteria))
 
     async def Deregister(
-        self, request: mm.DeregisterRequest, context: grpc.aio.ServicerContext
+        self,
+        request: mm.DeregisterRequest,
+        context: grpc.aio.ServicerContext[mm.DeregisterRequest, mm.DeregisterResponse],
     ) -> mm.DeregisterResponse:
         """Remove a model; with ``expected_revision``, only from that revision."""
         check_name("name", request.name)

@@ -90,7 +90,9 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def RunWorkflow(
-        self, request: pb.RunWorkflowRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RunWorkflowRequest,
+        context: grpc.aio.ServicerContext[pb.RunWorkflowRequest, pb.RunWorkflowResponse],
     ) -> pb.RunWorkflowResponse:
         """Start the workflow (or find the one its idempotency key started) and wait for it,
         answering RUNNING just before the caller's deadline if it is not done by then."""
@@ -122,7 +124,9 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
         return _response(run.workflow)
 
     async def GetWorkflow(
-        self, request: pb.GetWorkflowRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetWorkflowRequest,
+        context: grpc.aio.ServicerContext[pb.GetWorkflowRequest, pb.GetWorkflowResponse],
     ) -> pb.GetWorkflowResponse:
         """The recorded workflow, as of its latest transition."""
         if not request.workflow_id:
@@ -134,7 +138,9 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
         return pb.GetWorkflowResponse(workflow=workflow)
 
     async def ListWorkflows(
-        self, request: pb.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListWorkflowsRequest,
+        context: grpc.aio.ServicerContext[pb.ListWorkflowsRequest, pb.ListWorkflowsResponse],
     ) -> pb.ListWorkflowsResponse:
         """One page of workflows, newest first, filtered by name and state if asked."""
         name, state = request.workflow_name, request.state_filter
@@ -257,7 +263,7 @@ def _response(workflow: pb.Workflow) -> pb.RunWorkflowResponse:
     )
 
 
-def _give_up(context: grpc.aio.ServicerContext) -> float | None:
+def _give_up(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     """When (time.monotonic) to stop waiting and answer RUNNING: a little before the deadline,
     so the answer still arrives in time. None when the call has no deadline."""
     remaining: float | None = context.time_remaining()

@@ -89,7 +89,9 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
     # -- GenerateQuest -------------------------------------------------------------------------
 
     async def GenerateQuest(
-        self, request: quest_pb2.GenerateQuestRequest, context: grpc.aio.ServicerContext
+        self,
+        request: quest_pb2.GenerateQuestRequest,
+        context: grpc.aio.ServicerContext[quest_pb2.GenerateQuestRequest, quest_pb2.GenerateQuestResponse],
     ) -> quest_pb2.GenerateQuestResponse:
         """A new AVAILABLE quest, or the one an earlier call with the same key generated."""
         _check_id("player_id", request.player_id)
@@ -151,7 +153,7 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
         return quest_id
 
     async def _replayed(
-        self, context: grpc.aio.ServicerContext, record: QuestRecord
+        self, context: grpc.aio.ServicerContext[Any, Any], record: QuestRecord
     ) -> quest_pb2.GenerateQuestResponse:
         # The first call may have died between storing the quest and indexing it: index it again
         # (the same empty value; harmless when it is there).
@@ -204,14 +206,20 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
     # -- reads ---------------------------------------------------------------------------------
 
     async def GetQuest(
-        self, request: quest_pb2.GetQuestRequest, context: grpc.aio.ServicerContext
+        self,
+        request: quest_pb2.GetQuestRequest,
+        context: grpc.aio.ServicerContext[quest_pb2.GetQuestRequest, quest_pb2.GetQuestResponse],
     ) -> quest_pb2.GetQuestResponse:
         """One quest, with its status as of now."""
         _check_id("quest_id", request.quest_id)
         _, record = await self._read(request.quest_id)
         return quest_pb2.GetQuestResponse(quest=as_seen(record.quest, self._clock()))
 
-    async def List(self, request: quest_pb2.ListRequest, context: grpc.aio.ServicerContext) -> quest_pb2.ListResponse:
+    async def List(
+        self,
+        request: quest_pb2.ListRequest,
+        context: grpc.aio.ServicerContext[quest_pb2.ListRequest, quest_pb2.ListResponse],
+    ) -> quest_pb2.ListResponse:
         """A page of the player's quests, newest first, of one status if asked."""
         _check_id("player_id", request.player_id)
         wanted = request.status_filter
@@ -250,7 +258,9 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
     # -- Accept and UpdateProgress ---------------------------------------------------------------
 
     async def Accept(
-        self, request: quest_pb2.AcceptRequest, context: grpc.aio.ServicerContext
+        self,
+        request: quest_pb2.AcceptRequest,
+        context: grpc.aio.ServicerContext[quest_pb2.AcceptRequest, quest_pb2.AcceptResponse],
     ) -> quest_pb2.AcceptResponse:
         """AVAILABLE -> ACTIVE, if the quest is still at the revision the player saw."""
         _check_id("quest_id", request.quest_id)
@@ -282,7 +292,9 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
         raise _contended(request.quest_id)
 
     async def UpdateProgress(
-        self, request: quest_pb2.UpdateProgressRequest, context: grpc.aio.ServicerContext
+        self,
+        request: quest_pb2.UpdateProgressRequest,
+        context: grpc.aio.ServicerContext[quest_pb2.UpdateProgressRequest, quest_pb2.UpdateProgressResponse],
     ) -> quest_pb2.UpdateProgressResponse:
         """Advance one objective of an ACTIVE quest; the last one completes it and pays its gold."""
         _check_id("quest_id", request.quest_id)
@@ -327,7 +339,12 @@ class QuestServicer(quest_pb2_grpc.QuestServiceServicer):
             return quest_pb2.UpdateProgressResponse(quest=quest, completed=completed)
         raise _contended(request.quest_id)
 
-    async def _grant(self, context: grpc.aio.ServicerContext, quest: quest_pb2.Quest, remaining: float | None) -> None:
+    async def _grant(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        quest: quest_pb2.Quest,
+        remaining: float | None,
+    ) -> None:
         """Pay the quest's money rewards (experience and items are the game's to grant from the
         completed quest: no service of the mesh keeps them)."""
         stub = payment_pb2_grpc.PaymentServiceStub(self._channel(PAYMENT))

@@ -75,7 +75,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return f"<RouterServicer routes={len(self._routes)} enabled={enabled}>"
 
     async def ListRoutes(
-        self, request: pb.ListRoutesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListRoutesRequest,
+        context: grpc.aio.ServicerContext[pb.ListRoutesRequest, pb.ListRoutesResponse],
     ) -> pb.ListRoutesResponse:
         """Every route (of one target, if asked), sorted by intent."""
         return pb.ListRoutesResponse(
@@ -86,7 +88,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ]
         )
 
-    async def Dispatch(self, request: pb.DispatchRequest, context: grpc.aio.ServicerContext) -> pb.DispatchResponse:
+    async def Dispatch(
+        self,
+        request: pb.DispatchRequest,
+        context: grpc.aio.ServicerContext[pb.DispatchRequest, pb.DispatchResponse],
+    ) -> pb.DispatchResponse:
         """Call the intent's target; its answer, or its error status, is the response."""
         route = self._route(request)
         target_request = _target_request(route, request)

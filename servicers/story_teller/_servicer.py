@@ -7,6 +7,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from gaming.ai_integration.v1 import ai_integration_pb2_grpc
@@ -64,7 +65,7 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
     def __init__(
         self,
         stories: KeyValue,
-        inference: ai_integration_pb2_grpc.AiIntegrationServiceStub,
+        inference: ai_integration_pb2_grpc.AiIntegrationServiceAsyncStub,
         *,
         model: str,
         beat_max_tokens: int,
@@ -82,7 +83,7 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
         return f"<StoryTellerServicer model={self._model!r} stories={self._stories!r}>"
 
     async def TellStory(
-        self, request: st.TellStoryRequest, context: grpc.aio.ServicerContext
+        self, request: st.TellStoryRequest, context: grpc.aio.ServicerContext[st.TellStoryRequest, st.TellStoryResponse]
     ) -> AsyncIterator[st.TellStoryResponse]:
         """Beats of a new or existing story, each stored before it is sent, until ``max_beats``,
         a CHOICE or the RESOLUTION."""
@@ -134,7 +135,11 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
             if kind in _PAUSES:
                 return
 
-    async def Continue(self, request: st.ContinueRequest, context: grpc.aio.ServicerContext) -> st.ContinueResponse:
+    async def Continue(
+        self,
+        request: st.ContinueRequest,
+        context: grpc.aio.ServicerContext[st.ContinueRequest, st.ContinueResponse],
+    ) -> st.ContinueResponse:
         """The next beat, answering the player's choice, if the story is still at the revision
         the player saw."""
         _check_id("story_id", request.story_id)
@@ -156,7 +161,11 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
         revision = await self._append(story, beat, expected)
         return st.ContinueResponse(beat=beat, revision=common_pb2.Revision(value=revision), ended=story.ended)
 
-    async def GetStory(self, request: st.GetStoryRequest, context: grpc.aio.ServicerContext) -> st.GetStoryResponse:
+    async def GetStory(
+        self,
+        request: st.GetStoryRequest,
+        context: grpc.aio.ServicerContext[st.GetStoryRequest, st.GetStoryResponse],
+    ) -> st.GetStoryResponse:
         """The story with all its beats and its current revision."""
         _check_id("story_id", request.story_id)
         entry = await self._existing(request.story_id)
@@ -168,7 +177,11 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
     # -- ai-integration -----------------------------------------------------------------------------
 
     async def _beat(
-        self, context: grpc.aio.ServicerContext, story: st.Story, kind: st.BeatKind.ValueType, choice: str = ""
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        story: st.Story,
+        kind: st.BeatKind.ValueType,
+        choice: str = "",
     ) -> st.Beat:
         """The next beat of ``story``, written by ai-integration (not stored yet)."""
         request = _narration.generation(story, kind, model=self._model, max_tokens=self._beat_max_tokens,
@@ -189,7 +202,7 @@ class StoryTellerServicer(story_teller_pb2_grpc.StoryTellerServiceServicer):
                        player_choice=choice, create_time=self._now())
 
     def _inference_failure(
-        self, context: grpc.aio.ServicerContext, err: grpc.aio.AioRpcError, index: int
+        self, context: grpc.aio.ServicerContext[Any, Any], err: grpc.aio.AioRpcError, index: int
     ) -> RpcError:
         """ai-integration's failure, as the caller sees it.
 

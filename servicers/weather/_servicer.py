@@ -126,7 +126,9 @@ class WeatherServicer(weather_pb2_grpc.WeatherServiceServicer):
         return seed, climate
 
     async def GetWeather(
-        self, request: weather_pb2.GetWeatherRequest, context: grpc.aio.ServicerContext
+        self,
+        request: weather_pb2.GetWeatherRequest,
+        context: grpc.aio.ServicerContext[weather_pb2.GetWeatherRequest, weather_pb2.GetWeatherResponse],
     ) -> weather_pb2.GetWeatherResponse:
         """The region's weather at the current game time (its 10-minute tick)."""
         _check_id(request.region_id, "region_id")
@@ -136,7 +138,9 @@ class WeatherServicer(weather_pb2_grpc.WeatherServiceServicer):
         return weather_pb2.GetWeatherResponse(weather=weather_message(request.region_id, found), seed=seed)
 
     async def Forecast(
-        self, request: weather_pb2.ForecastRequest, context: grpc.aio.ServicerContext
+        self,
+        request: weather_pb2.ForecastRequest,
+        context: grpc.aio.ServicerContext[weather_pb2.ForecastRequest, weather_pb2.ForecastResponse],
     ) -> weather_pb2.ForecastResponse:
         """Points from now to ``hours_ahead`` hours ahead, one per ``step``; exact, not guessed."""
         _check_id(request.region_id, "region_id")
@@ -164,7 +168,9 @@ class WeatherServicer(weather_pb2_grpc.WeatherServiceServicer):
         )
 
     async def StreamWeather(
-        self, request: weather_pb2.StreamWeatherRequest, context: grpc.aio.ServicerContext
+        self,
+        request: weather_pb2.StreamWeatherRequest,
+        context: grpc.aio.ServicerContext[weather_pb2.StreamWeatherRequest, weather_pb2.StreamWeatherResponse],
     ) -> AsyncIterator[weather_pb2.StreamWeatherResponse]:
         """Each region's current weather, then an update per region at every new 10-minute tick."""
         ids = list(request.region_ids)

@@ -49,7 +49,9 @@ class WorldStateServicer(world_state_pb2_grpc.WorldStateServiceServicer):
         return f"<WorldStateServicer regions={self._regions!r} max_events={self._max_events}>"
 
     async def GetRegion(
-        self, request: world_state_pb2.GetRegionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: world_state_pb2.GetRegionRequest,
+        context: grpc.aio.ServicerContext[world_state_pb2.GetRegionRequest, world_state_pb2.GetRegionResponse],
     ) -> world_state_pb2.GetRegionResponse:
         """The region's metadata and current revision."""
         check_id("region_id", request.region_id)
@@ -57,7 +59,9 @@ class WorldStateServicer(world_state_pb2_grpc.WorldStateServiceServicer):
         return world_state_pb2.GetRegionResponse(region=record.region)
 
     async def ListEntities(
-        self, request: world_state_pb2.ListEntitiesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: world_state_pb2.ListEntitiesRequest,
+        context: grpc.aio.ServicerContext[world_state_pb2.ListEntitiesRequest, world_state_pb2.ListEntitiesResponse],
     ) -> world_state_pb2.ListEntitiesResponse:
         """One page of the region's entities (of one kind, if asked), ordered by entity id."""
         check_id("region_id", request.region_id)
@@ -83,7 +87,9 @@ class WorldStateServicer(world_state_pb2_grpc.WorldStateServiceServicer):
         )
 
     async def ApplyEvent(
-        self, request: world_state_pb2.ApplyEventRequest, context: grpc.aio.ServicerContext
+        self,
+        request: world_state_pb2.ApplyEventRequest,
+        context: grpc.aio.ServicerContext[world_state_pb2.ApplyEventRequest, world_state_pb2.ApplyEventResponse],
     ) -> world_state_pb2.ApplyEventResponse:
         """Apply one event atomically; a replayed event id returns the first result."""
         check_apply(request)
@@ -110,7 +116,9 @@ class WorldStateServicer(world_state_pb2_grpc.WorldStateServiceServicer):
         )
 
     async def WatchRegion(
-        self, request: world_state_pb2.WatchRegionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: world_state_pb2.WatchRegionRequest,
+        context: grpc.aio.ServicerContext[world_state_pb2.WatchRegionRequest, world_state_pb2.WatchRegionResponse],
     ) -> AsyncIterator[world_state_pb2.WatchRegionResponse]:
         """The retained events after ``after_revision`` (or none: "from now on"), then live ones."""
         check_id("region_id", request.region_id)
