@@ -1,6 +1,7 @@
 """How handlers meet their messages: (de)serialization, the reader and writer of a stream call,
-and their blocking twins for plain-function handlers. What a failure here means for the call is
-written into its CallState; the server turns that into the status."""
+and their blocking twins for plain-function handlers. A message that cannot be read or sent fails
+the call with a :class:`~nats_transport._call_status.CallStatus`; while the handler runs, that
+status is written on its CallState first (see ``_call_status``)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from nats_transport import _framing, _status
-from nats_transport._context import AbortError, CallState, initial_headers
-from nats_transport._stream import StreamEndpoint, headers_size
+from nats_transport._call_status import CallStatus, fail_running_call
+from nats_transport._context import CallState, initial_headers
+from nats_transport._replies import METADATA_TOO_LARGE, initial_metadata_fits, message_too_large
+from nats_transport._stream import StreamEndpoint
 
 log = logging.getLogger("nats_transport.server")
 
 T = TypeVar("T")
-
-FAILED: Any = object()  # a request or result that did not come to be; the state says why
 
 
 class StreamIO:
@@ -52,69 +53,82 @@ class StreamIO:
             if self._endpoint.failure is not None:
                 raise self._endpoint.failure
             return grpc.aio.EOF
-        message = deserialize(self._deserialize, data, self._state)
-        if message is FAILED:
-            raise AbortError()
-        return message
+        try:
+            return deserialize(self._deserialize, data)
+        except CallStatus as failure:
+            fail_running_call(self._state, failure.code, failure.details or "")
 
     async def write(self, message: Any) -> None:
-        data = serialize(self._serialize, message, self._state)
-        if data is None:
-            raise AbortError()
+        try:
+            data = serialize(self._serialize, message, self._state)
+        except CallStatus as failure:
+            fail_running_call(self._state, failure.code, failure.details or "")
         await self.write_bytes(data)
 
     async def write_bytes(self, data: bytes) -> None:
-        if self._state.done:
+        state = self._state
+        if state.done:
             raise asyncio.CancelledError()
         if len(data) > self._max_message:
-            self._state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            self._state.details = f"response of {len(data)} bytes exceeds the limit of {self._max_message}"
-            raise AbortError()
+            details = message_too_large("response", len(data), self._max_message)
+            fail_running_call(state, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+        if not state.initial_metadata_sent and not self.attach_initial_metadata():
+            raise CallStatus(*METADATA_TOO_LARGE)
         endpoint = self._endpoint
-        if not self._state.initial_metadata_sent:
-            headers = initial_headers(self._state)
-            if headers and headers_size(headers) + 1024 > endpoint.max_payload:
-                self._state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                self._state.details = "initial metadata exceeds the connection's max_payload"
-                raise AbortError()
-            endpoint.headers_to_send = headers
         endpoint.queue_frames(_framing.message_frame_header(len(data)) + data)
         if endpoint.backlog >= self._high_water:
             await endpoint.wait_writable(self._high_water)
 
+    def attach_initial_metadata(self) -> bool:
+        """Put the call's initial metadata on the next message sent (it counts as sent now).
+        False when it is too big to travel: it is dropped, and the call's state says
+        RESOURCE_EXHAUSTED (written now, as the handler may still be running)."""
+        headers = initial_headers(self._state)
+        if headers and not initial_metadata_fits(headers, self._endpoint.max_payload):
+            self._state.code, self._state.details = METADATA_TOO_LARGE
+            return False
+        self._endpoint.headers_to_send = headers
+        return True
 
-async def read_request(endpoint: StreamEndpoint, state: CallState) -> Any:
-    """The one request of a unary-request stream call, or None at a half-close without one, or
-    FAILED when the call's deadline passes first (the handler's own deadline is armed only
-    once it runs, so the wait for its request needs its own)."""
+
+async def read_request(endpoint: StreamEndpoint, state: CallState) -> bytes:
+    """The one request of a unary-request stream call. Raises CallStatus when the client
+    half-closes without one, or when the call's deadline passes first (the handler's own deadline
+    is armed only once it runs, so the wait for its request needs its own)."""
     if state.deadline is None:
-        return await endpoint.read()
-    try:
-        return await asyncio.wait_for(endpoint.read(), max(state.deadline - time.monotonic(), 0.0))
-    except TimeoutError:
-        state.code, state.details = grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
-        return FAILED
+        request = await endpoint.read()
+    else:
+        try:
+            request = await asyncio.wait_for(endpoint.read(), max(state.deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise CallStatus(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+    if request is None:  # a broken stream has put its own status on the state already
+        raise CallStatus(
+            state.code or grpc.StatusCode.INTERNAL,
+            state.details or "the client half-closed without sending the request",
+        )
+    return request
 
 
-def deserialize(deserializer: Any, data: bytes, state: CallState) -> Any:
+def deserialize(deserializer: Any, data: bytes) -> Any:
+    """The request message of ``data``; raises CallStatus (INTERNAL) when it cannot be decoded."""
     if deserializer is None:
         return data
     try:
         return deserializer(data)
     except Exception:
-        state.code, state.details = _status.UNDECODABLE_REQUEST
-        return FAILED
+        raise CallStatus(*_status.UNDECODABLE_REQUEST) from None
 
 
-def serialize(serializer: Any, message: Any, state: CallState) -> bytes | None:
+def serialize(serializer: Any, message: Any, state: CallState) -> bytes:
+    """The bytes of a response; raises CallStatus (INTERNAL, logged) when it cannot be encoded."""
     if serializer is None:
         return bytes(message)
     try:
         return bytes(serializer(message))
     except Exception:
         log.exception("failed to serialize the response of %s", state.method)
-        state.code, state.details = _status.UNSERIALIZABLE_RESPONSE
-        return None
+        raise CallStatus(*_status.UNSERIALIZABLE_RESPONSE) from None
 
 
 def wait_on_loop(loop: asyncio.AbstractEventLoop, step: Callable[[], Coroutine[Any, Any, T]]) -> T:

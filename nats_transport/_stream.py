@@ -32,6 +32,7 @@ from nats_transport._framing import (
     decode_trailer_block,
     encode_trailers,
 )
+from nats_transport._replies import headers_size
 from nats_transport._status import code_from_number, status_for_framing_error
 
 END = object()  # queued after the last inbound message
@@ -63,11 +64,6 @@ async def publish_quietly(nc: Client, subject: str, body: bytes, headers: dict[s
         await nc.publish(subject, body, headers=headers)
     except Exception:  # best effort: the caller left or the connection is down
         return
-
-
-def headers_size(headers: dict[str, str]) -> int:
-    """Bytes a header block takes on the wire (it counts against max_payload)."""
-    return 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
 
 
 class StreamFailure(Exception):

@@ -16,16 +16,18 @@ import grpc
 from nats.aio.client import Client
 
 from nats_transport import _envelope as env
-from nats_transport import _framing
 from nats_transport._context import CallState
 from nats_transport._envelope import Kind
-from nats_transport._stream import publish_quietly
+from nats_transport._replies import status_reply
+from nats_transport._stream import StreamFailure, publish_quietly
 
 EARLY_CANCELS = 1024
 """Cancels that matched no call, remembered in case their call is still on its way here."""
 
 _LONGEST_REMEMBERED = 512  # characters: a reply subject longer than this is no inbox of ours
 CANCELLED_BY_CLIENT = "cancelled by the client"
+CLIENT_CANCELLED = StreamFailure(grpc.StatusCode.CANCELLED, CANCELLED_BY_CLIENT)
+"""How a call ends when its client cancels it without saying why."""
 
 
 class UnaryCall:
@@ -143,15 +145,13 @@ class UnaryCalls:
     async def abandon_all(self, status: tuple[grpc.StatusCode, str]) -> None:
         """Answer every unary call still running with ``status`` (the server is giving up on
         them), so their clients need not wait for the keepalive timeout."""
-        trailer = _framing.encode_trailers(_framing.Trailers(status[0].value[0], status[1]))
         calls, self._calls = list(self._calls.values()), {}
         for call in calls:
             if call.cancelled:
                 continue  # its client is gone
             await call.settle()
             # After PINGs the client expects numbered chunks; before any, a bare trailer frame.
-            body = env.pack(Kind.DATA, call.seq, trailer) if call.seq else trailer
-            await publish_quietly(self._nc, call.reply, body)
+            await publish_quietly(self._nc, call.reply, status_reply(*status, call.seq or None))
 
     def close(self) -> None:
         if self._handle is not None:
