@@ -6,18 +6,17 @@ status is written on its CallState first (see ``_call_status``)."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 
 from nats_transport import _framing, _status
 from nats_transport._call_status import CallStatus, fail_running_call
 from nats_transport._context import CallState, initial_headers
+from nats_transport._loop_bridge import Awaited
 from nats_transport._replies import METADATA_TOO_LARGE, initial_metadata_fits, message_too_large
 from nats_transport._stream import StreamEndpoint
 
@@ -133,40 +132,20 @@ def serialize(serializer: Any, message: Any, state: CallState) -> bytes:
 
 def wait_on_loop(loop: asyncio.AbstractEventLoop, step: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """From a handler's thread: run ``step()`` as a task on ``loop`` and block until it ends;
-    return its result or raise its exception.
-
-    ``asyncio.run_coroutine_threadsafe(...).result()`` does the same through a
-    ``concurrent.futures.Future``, a Condition with its locks and a chained callback; a stream
-    pays that for every message a plain-function handler reads. One plain lock per wait does.
-    """
-    finished = threading.Lock()
-    finished.acquire()  # released by the loop when the task ends: acquiring it again waits
-    outcome: list[tuple[bool, Any]] = []
-
-    def settle(task: asyncio.Task[T]) -> None:
-        if task.cancelled():  # the loop is shutting down: as run_coroutine_threadsafe reports it
-            outcome.append((False, concurrent.futures.CancelledError()))
-        elif (error := task.exception()) is not None:
-            outcome.append((False, error))
-        else:
-            outcome.append((True, task.result()))
-        finished.release()
+    return its result or raise its exception (``concurrent.futures.CancelledError`` when the
+    loop cancelled it), as ``asyncio.run_coroutine_threadsafe(...).result()`` does without its
+    ``concurrent.futures.Future``: a stream pays that wait for every message a plain-function
+    handler reads or writes."""
+    awaited = Awaited(step())
 
     def start() -> None:
         try:
-            task = loop.create_task(step())
+            awaited.start(loop)
         except BaseException as exc:  # the handler's thread raises it; the loop goes on
-            outcome.append((False, exc))
-            finished.release()
-            return
-        task.add_done_callback(settle)
+            awaited.refuse(exc)
 
     loop.call_soon_threadsafe(start)
-    finished.acquire()
-    returned, value = outcome[0]
-    if not returned:
-        raise value
-    return cast(T, value)
+    return awaited.result()
 
 
 def sync_writer(stream: StreamIO | None, loop: asyncio.AbstractEventLoop) -> Callable[[Any], None] | None:
