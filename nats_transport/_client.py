@@ -25,6 +25,7 @@ from nats_transport._client_stream import ClientStream as ClientStream
 from nats_transport._client_stream import is_no_responders
 from nats_transport._connection_guard import subscribe_direct
 from nats_transport._context import current_deadline, current_trace
+from nats_transport._deadline_timers import DeadlineTimers
 from nats_transport._envelope import Kind
 from nats_transport._keepalive import (
     fast_path_ask,
@@ -127,6 +128,14 @@ class ReplyMux:
         self._starting: asyncio.Future[None] | None = None
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_interval: float | None = None
+        self._deadlines: DeadlineTimers | None = None
+
+    def deadlines(self, loop: asyncio.AbstractEventLoop) -> DeadlineTimers:
+        """The deadline timers of this connection's calls (on ``loop``, the connection's)."""
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = DeadlineTimers(loop)
+        return deadlines
 
     @property
     def pending(self) -> int:
@@ -330,7 +339,7 @@ async def unary_call(
         await nc.publish(subject, _framing.encode_message(request), reply=reply, headers=headers)
         pending.abandoned = False
         if deadline is not None:
-            timer = loop.call_at(
+            timer = mux.deadlines(loop).call_at(
                 loop.time() + (deadline - time.monotonic()),
                 pending.give_up,
                 grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -22,7 +22,9 @@ sends PINGs through the pending buffer, behind everything written before them.
 
 nats-py's header parser also keeps only the last line of a key that repeats; the guard has it
 join repeated lines with ``,`` (wire spec §4), looking at a block again only when it holds fewer
-keys than lines, so the hot path pays one ``bytes.count``.
+keys than lines, so the hot path pays one ``bytes.count``. Messages to the transport's own
+subscriptions (below) have their plain header blocks read by ``parse_plain_block``, which reads
+them as nats-py does at a fraction of its cost; nats-py's parser reads every other block.
 
 The transport's own hot subscriptions (a server's calls, a connection's unary replies) are
 subscribed with ``subscribe_direct``: the guard hands their messages straight from the reader to
@@ -51,7 +53,7 @@ from nats.aio.client import PING_PROTO, Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from nats_transport._metadata import fold_repeated_lines
+from nats_transport._metadata import fold_repeated_lines, parse_plain_block
 
 log = logging.getLogger("nats_transport.connection")
 
@@ -99,7 +101,10 @@ def guard_connection(nc: Client) -> Client:
                     stats["in_msgs"] += 1
                     stats["in_bytes"] += len(data)
                     sub._received += 1
-                    parsed = await parse_joined(headers) if headers else None
+                    parsed = None
+                    if headers:
+                        parsed = parse_plain_block(headers)
+                        parsed = await parse_joined(headers) if parsed is None else parsed or None
                     route[1](Msg(client, subject.decode(), reply.decode(), data, parsed, _sid=sid))
                     return
             await process(sid, subject, reply, data, headers)

@@ -27,6 +27,7 @@ from nats_transport._context import (
     current_deadline,
     current_trace,
 )
+from nats_transport._deadline_timers import DeadlineTimers
 from nats_transport._handler_io import StreamIO, SyncRequestIterator, sync_reader, sync_writer
 from nats_transport._metadata import TRACE_HEADERS, MetadataError
 from nats_transport._stream import StreamFailure
@@ -45,6 +46,7 @@ class HandlerRunner:
     def __init__(self, pool: ThreadPool) -> None:
         self.pool = pool
         self._async_behaviour: dict[Any, bool] = {}
+        self._deadlines: DeadlineTimers | None = None  # made on the loop the server runs on
 
     def _is_async(self, behaviour: Any) -> bool:
         known = self._async_behaviour.get(behaviour)
@@ -70,7 +72,10 @@ class HandlerRunner:
             current_trace.set(tuple((k, headers[k]) for k in TRACE_HEADERS if k in headers))
         deadline_handle = None
         if state.deadline is not None:
-            deadline_handle = loop.call_at(
+            deadlines = self._deadlines
+            if deadlines is None or deadlines.loop is not loop:
+                deadlines = self._deadlines = DeadlineTimers(loop)
+            deadline_handle = deadlines.call_at(
                 loop.time() + max(state.deadline - time.monotonic(), 0.0), _expire, state, task
             )
         try:

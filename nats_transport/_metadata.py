@@ -138,6 +138,41 @@ def from_headers(headers: Mapping[str, str] | None) -> tuple[MetadataTuple, ...]
     return tuple(out)
 
 
+_VERSION_LINE = b"NATS/1.0\r\n"
+
+
+def parse_plain_block(block: bytes) -> dict[str, str] | None:
+    """The headers of a header block with a bare version line, read exactly as nats-py (2.16)
+    reads them, repeated keys joined (:func:`fold_repeated_lines`); None for any other block
+    (a status line, say), which only nats-py's own parser knows how to read.
+
+    Why not nats-py's parser: it is a coroutine and tests each key character by character in a
+    generator; this one is plain and tests a key with two C calls, falling back to nats-py's exact
+    rules only for a key that is not plain (its result is the same either way, see the tests).
+    """
+    if not block.startswith(_VERSION_LINE):
+        return None
+    out: dict[str, str] = {}
+    for line in block[len(_VERSION_LINE):].split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue  # the blank last line, or a line nats-py skips
+        key = name.decode("latin-1")
+        # Printable ASCII without a space holds no whitespace and needs no trimming.
+        if not (key.isascii() and key.isprintable() and " " not in key):
+            try:
+                key = name.strip().decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            if any(ch.isspace() for ch in key):
+                continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    # CRLFs: the version line's, one per header line and the blank line's.
+    if len(out) < block.count(b"\r\n") - 2:
+        fold_repeated_lines(block, out)
+    return out
+
+
 def fold_repeated_lines(block: bytes, parsed: dict[str, str]) -> dict[str, str]:
     """Join, in ``parsed``, the values of header lines of ``block`` that repeat a key.
 

@@ -11,6 +11,7 @@ shorter than the time it encodes, and read back within its unit's precision.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import string
@@ -18,6 +19,7 @@ import string
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from nats.aio.client import Client
 
 from nats_transport import _metadata as md
 from tests.fuzz._wire import (
@@ -176,6 +178,43 @@ def test_reading_any_header_dict_gives_metadata_or_a_metadata_error(headers: dic
         assert any(k.lower().endswith("-bin") or not (v.isascii() and v.isprintable()) for k, v in shown.items())
         return
     assert all(key == key.lower() for key, _ in seen)
+
+
+# -- header blocks -----------------------------------------------------------------------------------
+
+header_lines = st.lists(
+    st.binary(max_size=24)
+    | st.builds(
+        lambda name, value: name + b":" + value,
+        st.sampled_from((b"k", b"K", b"grpc-timeout", b"x-bin", b" k", b"k ", b"a b", b"", b"\xc3\xa9", b"k\x1c",
+                         b"k\x01", b"\tk")) | st.binary(max_size=8),
+        st.binary(max_size=12),
+    ),
+    max_size=6,
+).map(lambda lines: [line.replace(b"\r\n", b"") for line in lines])
+
+
+def _nats_py_reads(block: bytes) -> dict[str, str] | None:
+    """What a guarded connection made of a header block before parse_plain_block: nats-py's own
+    parser, then repeated keys folded when there are fewer keys than lines."""
+    parsed = asyncio.run(Client()._process_headers(block))
+    if parsed and len(parsed) < block.count(b"\r\n") - 2:
+        md.fold_repeated_lines(block, parsed)
+    return parsed
+
+
+@given(header_lines)
+@example([b"grpc-timeout: 5S"])
+@example([b"k: a", b"k: b", b"K: c"])
+@example([b"no colon", b": empty key", b"k:\xff"])
+def test_a_plain_header_block_reads_exactly_as_nats_py_reads_it(lines: list[bytes]) -> None:
+    block = b"NATS/1.0\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    assert (md.parse_plain_block(block) or None) == _nats_py_reads(block)
+
+
+@pytest.mark.parametrize("block", [b"NATS/1.0 503\r\n\r\n", b"NATS/1.0 100 Idle\r\nk: v\r\n\r\n", b"NATS/1.1\r\n\r\n"])
+def test_a_block_with_a_status_line_is_left_to_nats_py(block: bytes) -> None:
+    assert md.parse_plain_block(block) is None
 
 
 # -- grpc-timeout ------------------------------------------------------------------------------------
