@@ -98,10 +98,10 @@ def call_headers(
     return headers
 
 
-def _metadata_too_large(nc: Client, headers: dict[str, str] | None) -> Outcome | None:
+def _metadata_too_large(nc: Client, headers: dict[str, str] | None, size: int) -> Outcome | None:
     # nats-py checks only the body against max_payload, but the server counts headers too and
     # drops the whole connection when they overflow it: refuse here, before anything is sent.
-    refusal = call_metadata_refusal(headers, nc.max_payload) if headers else None
+    refusal = call_metadata_refusal(headers, nc.max_payload, size) if headers else None
     return None if refusal is None else failed(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
 
 
@@ -324,10 +324,11 @@ async def unary_call(
     if ask is not None:
         headers = headers if headers is not None else {}
         headers[KEEPALIVE_HEADER] = ask
-    too_big = _metadata_too_large(nc, headers)
+    size = headers_size(headers) if headers else 0
+    too_big = _metadata_too_large(nc, headers, size)
     if too_big is not None:
         return too_big
-    if len(request) + 5 + (headers_size(headers) if headers else 0) > nc.max_payload:
+    if len(request) + 5 + size > nc.max_payload:
         return await _unary_over_stream(nc, mux, options, subject, request, headers, deadline)
     loop = asyncio.get_running_loop()
     pending = PendingUnary(loop.create_future(), options.max_message_size, fast_path_timeout(options))

@@ -61,12 +61,15 @@ class HandlerRunner:
         request: Any,
         headers: dict[str, str] | None,
         stream: StreamIO | None,
+        task: asyncio.Task[Any] | None = None,
     ) -> Any:
         """Run a handler with the call's deadline and trace context; return what it returned
-        (None for a response-streaming one, whose messages go to ``stream``)."""
+        (None for a response-streaming one, whose messages go to ``stream``). ``task``: the
+        current task, if the caller has it at hand."""
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            task = asyncio.current_task()
+            assert task is not None
         current_deadline.set(state.deadline)
         if headers and ("traceparent" in headers or "tracestate" in headers):  # TRACE_HEADERS, unrolled
             current_trace.set(tuple((k, headers[k]) for k in TRACE_HEADERS if k in headers))

@@ -49,10 +49,12 @@ def initial_metadata_fits(headers: dict[str, str], max_payload: int) -> bool:
     return headers_size(headers) + METADATA_RESERVE <= max_payload
 
 
-def call_metadata_refusal(headers: dict[str, str], max_payload: int) -> str | None:
+def call_metadata_refusal(headers: dict[str, str], max_payload: int, size: int | None = None) -> str | None:
     """Why a call's opening message cannot carry ``headers`` (None: it can): the headers of a
-    stream opening, with its envelope and an empty frame, must fit in ``max_payload``."""
-    size = headers_size(headers)
+    stream opening, with its envelope and an empty frame, must fit in ``max_payload``.
+    ``size``: ``headers_size(headers)``, if the caller has it already."""
+    if size is None:
+        size = headers_size(headers)
     if size + env.ENVELOPE_SIZE + _framing.HEADER_SIZE > max_payload:
         return f"metadata of {size} bytes exceeds the connection's max_payload of {max_payload}"
     return None

@@ -63,20 +63,20 @@ class UnaryServing:
     async def serve(self, msg: Msg) -> None:
         """Serve the call ``msg`` opens: the whole of its task, which leaves the server's
         in-flight set when it ends (a done callback would cost a trip through the loop)."""
+        task = asyncio.current_task()
+        assert task is not None  # always in a task: the server made it
         try:
-            await self._serve(msg)
+            await self._serve(msg, task)
         finally:
-            self._tasks.discard(asyncio.current_task())  # always in a task: current_task() is it
+            self._tasks.discard(task)
 
-    async def _serve(self, msg: Msg) -> None:
+    async def _serve(self, msg: Msg, task: asyncio.Task[None]) -> None:
         try:
             state, handler = await self._router.prepare(msg)
             payload = _request_of(msg.data, handler, state, self._max_message)
         except CallStatus as refused:
             await publish_quietly(self._nc, msg.reply, status_reply(refused.code, refused.details or "", None))
             return
-        task = asyncio.current_task()
-        assert task is not None
         call = self.calls.begin(msg.reply, self._ping_interval(msg.headers), state, task)
         if call.cancelled:  # its cancel overtook it: the handler never runs
             self._stats.unary_cancelled += 1
@@ -84,7 +84,7 @@ class UnaryServing:
             return
         response = None
         try:
-            response = await self._run(state, handler, payload, msg.headers)
+            response = await self._run(state, handler, payload, msg.headers, task)
         except CallStatus as failure:  # the one place this call's failures land on its state
             state.code, state.details = failure.code, failure.details
         finally:
@@ -105,10 +105,12 @@ class UnaryServing:
             self._stats.bytes_sent += len(body)
             await publish_quietly(self._nc, msg.reply, body, headers)
 
-    async def _run(self, state: CallState, handler: Any, payload: bytes, headers: dict[str, str] | None) -> bytes:
+    async def _run(
+        self, state: CallState, handler: Any, payload: bytes, headers: dict[str, str] | None, task: asyncio.Task[None]
+    ) -> bytes:
         """The serialized response of the call's handler; raises CallStatus when it fails."""
         request = deserialize(handler.request_deserializer, payload)
-        response = await self._runner.run(state, handler.unary_unary, request, headers, None)
+        response = await self._runner.run(state, handler.unary_unary, request, headers, None, task)
         code = state.code
         if code is not None and code is not _OK:  # the handler set a status and returned: it stands
             raise CallStatus(code, state.details)
