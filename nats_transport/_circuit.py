@@ -64,8 +64,11 @@ class CircuitBreakerOptions:
             raise ValueError("cool_down must be positive")
 
 
-# When a call started: the clock, and how often its connection had reconnected by then.
-Stamp = tuple[float, int]
+# When a call started: the answers counted by then, and how often its connection had reconnected.
+Stamp = tuple[int, int]
+
+
+_OK = grpc.StatusCode.OK
 
 
 def is_silent_failure(code: grpc.StatusCode, details: str) -> bool:
@@ -91,7 +94,7 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
-        self._last_answer = -1.0
+        self._answers = 0  # calls answered so far: a stamp's first half
         self._probing = False
 
     def __repr__(self) -> str:
@@ -121,13 +124,16 @@ class CircuitBreaker:
 
     def stamp(self) -> Stamp:
         """When a call starts: pass it to :meth:`record` when the call ends."""
-        return self._clock(), self._reconnects()
+        return self._answers, self._reconnects()
 
     def record(self, code: grpc.StatusCode, details: str, started: Stamp) -> None:
         """Count a finished call that :meth:`admit` let through."""
         self._probing = False  # whatever this call was, the next one may probe
+        if code is _OK:  # nearly every call: an answer, and nothing else to decide
+            self._answered()
+            return
         if is_silent_failure(code, details):
-            if started[0] < self._last_answer or started[1] != self._reconnects():
+            if started[0] != self._answers or started[1] != self._reconnects():
                 return  # the target answered since this call began, or the caller's link broke meanwhile
             self._failures += 1
             if self._state is CircuitState.HALF_OPEN or (
@@ -137,7 +143,10 @@ class CircuitBreaker:
             return
         if code is grpc.StatusCode.CANCELLED or (code is grpc.StatusCode.UNAVAILABLE and not _answered(details)):
             return  # no verdict (a probe given up, a broken link): the next call probes instead
-        self._last_answer = self._clock()
+        self._answered()
+
+    def _answered(self) -> None:
+        self._answers += 1
         self._failures = 0
         if self._state is not CircuitState.CLOSED:
             self._transition(CircuitState.CLOSED, "a call was answered")

@@ -83,18 +83,27 @@ class CallBase:
         self._deadline = deadline
         self._trailers = None
         self._initial = ()
-        self._callbacks: list[Callable[[Any], None]] = []
-        self._done_event = asyncio.Event()
+        # Made only when asked for: most calls are awaited, and end with nobody else waiting.
+        self._callbacks: list[Callable[[Any], None]] | None = None
+        self._done: asyncio.Event | None = None
 
     def _set_outcome(self, trailers: Trailers, initial: tuple[MetadataTuple, ...]) -> None:
         if self._trailers is not None:
             return
         self._trailers = trailers
         self._initial = initial
-        self._done_event.set()
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
+        if self._done is not None:
+            self._done.set()
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
             callback(self)
+
+    async def _wait_ended(self) -> None:
+        """Return once the call has ended."""
+        if self._trailers is None:
+            if self._done is None:
+                self._done = asyncio.Event()
+            await self._done.wait()
 
     # -- the public surface the sync channel reads (from any thread, once the call has ended) --
 
@@ -105,7 +114,7 @@ class CallBase:
 
     async def wait_ending(self) -> Ending:
         """How the call ended, once it has."""
-        await self._done_event.wait()
+        await self._wait_ended()
         assert self._trailers is not None
         return Ending(self._trailers, self._initial)
 
@@ -129,6 +138,8 @@ class CallBase:
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._trailers is not None:
             callback(self)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
         else:
             self._callbacks.append(callback)
 
@@ -139,7 +150,7 @@ class CallBase:
         return aio_metadata(await self._initial_metadata())
 
     async def _initial_metadata(self) -> tuple[MetadataTuple, ...]:
-        await self._done_event.wait()
+        await self._wait_ended()
         return self._initial
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:

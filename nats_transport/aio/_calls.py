@@ -149,10 +149,10 @@ class UnaryUnaryCall(CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
             raise
         if self._locally_cancelled:
             raise asyncio.CancelledError()  # what grpc.aio raises once the caller cancelled
-        ending = self.ending()
-        assert ending is not None
-        if not ending.ok:
-            raise rpc_error(ending.trailers, ending.initial_metadata) from self._cause
+        trailers = self._trailers
+        assert trailers is not None
+        if trailers.code != 0:
+            raise rpc_error(trailers, self._initial) from self._cause
         return self._response
 
     def cancel(self) -> bool:

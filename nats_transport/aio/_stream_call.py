@@ -227,7 +227,7 @@ class StreamCall(
         while True:
             stream = await self._ready()
             if stream is None:
-                await self._done_event.wait()
+                await self._wait_ended()
                 return self._initial
             initial = await stream.initial_metadata()
             if initial or self._retry is None or not stream.finished or not await self._superseded(stream):
