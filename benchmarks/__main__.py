@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import clients, document, floor, load, procstat, traced
+from benchmarks import clients, document, floor, ingress_floor, load, procstat, traced
 from benchmarks.cases import (
     BY_KEY,
     FULL,
@@ -256,6 +256,9 @@ def _measure(session: document.Session, trace_dir: Path, profile: bool) -> None:
             if "ours" in {t.key for t in session.transports}:
                 _say("the floor: raw nats-py, step by step up to nats_transport (one process each)")
                 session.floor = floor.measure(endpoints.nats_url)
+            if "ingress" in {t.key for t in session.transports}:
+                _say("the ingress floor: grpc.aio's server, step by step up to a NATS hop (one server process each)")
+                session.ingress_floor = ingress_floor.measure(endpoints.nats_url)
             if profile:
                 run_profiles(session, endpoints, servers, broker)
             session.processes = [

@@ -8,7 +8,9 @@ server), ``raw`` (a bare nats-py responder), ``ours`` and ``ours-sync-servicer``
 same as 2 worker processes sharing the port, gateway.workers; its READY line also gives the
 workers' pids), and ``edge``
 (gateway.edge's Envoy, transcoding HTTP/JSON to gRPC calls of the ingress; its READY line also
-gives Envoy's pid).
+gives Envoy's pid); ``grpc-bytes``, ``grpc-bytes-turn`` and ``grpc-bytes-nats`` (grpc.aio
+answering GetQuest as bytes at once, after one event-loop turn, or over raw nats-py: the ingress
+floor, ``benchmarks/ingress_floor.py``).
 
 Each runs until SIGTERM. The parent side, :class:`ServerProcess`, starts one, waits for its
 READY line and reads its CPU time and peak RSS from /proc.
@@ -46,6 +48,7 @@ from benchmarks import procstat, traced, workload
 READY = "READY"
 _REPO = Path(__file__).resolve().parent.parent
 POOL_THREADS = 16  # grpc.server's pool; nats_transport's sync-servicer pool is 16 by default too
+_TIMEOUT_HEADER = {"grpc-timeout": "5S"}  # what a forwarded call with a 5 s deadline carries
 
 
 async def _unimplemented(self: object, request: object, context: Any) -> NoReturn:
@@ -106,6 +109,37 @@ async def serve_grpc(port: int) -> None:
     _ready()
     await _until_sigterm()
     await server.stop(grace=1)
+
+
+async def serve_grpc_bytes(port: int, hop: str | None, nats_url: str | None = None) -> None:
+    """grpc.aio on 127.0.0.1:port answering GetQuest as bytes (no protobuf): at once (``hop``
+    None), after one event-loop turn (``"turn"``), or with what the raw nats-py responder answers
+    on NATS at ``nats_url`` (``"nats"``). The rungs of ``benchmarks.ingress_floor``."""
+    nc = None if nats_url is None else await nats.connect(nats_url, max_reconnect_attempts=0)
+
+    async def at_once(request: bytes, context: object) -> bytes:
+        return workload.RESPONSE_BYTES
+
+    async def after_a_turn(request: bytes, context: object) -> bytes:
+        await asyncio.sleep(0)
+        return workload.RESPONSE_BYTES
+
+    async def over_nats(request: bytes, context: object) -> bytes:
+        assert nc is not None
+        reply = await nc.request(workload.RAW_SUBJECT, request, timeout=workload.CALL_TIMEOUT, headers=_TIMEOUT_HEADER)
+        return reply.data
+
+    handler = {None: at_once, "turn": after_a_turn, "nats": over_nats}[hop]
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        workload.SERVICE, {workload.METHOD: grpc.unary_unary_rpc_method_handler(handler)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    _ready()
+    await _until_sigterm()
+    await server.stop(grace=1)
+    if nc is not None:
+        await nc.close()
 
 
 def serve_grpc_sync(port: int) -> None:
@@ -334,8 +368,11 @@ class ServerProcess:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.servers")
     kinds = parser.add_subparsers(dest="kind", required=True)
-    for kind in ("grpc-aio", "grpc-aio-uvloop", "grpc-sync"):
+    for kind in ("grpc-aio", "grpc-aio-uvloop", "grpc-sync", "grpc-bytes", "grpc-bytes-turn"):
         kinds.add_parser(kind).add_argument("--port", type=int, required=True)
+    bytes_nats = kinds.add_parser("grpc-bytes-nats")
+    bytes_nats.add_argument("--port", type=int, required=True)
+    bytes_nats.add_argument("--nats", required=True)
     for kind in ("raw", "raw-uvloop", "ours", "ours-uvloop", "ours-sync-servicer"):
         kinds.add_parser(kind).add_argument("--nats", required=True)
     ours_traced = kinds.add_parser("ours-traced")
@@ -361,6 +398,12 @@ def main(argv: list[str] | None = None) -> None:
             serve_grpc_sync(args.port)
         elif args.kind == "grpc-aio":
             run(serve_grpc(args.port))
+        elif args.kind == "grpc-bytes":
+            run(serve_grpc_bytes(args.port, None))
+        elif args.kind == "grpc-bytes-turn":
+            run(serve_grpc_bytes(args.port, "turn"))
+        elif args.kind == "grpc-bytes-nats":
+            run(serve_grpc_bytes(args.port, "nats", args.nats))
         elif args.kind == "raw":
             run(serve_raw(args.nats))
         elif args.kind == "ingress":
