@@ -309,9 +309,10 @@ def _ingress_floor(session: Session) -> list[str]:
             f"{direct_all:.0f}: the ingress path spends {ingress_all:.0f} before the target's share, and the "
             f"ingress's floor alone is {hop:.0f}. A grpcio sync server forwarding over the sync nats_transport "
             "channel (16 threads) was prototyped and measured the same CPU per call as this ingress, and was not "
-            "kept. What would move the floor: an HTTP/2 front whose calls do not cross threads (Envoy, which "
-            "already fronts HTTP/JSON, speaking to NATS itself), or more ingress worker processes on more cores "
-            "(the 2-worker case), which spreads the same CPU per call rather than lowering it.",
+            "kept. What would move the floor: an HTTP/2 front other than grpc.aio's server in Python (a compiled "
+            "proxy with a NATS client of its own; Envoy, which fronts HTTP/JSON here, has no NATS upstream), or "
+            "more ingress worker processes on more cores (the 2-worker case), which spread the same CPU per call "
+            "over them rather than lowering it.",
         ]
     return lines
 

@@ -72,6 +72,9 @@ class Forwarder(grpc.GenericRpcHandler):
         self._options = options or ChannelOptions()
         self._interceptors = interceptors
         self._channels: dict[str, nats_transport.aio.Channel] = {}
+        # (target, path) -> the method's kind and its handler, made once: a handler holds a
+        # multicallable of the target's channel, and making them per call cost the ingress ~5%.
+        self._handlers: dict[tuple[str, str], tuple[MethodKind, Any]] = {}
 
     def __repr__(self) -> str:
         return f"<gateway.Forwarder targets={sorted(self._channels)}>"
@@ -98,7 +101,13 @@ class Forwarder(grpc.GenericRpcHandler):
         kind = None if target is None else self._schemas.method_kind(target, service, method)
         if target is None or kind is None:
             return grpc.stream_stream_rpc_method_handler(functools.partial(self._resolve_and_forward, service, path))
-        return _handler(kind, self.channel(target), path)
+        # Only methods the target's descriptors name get here, so the cache is bounded by them.
+        cached = self._handlers.get((target, path))
+        if cached is not None and cached[0] == kind:
+            return cached[1]
+        handler = _handler(kind, self.channel(target), path)
+        self._handlers[target, path] = (kind, handler)
+        return handler
 
     async def _resolve_and_forward(
         self, service: str, path: str, requests: AsyncIterator[bytes], context: Context
@@ -152,7 +161,7 @@ async def _relay_response(call: Any, context: Context) -> bytes:
         call.cancel()  # the client went away or its deadline passed
         raise
     await _send_initial(context, await call.initial_metadata())
-    context.set_trailing_metadata(metadata.trailing_metadata(await call.trailing_metadata()))
+    _set_trailing(context, await call.trailing_metadata())
     return response
 
 
@@ -176,7 +185,7 @@ async def _relay_stream(start: Callable[..., Any], request: Any, context: Contex
         # cancelled), or while a response was being sent (grpc closes this generator then).
         if not ended:
             call.cancel()
-    context.set_trailing_metadata(metadata.trailing_metadata(trailing))
+    _set_trailing(context, trailing)
 
 
 async def _first_message(call: Any, context: Context) -> Any:
@@ -200,6 +209,12 @@ async def _first_message(call: Any, context: Context) -> Any:
         for task in (headers, reading):
             if not task.done():
                 task.cancel()
+
+
+def _set_trailing(context: Context, trailing: Any) -> None:
+    pairs = metadata.trailing_metadata(trailing)
+    if pairs:  # none is grpc's default: most calls need not cross into grpc for it
+        context.set_trailing_metadata(pairs)
 
 
 async def _send_initial(context: Context, initial: Any) -> None:
