@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nats
+import nats.aio.client
+import nats.errors
 from gaming.quest.v1 import quest_pb2, quest_pb2_grpc
 from nats.aio.msg import Msg
 
@@ -69,6 +71,21 @@ async def _windows(call: Callable[[], Awaitable[object]]) -> list[float]:
     return spent
 
 
+async def until_answered(nc: nats.aio.client.Client, subject: str, within: float = 10.0) -> None:
+    """Wait until a request on ``subject`` is answered. nats-py 2.16's ``flush()`` may return
+    before the server has seen a SUB still waiting in the client's buffer (nats_transport's
+    connection guard fixes that on its own connections; a raw client keeps the race)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await nc.request(subject, workload.REQUEST_BYTES, timeout=1)
+            return
+        except nats.errors.NoRespondersError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.01)
+
+
 async def _raw(url: str, subject: str, headers: dict[str, str] | None, server_task: bool,
                client_task: bool) -> list[float]:
     responder, requester = await nats.connect(url), await nats.connect(url)
@@ -91,6 +108,7 @@ async def _raw(url: str, subject: str, headers: dict[str, str] | None, server_ta
 
     await responder.subscribe(subject, queue="floor", cb=in_a_task if server_task else answer)
     await responder.flush()
+    await until_answered(requester, subject)
 
     async def request() -> object:
         return await requester.request(subject, workload.REQUEST_BYTES, timeout=5, headers=headers)

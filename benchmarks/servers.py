@@ -44,6 +44,7 @@ from nats.aio.msg import Msg
 
 import nats_transport
 from benchmarks import procstat, traced, workload
+from benchmarks.floor import until_answered
 
 READY = "READY"
 _REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +130,8 @@ async def serve_grpc_bytes(port: int, hop: str | None, nats_url: str | None = No
         reply = await nc.request(workload.RAW_SUBJECT, request, timeout=workload.CALL_TIMEOUT, headers=_TIMEOUT_HEADER)
         return reply.data
 
+    if nc is not None:
+        await until_answered(nc, workload.RAW_SUBJECT)  # the responder may still be subscribing
     handler = {None: at_once, "turn": after_a_turn, "nats": over_nats}[hop]
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
