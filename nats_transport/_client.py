@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -108,14 +107,17 @@ def _metadata_too_large(nc: Client, headers: dict[str, str] | None, size: int) -
 class ReplyMux:
     """One wildcard reply subscription per NATS connection, mapping tokens to waiting calls."""
 
-    _by_connection: ClassVar[weakref.WeakKeyDictionary[Client, ReplyMux]] = weakref.WeakKeyDictionary()
+    # Kept on the client itself: the mux references the client, so a module-level weak dict
+    # keyed by the client would keep every client it ever held alive.
+    _ATTRIBUTE: ClassVar[str] = "_nats_transport_reply_mux"
 
     @classmethod
     def of(cls, nc: Client) -> ReplyMux:
         """The connection's mux (created on first use)."""
-        mux = cls._by_connection.get(nc)
+        mux: ReplyMux | None = getattr(nc, cls._ATTRIBUTE, None)
         if mux is None:
-            mux = cls._by_connection[nc] = cls(nc)
+            mux = cls(nc)
+            setattr(nc, cls._ATTRIBUTE, mux)
         return mux
 
     def __init__(self, nc: Client) -> None:

@@ -69,10 +69,11 @@ _LOG_EVERY = 1000
 DirectHandler = Callable[[Msg], None]
 
 _dropped: weakref.WeakKeyDictionary[Client, int] = weakref.WeakKeyDictionary()
-# Per guarded connection: subscription id -> (the subscription, its direct handler).
-_direct: weakref.WeakKeyDictionary[Client, dict[int, tuple[Subscription, DirectHandler]]] = (
-    weakref.WeakKeyDictionary()
-)
+# Per guarded connection, an attribute of the client itself: subscription id -> (the
+# subscription, its direct handler). Not a module-level weak dict keyed by the client: the
+# subscription and the handler reference the client, so such a dict would keep every client
+# it ever held alive; on the client they form a cycle the garbage collector frees with it.
+_ROUTES = "_nats_transport_direct_routes"
 
 
 def guard_connection(nc: Client) -> Client:
@@ -81,7 +82,8 @@ def guard_connection(nc: Client) -> Client:
     if nc in _dropped:
         return nc
     _dropped[nc] = 0
-    routes = _direct[nc] = {}
+    routes: dict[int, tuple[Subscription, DirectHandler]] = {}
+    setattr(nc, _ROUTES, routes)
     process = nc._process_msg  # the bound method the protocol parser calls for each MSG/HMSG
     parse_headers = nc._process_headers  # what it calls for a header block
     reference = weakref.ref(nc)
@@ -147,7 +149,7 @@ async def subscribe_direct(nc: Client, subject: str, handler: DirectHandler, que
         handler(msg)
 
     sub = await nc.subscribe(subject, queue=queue, cb=through_nats_py)
-    routes = _direct.get(nc)
+    routes: dict[int, tuple[Subscription, DirectHandler]] | None = getattr(nc, _ROUTES, None)
     if routes is not None:
         routes[sub._id] = (sub, handler)
     return sub

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import nats
+from gaming.quest.v1 import quest_pb2, quest_pb2_grpc
 from nats.aio.msg import Msg
 
+import nats_transport.aio
 from nats_transport._connection_guard import dropped_messages, guard_connection, subscribe_direct
 from nats_transport.testing import NatsServer
 from tests._waiting import wait_for
@@ -107,3 +111,32 @@ async def test_without_the_guard_a_direct_subscription_still_delivers_through_na
         await wait_for(lambda: seen == [b"hello"], timeout=5)
     finally:
         await nc.close()
+
+
+async def test_a_closed_connection_is_freed_once_its_server_and_channel_are_gone(nats_server: NatsServer):
+    # The per-connection state of servers and channels (direct routes, the reply mux) lives on
+    # the client: registries keyed weakly by the client, whose values reference it, kept every
+    # connection a process ever served or called on alive.
+    class Quests(quest_pb2_grpc.QuestServiceServicer):
+        async def GetQuest(self, request: object, context: object) -> quest_pb2.GetQuestResponse:
+            return quest_pb2.GetQuestResponse()
+
+    server_nc, client_nc = await nats.connect(nats_server.url), await nats.connect(nats_server.url)
+    server = nats_transport.aio.server(server_nc, "freed")
+    quest_pb2_grpc.add_QuestServiceServicer_to_server(Quests(), server)
+    await server.start()
+    channel = nats_transport.aio.channel(client_nc, "freed")
+    await quest_pb2_grpc.QuestServiceStub(channel).GetQuest(quest_pb2.GetQuestRequest(quest_id="q"), timeout=5)
+    await channel.close()
+    await server.stop(0)
+    await server_nc.close()
+    await client_nc.close()
+    connections = [weakref.ref(server_nc), weakref.ref(client_nc)]
+    del server, channel, server_nc, client_nc
+
+    def all_freed() -> bool:
+        gc.collect()
+        return all(ref() is None for ref in connections)
+
+    # The channel's keepalive sweep (1 s by default) holds its connection until it next runs.
+    await wait_for(all_freed, timeout=10)
