@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import platform
 import shlex
 import statistics
@@ -361,6 +362,15 @@ def _floor(steps: list[floor.Step], results: Results) -> list[str]:
             previous = step.median
     by_name = {step.name: step.median for step in steps}
     raw, tasks, ours = by_name.get(floor.LADDER[1]), by_name.get(floor.LADDER[3]), by_name.get(floor.LADDER[4])
+    rungs = [by_name[name] for name in floor.LADDER if name in by_name]
+    if any(later < earlier for earlier, later in itertools.pairwise(rungs)):
+        lines += [
+            "",
+            "**In this run the ladder does not rise step by step**: a rung that only adds work measured less than "
+            "the one before it, so the machine was too noisy for steps of a few microseconds (compare the ranges). "
+            "Read the steps from a quieter run; the last rung against the first still says what the whole "
+            "transport adds.",
+        ]
     if raw and tasks and ours:
         lines += [
             "",
