@@ -62,3 +62,22 @@ async def test_cancelled_deadlines_never_fire_whether_in_a_slot_or_armed() -> No
     assert ran == ["kept"]
     assert pending_then == [0]  # `late` had a loop timer of its own when it was cancelled
     assert kept.when == base + 0.8 * SLOT
+
+
+async def test_a_slot_whose_deadlines_are_all_cancelled_gives_up_its_timer() -> None:
+    # Calls with long deadlines that end early must not leave a slot and a loop timer behind
+    # each until their deadline's time comes.
+    loop = asyncio.get_running_loop()
+    timers = DeadlineTimers(loop)
+    far = [timers.call_at(loop.time() + 3600 + i, print) for i in range(3)]
+    assert timers.slots() == 3
+    pending_timers = len(loop._scheduled)  # type: ignore[attr-defined]  # asyncio's timer heap
+    for deadline in far:
+        deadline.cancel()
+    assert timers.slots() == 0
+    assert timers.pending() == 0
+    # Cancelled handles stay in asyncio's heap until it sweeps them: what counts is that they are cancelled.
+    assert sum(not handle.cancelled() for handle in loop._scheduled) <= pending_timers - 3  # type: ignore[attr-defined]
+    # A near slot keeps its timer when emptied (one call at a time would otherwise cost a timer each).
+    timers.call_at(loop.time() + 1, print).cancel()
+    assert timers.slots() == 1
