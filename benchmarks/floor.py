@@ -186,10 +186,16 @@ async def _ladder(url: str) -> list[tuple[str, list[float]]]:
 
 def measure(url: str) -> list[Step]:
     """Run the ladder in a child process against the nats-server at ``url``."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.floor", url], capture_output=True, text=True,
+    return steps_of_child("benchmarks.floor", url)
+
+
+def steps_of_child(module: str, url: str) -> list[Step]:
+    """Run ``python -m module url`` (a ladder that prints :func:`print_steps`'s lines) and read
+    its steps."""
+    done = subprocess.run([sys.executable, "-m", module, url], capture_output=True, text=True,
                           timeout=600, cwd=Path(__file__).resolve().parent.parent)
     if done.returncode:
-        raise RuntimeError(f"benchmarks.floor failed: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{module} failed: {done.stderr.strip()[-2000:]}")
     steps = []
     for line in done.stdout.splitlines():
         record = json.loads(line)
@@ -198,10 +204,15 @@ def measure(url: str) -> list[Step]:
     return steps
 
 
+def print_steps(steps: list[tuple[str, list[float]]]) -> None:
+    """One JSON line per step: its name and the CPU us per call of each window."""
+    for name, spent in steps:
+        print(json.dumps({"name": name, "us_per_call": spent}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     (url,) = argv if argv is not None else sys.argv[1:]
-    for name, spent in asyncio.run(_ladder(url)):
-        print(json.dumps({"name": name, "us_per_call": spent}), flush=True)
+    print_steps(asyncio.run(_ladder(url)))
 
 
 if __name__ == "__main__":

@@ -14,18 +14,14 @@ nats_transport server behind the real ingress is not in the ingress's.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import statistics
-import subprocess
 import sys
-from pathlib import Path
 
 import grpc
 from gaming.quest.v1 import quest_pb2_grpc
 
 from benchmarks import procstat, workload
-from benchmarks.floor import Step
+from benchmarks.floor import Step, print_steps, steps_of_child
 from benchmarks.servers import ServerProcess
 
 IN_FLIGHT = 64
@@ -81,22 +77,12 @@ def _ladder(url: str) -> list[tuple[str, list[float]]]:
 
 def measure(url: str) -> list[Step]:
     """Run the ladder in a child process against the nats-server at ``url``."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.ingress_floor", url], capture_output=True, text=True,
-                          timeout=600, cwd=Path(__file__).resolve().parent.parent)
-    if done.returncode:
-        raise RuntimeError(f"benchmarks.ingress_floor failed: {done.stderr.strip()[-2000:]}")
-    steps = []
-    for line in done.stdout.splitlines():
-        record = json.loads(line)
-        spent = record["us_per_call"]
-        steps.append(Step(record["name"], statistics.median(spent), min(spent), max(spent)))
-    return steps
+    return steps_of_child("benchmarks.ingress_floor", url)
 
 
 def main(argv: list[str] | None = None) -> None:
     (url,) = argv if argv is not None else sys.argv[1:]
-    for name, spent in _ladder(url):
-        print(json.dumps({"name": name, "us_per_call": spent}), flush=True)
+    print_steps(_ladder(url))
 
 
 if __name__ == "__main__":

@@ -153,24 +153,29 @@ def parse_plain_block(block: bytes) -> dict[str, str] | None:
     if not block.startswith(_VERSION_LINE):
         return None
     out: dict[str, str] = {}
-    for line in block[len(_VERSION_LINE):].split(b"\r\n"):
+    for line in block[len(_VERSION_LINE) :].split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if not sep:
             continue  # the blank last line, or a line nats-py skips
-        key = name.decode("latin-1")
+        plain = name.decode("latin-1")
         # Printable ASCII without a space holds no whitespace and needs no trimming.
-        if not (key.isascii() and key.isprintable() and " " not in key):
-            try:
-                key = name.strip().decode("ascii")
-            except UnicodeDecodeError:
-                continue
-            if any(ch.isspace() for ch in key):
-                continue
-        out[key] = value.strip().decode("utf-8", "replace")
+        key = plain if plain.isascii() and plain.isprintable() and " " not in plain else _nats_py_key(name)
+        if key is not None:
+            out[key] = value.strip().decode("utf-8", "replace")
     # CRLFs: the version line's, one per header line and the blank line's.
     if len(out) < block.count(b"\r\n") - 2:
         fold_repeated_lines(block, out)
     return out
+
+
+def _nats_py_key(name: bytes) -> str | None:
+    """A header line's key as nats-py (2.16) reads it: trimmed, ASCII and free of whitespace,
+    or None for a line it skips."""
+    try:
+        key = name.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return None if any(ch.isspace() for ch in key) else key
 
 
 def fold_repeated_lines(block: bytes, parsed: dict[str, str]) -> dict[str, str]:
@@ -187,13 +192,8 @@ def fold_repeated_lines(block: bytes, parsed: dict[str, str]) -> dict[str, str]:
     seen: dict[str, tuple[str, list[str]]] = {}
     for line in block.split(b"\r\n")[1:]:  # the first line is the version (and status) line
         name, sep, raw_value = line.partition(b":")
-        if not sep:
-            continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if any(ch.isspace() for ch in key):
+        key = _nats_py_key(name) if sep else None
+        if key is None:
             continue
         value = raw_value.strip().decode("utf-8", "replace")
         entry = seen.get(key.lower())
