@@ -1,10 +1,10 @@
 """Which asyncio event loop the mesh's long-running commands run on: uvloop where it is installed.
 
 uvloop (libuv under asyncio's API) makes loop iterations, callbacks and socket reads cheaper.
-What it buys is measured in ``benchmarks/RESULTS.md``: on the 2-core machine there, about 6% less
-CPU per unary call for the transport (client and server) and 10% more throughput for raw
-nats-py, but no more nats_transport throughput at 64 in flight (nats-server and the client share
-the cores). It is optional
+What it buys is measured in ``benchmarks/RESULTS.md`` and depends on the machine: on one 2-core
+machine about 6% less CPU per unary call for the transport (client and server) and no more
+throughput at 64 in flight, on another about 20% less CPU per call and 1.2x the throughput. It
+is optional
 (``pip install 'nats-grpc-mesh[uvloop]'``): without it the commands run on asyncio's own loop,
 unchanged. ``MESH_EVENT_LOOP`` chooses: ``auto`` (the default: uvloop if importable),
 ``uvloop`` (required: a missing uvloop is an error, not a silent fallback) or ``asyncio``.
