@@ -73,7 +73,8 @@ class Forwarder(grpc.GenericRpcHandler):
         self._interceptors = interceptors
         self._channels: dict[str, nats_transport.aio.Channel] = {}
         # (target, path) -> the method's kind and its handler, made once: a handler holds a
-        # multicallable of the target's channel, and making them per call cost the ingress ~5%.
+        # multicallable of the target's channel (its call policy looked up when made), and
+        # making them per call cost the ingress about a tenth of its CPU per call.
         self._handlers: dict[tuple[str, str], tuple[MethodKind, Any]] = {}
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ from nats.aio.subscription import Subscription
 import nats_transport.aio
 from nats_transport import _envelope as env
 from nats_transport import _framing
+from nats_transport._connection_guard import guard_connection
 from nats_transport._envelope import Kind
 from nats_transport.testing import NatsServer
 from tests._waiting import wait_for
@@ -100,7 +101,8 @@ class Served:
 async def served(nats_server: NatsServer) -> AsyncIterator[Served]:
     server_nc = await nats.connect(nats_server.url, max_reconnect_attempts=0)
     client_nc = await nats.connect(nats_server.url, max_reconnect_attempts=0)
-    wire = await nats.connect(nats_server.url, max_reconnect_attempts=0)
+    # Guarded for its flush(): plain nats-py's may return before the server saw the SUB.
+    wire = guard_connection(await nats.connect(nats_server.url, max_reconnect_attempts=0))
     target = f"spec11-{uuid.uuid4().hex[:8]}"
     servicer = Servicer()
     server = nats_transport.aio.server(server_nc, target)
@@ -266,7 +268,8 @@ async def test_a_client_refuses_an_accept_announcing_a_window_below_1024_and_tel
     nats_server: NatsServer, nc: Client
 ) -> None:
     target = f"spec11-{uuid.uuid4().hex[:8]}"
-    server_side = await nats.connect(nats_server.url, max_reconnect_attempts=0)
+    # Guarded for its flush(): plain nats-py's may return before the server saw the SUB.
+    server_side = guard_connection(await nats.connect(nats_server.url, max_reconnect_attempts=0))
     try:
         per_call = server_side.new_inbox()
         heard = await server_side.subscribe(per_call)
@@ -334,7 +337,8 @@ async def test_a_repeated_grpc_timeout_is_one_malformed_value(served: Served) ->
 
 async def test_a_client_joins_repeated_initial_metadata_lines(nats_server: NatsServer, nc: Client) -> None:
     target = f"spec11-{uuid.uuid4().hex[:8]}"
-    server_side = await nats.connect(nats_server.url, max_reconnect_attempts=0)
+    # Guarded for its flush(): plain nats-py's may return before the server saw the SUB.
+    server_side = guard_connection(await nats.connect(nats_server.url, max_reconnect_attempts=0))
     raw = await RawPublisher.connect(nats_server.url)
     try:
         calls = await server_side.subscribe(f"grpc.{target}.>")
@@ -424,7 +428,8 @@ async def test_a_client_fails_a_unary_reply_whose_initial_metadata_is_not_printa
     nats_server: NatsServer, nc: Client
 ) -> None:
     target = f"spec11-{uuid.uuid4().hex[:8]}"
-    server_side = await nats.connect(nats_server.url, max_reconnect_attempts=0)
+    # Guarded for its flush(): plain nats-py's may return before the server saw the SUB.
+    server_side = guard_connection(await nats.connect(nats_server.url, max_reconnect_attempts=0))
     raw = await RawPublisher.connect(nats_server.url)
     try:
         calls = await server_side.subscribe(f"grpc.{target}.>")
