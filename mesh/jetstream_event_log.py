@@ -14,6 +14,7 @@ it for ACK, TERM and IN_PROGRESS, and for NAK only checks that the delivery sequ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -87,6 +88,19 @@ def _settle_payload(how: Settlement, delay: float) -> bytes:
     if how is Settlement.NAK and delay > 0:
         return b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode()
     return _SETTLE_PAYLOAD[how]
+
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError if the reading task was asked to cancel and is still here.
+
+    Python 3.11's ``asyncio.wait_for``, under nats-py's ``request`` and ``next_msg``, can swallow
+    a cancellation that arrives as its result does (a no-responders answer, a heartbeat): the
+    task then reads on, cancelled in name only, until the process ends. Checking each turn of
+    the read loop ends it at the next message instead (cleanup runs as for any cancel)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
 
 
 class _Reader:
@@ -380,6 +394,7 @@ class JetStreamEventLog:
         """The next event for the reader, renewing pull requests as they end or expire."""
         with _unavailable_on_nats_errors():
             while True:
+                _stop_if_cancelled()
                 if reader.outstanding <= 0:
                     request = {"batch": self._pull_batch, "expires": int(self._pull_expires * 1e9)}
                     await self.nc.publish(

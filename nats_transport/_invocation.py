@@ -87,8 +87,14 @@ class HandlerRunner:
                 result = behaviour(request, context)
                 if inspect.isasyncgen(result):
                     assert stream is not None
-                    async for item in result:
-                        await stream.write(item)
+                    try:
+                        async for item in result:
+                            await stream.write(item)
+                    finally:
+                        # Cancelled while a write waited (flow control, say), the generator is
+                        # left at its yield: close it now, so its cleanup (its finally, its
+                        # context managers) runs when the call ends, not when it is collected.
+                        await result.aclose()
                     return None
                 return await result
             sync_context = SyncServicerContext(state, sync_writer(stream, loop), sync_reader(stream, loop), loop)

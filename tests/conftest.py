@@ -10,6 +10,7 @@ import pytest
 from nats.aio.client import Client
 
 from mesh.jetstream_storage import JetStreamStorage
+from nats_transport._connection_guard import guard_connection
 from nats_transport.testing import NatsCluster, NatsServer
 from tests._buckets import delete_buckets
 
@@ -37,8 +38,10 @@ def nats_cluster() -> Iterator[NatsCluster]:
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    """A connected NATS client, closed after the test."""
-    client = await nats.connect(nats_server.url, max_reconnect_attempts=0)
+    """A connected NATS client, closed after the test. Guarded, as every nats_transport server
+    and channel guards the connection it is given: a test that subscribes on it and flushes can
+    count on the server having seen the SUB (plain nats-py's flush() may return before)."""
+    client = guard_connection(await nats.connect(nats_server.url, max_reconnect_attempts=0))
     yield client
     await client.close()
 

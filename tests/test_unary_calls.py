@@ -21,6 +21,7 @@ from nats.aio.client import Client
 
 import nats_transport
 from nats_transport import _framing, _status
+from nats_transport._connection_guard import guard_connection
 from nats_transport.testing import NatsServer
 from tests._deadlines import BEYOND_THE_TEST_TIMEOUT
 from tests._quests import Handler, reply, serving
@@ -643,7 +644,8 @@ async def test_a_handler_slower_than_the_keepalive_interval_still_delivers_its_r
             pings.append(msg.data)
 
     # A second connection watching reply inboxes sees the server's keepalive PINGs go by.
-    watcher = await nats.connect(nats_server.url, max_reconnect_attempts=0)
+    # Guarded for its flush(): plain nats-py's may return before the server saw the SUB.
+    watcher = guard_connection(await nats.connect(nats_server.url, max_reconnect_attempts=0))
     try:
         await watcher.subscribe("_INBOX.>", cb=spy)
         await watcher.flush()
