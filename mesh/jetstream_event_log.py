@@ -90,7 +90,6 @@ def _settle_payload(how: Settlement, delay: float) -> bytes:
     return _SETTLE_PAYLOAD[how]
 
 
-
 def _stop_if_cancelled() -> None:
     """Raise CancelledError if the reading task was asked to cancel and is still here.
 
