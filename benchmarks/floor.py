@@ -44,7 +44,7 @@ from benchmarks import workload
 IN_FLIGHT = 64
 CALLS = 20_000  # per window
 WINDOWS = 3
-_TIMEOUT_HEADER = {"grpc-timeout": "5S"}  # what nats_transport sends for a 5 s deadline
+TIMEOUT_HEADER = {"grpc-timeout": "5S"}  # what nats_transport sends for a 5 s deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +176,9 @@ PROTOBUF = "the call's 4 protobuf (de)serializations alone"
 async def _ladder(url: str) -> list[tuple[str, list[float]]]:
     return [
         (LADDER[0], await _raw(url, "floor.plain", None, False, False)),
-        (LADDER[1], await _raw(url, "floor.header", _TIMEOUT_HEADER, False, False)),
-        (LADDER[2], await _raw(url, "floor.server-task", _TIMEOUT_HEADER, True, False)),
-        (LADDER[3], await _raw(url, "floor.both-tasks", _TIMEOUT_HEADER, True, True)),
+        (LADDER[1], await _raw(url, "floor.header", TIMEOUT_HEADER, False, False)),
+        (LADDER[2], await _raw(url, "floor.server-task", TIMEOUT_HEADER, True, False)),
+        (LADDER[3], await _raw(url, "floor.both-tasks", TIMEOUT_HEADER, True, True)),
         (LADDER[4], await _ours(url)),
         (PROTOBUF, _protobuf()),
     ]

@@ -44,12 +44,11 @@ from nats.aio.msg import Msg
 
 import nats_transport
 from benchmarks import procstat, traced, workload
-from benchmarks.floor import until_answered
+from benchmarks.floor import TIMEOUT_HEADER, until_answered
 
 READY = "READY"
 _REPO = Path(__file__).resolve().parent.parent
 POOL_THREADS = 16  # grpc.server's pool; nats_transport's sync-servicer pool is 16 by default too
-_TIMEOUT_HEADER = {"grpc-timeout": "5S"}  # what a forwarded call with a 5 s deadline carries
 
 
 async def _unimplemented(self: object, request: object, context: Any) -> NoReturn:
@@ -127,7 +126,7 @@ async def serve_grpc_bytes(port: int, hop: str | None, nats_url: str | None = No
 
     async def over_nats(request: bytes, context: object) -> bytes:
         assert nc is not None
-        reply = await nc.request(workload.RAW_SUBJECT, request, timeout=workload.CALL_TIMEOUT, headers=_TIMEOUT_HEADER)
+        reply = await nc.request(workload.RAW_SUBJECT, request, timeout=workload.CALL_TIMEOUT, headers=TIMEOUT_HEADER)
         return reply.data
 
     if nc is not None:

@@ -24,7 +24,7 @@ from nats_transport._client_stream import ClientStream as ClientStream
 from nats_transport._client_stream import is_no_responders
 from nats_transport._connection_guard import subscribe_direct
 from nats_transport._context import current_deadline, current_trace
-from nats_transport._deadline_timers import DeadlineTimers
+from nats_transport._deadline_timers import DeadlineTimers, timers_on
 from nats_transport._envelope import Kind
 from nats_transport._keepalive import (
     fast_path_ask,
@@ -134,9 +134,7 @@ class ReplyMux:
 
     def deadlines(self, loop: asyncio.AbstractEventLoop) -> DeadlineTimers:
         """The deadline timers of this connection's calls (on ``loop``, the connection's)."""
-        deadlines = self._deadlines
-        if deadlines is None or deadlines.loop is not loop:
-            deadlines = self._deadlines = DeadlineTimers(loop)
+        self._deadlines = deadlines = timers_on(self._deadlines, loop)
         return deadlines
 
     @property

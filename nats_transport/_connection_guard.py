@@ -22,9 +22,9 @@ sends PINGs through the pending buffer, behind everything written before them.
 
 nats-py's header parser also keeps only the last line of a key that repeats; the guard has it
 join repeated lines with ``,`` (wire spec §4), looking at a block again only when it holds fewer
-keys than lines, so the hot path pays one ``bytes.count``. Messages to the transport's own
-subscriptions (below) have their plain header blocks read by ``parse_plain_block``, which reads
-them as nats-py does at a fraction of its cost; nats-py's parser reads every other block.
+keys than lines, so the hot path pays one ``bytes.count``. Plain header blocks (no status line)
+are read by ``parse_plain_block``, as nats-py reads them at a fraction of its cost; nats-py's
+parser reads the others.
 
 The transport's own hot subscriptions (a server's calls, a connection's unary replies) are
 subscribed with ``subscribe_direct``: the guard hands their messages straight from the reader to
@@ -103,10 +103,7 @@ def guard_connection(nc: Client) -> Client:
                     stats["in_msgs"] += 1
                     stats["in_bytes"] += len(data)
                     sub._received += 1
-                    parsed = None
-                    if headers:
-                        parsed = parse_plain_block(headers)
-                        parsed = await parse_joined(headers) if parsed is None else parsed or None
+                    parsed = await parse_joined(headers) if headers else None
                     route[1](Msg(client, subject.decode(), reply.decode(), data, parsed, _sid=sid))
                     return
             await process(sid, subject, reply, data, headers)
@@ -125,7 +122,12 @@ def guard_connection(nc: Client) -> Client:
         await client._send_command(PING_PROTO)
         await client._flush_pending()
 
-    async def parse_joined(headers: bytes) -> dict[str, str] | None:
+    async def parse_joined(headers: bytes | None) -> dict[str, str] | None:
+        if not headers:  # nats-py asks for every message, with or without a header block
+            return None
+        plain = parse_plain_block(headers)
+        if plain is not None:
+            return plain or None
         parsed: dict[str, str] | None = await parse_headers(headers)
         # CRLFs: the version line's, one per header line and the blank line's. Fewer keys than
         # header lines means a key repeated (or a line nats-py skipped): only then look again.

@@ -108,3 +108,8 @@ class DeadlineTimers:
         loop = self.loop
         for deadline in slot.deadlines:
             deadline._arm(loop)
+
+
+def timers_on(timers: DeadlineTimers | None, loop: asyncio.AbstractEventLoop) -> DeadlineTimers:
+    """``timers`` if they are ``loop``'s, else new ones for it: an owner keeps one set per loop."""
+    return timers if timers is not None and timers.loop is loop else DeadlineTimers(loop)

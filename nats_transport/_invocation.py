@@ -27,7 +27,7 @@ from nats_transport._context import (
     current_deadline,
     current_trace,
 )
-from nats_transport._deadline_timers import DeadlineTimers
+from nats_transport._deadline_timers import DeadlineTimers, timers_on
 from nats_transport._handler_io import StreamIO, SyncRequestIterator, sync_reader, sync_writer
 from nats_transport._metadata import TRACE_HEADERS, MetadataError
 from nats_transport._stream import StreamFailure
@@ -75,9 +75,7 @@ class HandlerRunner:
             current_trace.set(tuple((k, headers[k]) for k in TRACE_HEADERS if k in headers))
         deadline_handle = None
         if state.deadline is not None:
-            deadlines = self._deadlines
-            if deadlines is None or deadlines.loop is not loop:
-                deadlines = self._deadlines = DeadlineTimers(loop)
+            self._deadlines = deadlines = timers_on(self._deadlines, loop)
             deadline_handle = deadlines.call_at(
                 loop.time() + max(state.deadline - time.monotonic(), 0.0), _expire, state, task
             )
