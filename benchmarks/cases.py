@@ -45,6 +45,12 @@ TRANSPORTS = (
         key="ours-traced", label="nats_transport aio, tracing on", server="ours-traced", threads=False, in_flight=(64,)
     ),
     Transport(key="ours-sync", label="nats_transport sync channel", server="ours", threads=True, in_flight=(1, 16)),
+    # The floor under the sync channel: raw nats-py on a loop thread, called from N threads, through
+    # asyncio.run_coroutine_threadsafe (hand-written sync code) or through the channel's own handoff.
+    Transport(key="raw-sync", label="raw nats-py from threads (run_coroutine_threadsafe)", server="raw",
+              threads=True, in_flight=(16,)),
+    Transport(key="raw-sync-inbox", label="raw nats-py from threads (the sync channel's handoff)", server="raw",
+              threads=True, in_flight=(16,)),
     # grpc.aio stubs over HTTP/2 to gateway.ingress, which forwards over NATS to the "ours" server.
     Transport(
         key="ingress", label="gRPC ingress -> nats_transport", server="ingress", threads=False, in_flight=(1, 64)

@@ -135,6 +135,9 @@ _FIGURES: tuple[tuple[str, tuple[str, int], tuple[str, int], Metric, float | Non
     ("throughput", ("ours", 256), ("raw", 256), rate, None, True),
     ("throughput", ("ours-sync-servicer", 64), ("ours", 64), rate, None, True),
     ("p50 latency", ("ours-sync", 1), ("grpc-sync", 1), p50, None, True),
+    ("throughput", ("ours-sync", 16), ("raw-sync-inbox", 16), rate, None, True),
+    ("throughput", ("raw-sync-inbox", 16), ("grpc-sync", 16), rate, None, True),
+    ("throughput", ("raw-sync", 16), ("grpc-sync", 16), rate, None, True),
     ("throughput", ("raw", 64), ("grpc-aio", 64), rate, None, True),
     ("p50 latency", ("raw", 1), ("grpc-aio", 1), p50, None, True),
     # uvloop: what it buys our transport, and the figures above with every side on it.

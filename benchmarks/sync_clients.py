@@ -1,19 +1,25 @@
-"""Sync-stub clients: N threads sharing one channel, calling back to back over a fixed window."""
+"""Sync-stub clients: N threads sharing one channel, calling back to back over a fixed window;
+and raw nats-py called from N threads, the floor under the sync channel."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import grpc
+import nats
 from gaming.quest.v1 import quest_pb2_grpc
 
 import nats_transport
 from benchmarks import workload
 from benchmarks.cases import Endpoints
 from benchmarks.clients import Sample
+from nats_transport._loop_bridge import Latch, LoopInbox
+from nats_transport._metadata import TIMEOUT_HEADER, encode_timeout
 
 SyncCall = Callable[[], object]
 
@@ -78,10 +84,66 @@ def ours_sync(url: str) -> Iterator[SyncCall]:
         yield call
 
 
+@contextmanager
+def raw_from_threads(url: str, handoff: str) -> Iterator[SyncCall]:
+    """raw nats-py's ``nc.request`` (the same bytes and header as the asyncio raw client) on an
+    event loop in a thread of its own, called from the calling threads.
+
+    ``handoff`` is how a calling thread gets the request onto the loop and its reply back:
+    ``"threadsafe"``, ``asyncio.run_coroutine_threadsafe`` and its concurrent Future (what
+    hand-written sync code over nats-py does); ``"inbox"``, the sync channel's own handoff
+    (``nats_transport._loop_bridge``: requests handed over together share one wake-up of the
+    loop, and a reply is one lock release). With it, this is the sync channel without gRPC: the
+    floor under it on nats-py.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="raw-nats-loop", daemon=True)
+    thread.start()
+    nc = asyncio.run_coroutine_threadsafe(nats.connect(url, max_reconnect_attempts=0), loop).result(10)
+    headers = {TIMEOUT_HEADER: encode_timeout(workload.CALL_TIMEOUT)}
+
+    async def request() -> object:
+        return await nc.request(
+            workload.RAW_SUBJECT, workload.REQUEST_BYTES, timeout=workload.CALL_TIMEOUT, headers=headers
+        )
+
+    def threadsafe() -> object:
+        return asyncio.run_coroutine_threadsafe(request(), loop).result()
+
+    inbox = LoopInbox(loop)
+    context = contextvars.Context()
+
+    def through_inbox() -> object:
+        latch, outcome = Latch(), []
+
+        def start(_: None) -> None:  # on the loop thread
+            def done(task: asyncio.Task[object]) -> None:
+                outcome.append(task)
+                latch.open()
+
+            loop.create_task(request()).add_done_callback(done)
+
+        inbox.submit(start, None, context)
+        latch.wait()
+        return outcome[0].result()
+
+    try:
+        yield threadsafe if handoff == "threadsafe" else through_inbox
+    finally:
+        asyncio.run_coroutine_threadsafe(nc.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
 def open_client(key: str, endpoints: Endpoints) -> AbstractContextManager[SyncCall]:
     """The sync-stub client of transport ``key`` (cases.TRANSPORTS)."""
     if key == "grpc-sync":
         return grpc_sync(endpoints.grpc_sync_port)
     if key == "ours-sync":
         return ours_sync(endpoints.nats_url)
+    if key == "raw-sync":
+        return raw_from_threads(endpoints.nats_url, "threadsafe")
+    if key == "raw-sync-inbox":
+        return raw_from_threads(endpoints.nats_url, "inbox")
     raise ValueError(f"no sync client for {key!r}")
