@@ -103,7 +103,11 @@ def guard_connection(nc: Client) -> Client:
                     stats["in_msgs"] += 1
                     stats["in_bytes"] += len(data)
                     sub._received += 1
-                    parsed = await parse_joined(headers) if headers else None
+                    parsed = None
+                    if headers:
+                        # The plain reader at once; only a block it leaves to nats-py is awaited.
+                        parsed = parse_plain_block(headers)
+                        parsed = await parse_joined(headers) if parsed is None else parsed or None
                     route[1](Msg(client, subject.decode(), reply.decode(), data, parsed, _sid=sid))
                     return
             await process(sid, subject, reply, data, headers)

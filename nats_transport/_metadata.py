@@ -211,6 +211,10 @@ def fold_repeated_lines(block: bytes, parsed: dict[str, str]) -> dict[str, str]:
 
 def encode_timeout(seconds: float) -> str:
     """``grpc-timeout`` for a remaining time, rounded up so a tiny deadline never reads as 0."""
+    if 0.1 < seconds < 99.0:
+        # Most deadlines: microseconds are the finest unit that fits 8 digits, as the loop below
+        # would find after trying nanoseconds; written at once, it costs a fifth as much.
+        return f"{math.ceil(seconds / _UNIT_SECONDS['u'])}u"
     if not math.isfinite(seconds):
         return "99999999H" if seconds > 0 else "1n"
     seconds = max(seconds, 0.0)

@@ -258,3 +258,15 @@ def test_reading_any_grpc_timeout_gives_seconds_or_a_value_error(wire: str) -> N
     assert well_formed
     assert math.isfinite(seconds)
     assert seconds >= 0
+
+
+@given(st.floats(0, 200) | st.sampled_from((0.1, 0.1000001, 98.999999, 99.0, 99.99999999)))
+def test_encode_timeout_writes_the_finest_unit_whose_count_fits_eight_digits(seconds: float) -> None:
+    text = md.encode_timeout(seconds)
+    finest = next(
+        unit
+        for unit in ("n", "u", "m", "S", "M", "H")
+        if (scaled := seconds / md._UNIT_SECONDS[unit]) < 100_000_000 and math.ceil(scaled) < 100_000_000
+    )
+    assert text[-1] == finest
+    assert int(text[:-1]) == max(math.ceil(seconds / md._UNIT_SECONDS[finest]), 1)
