@@ -118,10 +118,11 @@ def call_state(msg: Msg, method: str) -> CallState:
                 deadline = time.monotonic() + decode_timeout(timeout)
             except ValueError as exc:
                 raise CallStatus(grpc.StatusCode.INTERNAL, str(exc)) from exc
-        try:
-            metadata = from_headers(headers)
-        except MetadataError as exc:
-            raise CallStatus(grpc.StatusCode.INTERNAL, str(exc)) from exc
+        if timeout is None or len(headers) > 1:  # else the deadline is all there is
+            try:
+                metadata = from_headers(headers)
+            except MetadataError as exc:
+                raise CallStatus(grpc.StatusCode.INTERNAL, str(exc)) from exc
     return CallState(method, metadata, deadline, peer=f"nats:{msg.reply}")
 
 

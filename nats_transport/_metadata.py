@@ -227,6 +227,11 @@ def encode_timeout(seconds: float) -> str:
 
 def decode_timeout(text: str) -> float:
     """Seconds from a ``grpc-timeout`` value; raises ``ValueError`` if malformed."""
+    # Most values are bare ASCII digits and a unit: read those without the regex (the same
+    # result; anything else, surrounding whitespace included, goes the regex's way).
+    digits, unit = text[:-1], text[-1:]
+    if unit in _UNIT_SECONDS and len(digits) <= 8 and digits.isascii() and digits.isdigit():
+        return int(digits) * _UNIT_SECONDS[unit]
     match = _TIMEOUT.match(text.strip())
     if match is None:
         raise ValueError(f"malformed grpc-timeout {text[:20]!r}")

@@ -270,3 +270,19 @@ def test_encode_timeout_writes_the_finest_unit_whose_count_fits_eight_digits(sec
     )
     assert text[-1] == finest
     assert int(text[:-1]) == max(math.ceil(seconds / md._UNIT_SECONDS[finest]), 1)
+
+
+_TIMEOUT_TEXT = st.text(alphabet="0123456789HMSmun \t\u0663x", max_size=12) | st.from_regex(r"\A[0-9]{1,9}[HMSmun]\Z")
+
+
+@given(_TIMEOUT_TEXT)
+@example("\u0663S")  # a non-ASCII digit, which int() would read
+@example("123456789m")
+@example(" 5S")
+def test_decode_timeout_reads_what_the_grpc_timeout_grammar_allows_and_nothing_else(text: str) -> None:
+    match = re.fullmatch(r"([0-9]{1,8})([HMSmun])", text.strip())
+    if match is None:
+        with pytest.raises(ValueError, match="malformed grpc-timeout"):
+            md.decode_timeout(text)
+    else:
+        assert md.decode_timeout(text) == int(match.group(1)) * md._UNIT_SECONDS[match.group(2)]
