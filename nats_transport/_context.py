@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, NoReturn
 import grpc
 
 from nats_transport import _framing
+from nats_transport._cancel_watch import cancel_call_task
 from nats_transport._envelope import Kind
 from nats_transport._metadata import (
     MetadataTuple,
@@ -321,7 +322,7 @@ class AioServicerContext(_ContextBase, grpc.aio.ServicerContext[Any, Any]):  # t
             return False
         self._state.cancel()
         if self._task is not None:
-            self._task.cancel()
+            cancel_call_task(self._task, self._state.method)
         return True
 
 

@@ -19,6 +19,7 @@ import grpc
 
 from nats_transport import _status
 from nats_transport._call_status import CallStatus
+from nats_transport._cancel_watch import cancel_call_task
 from nats_transport._context import (
     AbortError,
     AioServicerContext,
@@ -147,7 +148,7 @@ def _expire(state: CallState, task: asyncio.Task[Any]) -> None:
     state.details = "Deadline Exceeded"
     state.expired = True
     state.cancel()
-    task.cancel()
+    cancel_call_task(task, state.method)
 
 
 def _is_async(behaviour: Any) -> bool:

@@ -21,6 +21,7 @@ from nats_transport import _envelope as env
 from nats_transport import _framing
 from nats_transport._call_routing import CallRouter
 from nats_transport._call_status import CallStatus
+from nats_transport._cancel_watch import cancel_call_task
 from nats_transport._context import CallState
 from nats_transport._discovery import EndpointStats
 from nats_transport._envelope import Kind
@@ -85,7 +86,7 @@ class StreamServing:
                 state_box[0].code = state_box[0].code or failure.code
                 state_box[0].details = state_box[0].details or failure.details
                 state_box[0].cancel()
-            task.cancel()
+            cancel_call_task(task, state_box[0].method if state_box else msg.subject)
 
         def on_control(kind: int, payload: memoryview, _headers: dict[str, str] | None) -> None:
             if kind == Kind.HALF_CLOSE:

@@ -16,6 +16,7 @@ import grpc
 from nats.aio.client import Client
 
 from nats_transport import _envelope as env
+from nats_transport._cancel_watch import cancel_call_task
 from nats_transport._context import CallState
 from nats_transport._envelope import Kind
 from nats_transport._replies import status_reply
@@ -63,7 +64,7 @@ class UnaryCall:
     def cancel(self, code: grpc.StatusCode, details: str) -> None:
         """End the call and cancel its handler's task."""
         self.mark_cancelled(code, details)
-        self.task.cancel()
+        cancel_call_task(self.task, self.state.method)
 
 
 class UnaryCalls:
