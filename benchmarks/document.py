@@ -419,8 +419,8 @@ def _sync_floor(results: Results) -> list[str]:
         return []
     floor_ratio = inbox / grpc_sync
     if floor_ratio < 2.5:
-        verdict = ("below the 2.5x target: no sync channel over nats-py, run from a loop thread as ours is, "
-                   "reaches it on this machine.")
+        verdict = ("below the 2.5x target: in this run no sync channel over nats-py, run from a loop thread "
+                   "as ours is, could reach it.")
     else:
         verdict = (f"at or above the 2.5x target: what separates the sync channel ({ours / inbox:.2f}x of that "
                    "floor) from it is the gRPC call's own cost, the same as on the asyncio channel.")
