@@ -30,7 +30,13 @@ def cancel_call_task(task: asyncio.Task[Any], method: str) -> None:
     if task.done() or task in _watched:
         return
     _watched.add(task)
-    task.get_loop().call_later(GRACE, _look_again, task, method, True)
+    _look_later(task, method, True)
+
+
+def _look_later(task: asyncio.Task[Any], method: str, first: bool) -> None:
+    timer = task.get_loop().call_later(GRACE, _look_again, task, method, first)
+    # A task that ends meanwhile (the usual case) is let go at once, not held by the timer.
+    task.add_done_callback(lambda _: timer.cancel())
 
 
 def _look_again(task: asyncio.Task[Any], method: str, first: bool) -> None:
@@ -46,4 +52,4 @@ def _look_again(task: asyncio.Task[Any], method: str, first: bool) -> None:
             extra={"method": method},
         )
     task.cancel()
-    task.get_loop().call_later(GRACE, _look_again, task, method, False)
+    _look_later(task, method, False)
