@@ -18,7 +18,7 @@ import nats_transport
 from benchmarks import workload
 from benchmarks.cases import Endpoints
 from benchmarks.clients import Sample
-from nats_transport._loop_bridge import Latch, LoopInbox
+from nats_transport._loop_bridge import Awaited, LoopInbox
 from nats_transport._metadata import TIMEOUT_HEADER, encode_timeout
 
 SyncCall = Callable[[], object]
@@ -93,8 +93,8 @@ def raw_from_threads(url: str, handoff: str) -> Iterator[SyncCall]:
     ``"threadsafe"``, ``asyncio.run_coroutine_threadsafe`` and its concurrent Future (what
     hand-written sync code over nats-py does); ``"inbox"``, the sync channel's own handoff
     (``nats_transport._loop_bridge``: requests handed over together share one wake-up of the
-    loop, and a reply is one lock release). With it, this is the sync channel without gRPC: the
-    floor under it on nats-py.
+    loop, and a reply is one lock release; ``Awaited``, as the channel's ``_run`` uses it). With
+    it, this is the sync channel without gRPC: the floor under it on nats-py.
     """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="raw-nats-loop", daemon=True)
@@ -114,18 +114,9 @@ def raw_from_threads(url: str, handoff: str) -> Iterator[SyncCall]:
     context = contextvars.Context()
 
     def through_inbox() -> object:
-        latch, outcome = Latch(), []
-
-        def start(_: None) -> None:  # on the loop thread
-            def done(task: asyncio.Task[object]) -> None:
-                outcome.append(task)
-                latch.open()
-
-            loop.create_task(request()).add_done_callback(done)
-
-        inbox.submit(start, None, context)
-        latch.wait()
-        return outcome[0].result()
+        awaited = Awaited(request())
+        inbox.submit(awaited.start, loop, context)
+        return awaited.result()
 
     try:
         yield threadsafe if handoff == "threadsafe" else through_inbox

@@ -30,16 +30,13 @@ def cancel_call_task(task: asyncio.Task[Any], method: str) -> None:
     if task.done() or task in _watched:
         return
     _watched.add(task)
-    _look_later(task, method, True)
-
-
-def _look_later(task: asyncio.Task[Any], method: str, first: bool) -> None:
-    timer = task.get_loop().call_later(GRACE, _look_again, task, method, first)
+    timer: list[asyncio.TimerHandle] = []  # the one pending look, replaced at each look
+    timer.append(task.get_loop().call_later(GRACE, _look_again, task, method, timer, True))
     # A task that ends meanwhile (the usual case) is let go at once, not held by the timer.
-    task.add_done_callback(lambda _: timer.cancel())
+    task.add_done_callback(lambda _: timer[0].cancel())
 
 
-def _look_again(task: asyncio.Task[Any], method: str, first: bool) -> None:
+def _look_again(task: asyncio.Task[Any], method: str, timer: list[asyncio.TimerHandle], first: bool) -> None:
     if task.done():
         return
     if first:
@@ -52,4 +49,4 @@ def _look_again(task: asyncio.Task[Any], method: str, first: bool) -> None:
             extra={"method": method},
         )
     task.cancel()
-    _look_later(task, method, False)
+    timer[0] = task.get_loop().call_later(GRACE, _look_again, task, method, timer, False)

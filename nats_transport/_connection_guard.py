@@ -106,8 +106,8 @@ def guard_connection(nc: Client) -> Client:
                     parsed = None
                     if headers:
                         # The plain reader at once; only a block it leaves to nats-py is awaited.
-                        parsed = parse_plain_block(headers)
-                        parsed = await parse_joined(headers) if parsed is None else parsed or None
+                        plain = parse_plain_block(headers)
+                        parsed = (plain or None) if plain is not None else await parse_by_nats_py(headers)
                     route[1](Msg(client, subject.decode(), reply.decode(), data, parsed, _sid=sid))
                     return
             await process(sid, subject, reply, data, headers)
@@ -130,8 +130,9 @@ def guard_connection(nc: Client) -> Client:
         if not headers:  # nats-py asks for every message, with or without a header block
             return None
         plain = parse_plain_block(headers)
-        if plain is not None:
-            return plain or None
+        return (plain or None) if plain is not None else await parse_by_nats_py(headers)
+
+    async def parse_by_nats_py(headers: bytes) -> dict[str, str] | None:
         parsed: dict[str, str] | None = await parse_headers(headers)
         # CRLFs: the version line's, one per header line and the blank line's. Fewer keys than
         # header lines means a key repeated (or a line nats-py skipped): only then look again.
